@@ -1,0 +1,148 @@
+"""The one write path for enforcement decisions: `check_decision` validates, `do_decide` writes
+the decision (and its audit entry and label) to the database *before* publishing it.
+
+Automatic decisions from detection and a reviewer's decisions from the API both come here, so
+every ban can say why, from which rule, model version or reviewer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from sealguard.contracts import Action, DecisionSource, Enforcement, ReasonCode, encode, new_decision_id, now_ms
+from sealguard.storage import AuditLogRow, Database, DecisionRow, LabelRow
+
+log = logging.getLogger(__name__)
+
+
+class ModerationError(Exception):
+    """Root of moderation errors; `status` is the HTTP status the API answers with."""
+
+    status = 400
+
+
+class DecisionRejected(ModerationError):
+    status = 409
+
+
+class EnforcementPublisher(Protocol):
+    def publish(self, enforcement: Enforcement) -> None: ...
+
+
+class KafkaEnforcementPublisher:
+    """Publishes to `sg.enforcement.v1`, keyed by account."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from sealguard.stream import producer
+
+        self.topic = topic
+        self._producer = producer(bootstrap, **{"linger.ms": 0})
+
+    def publish(self, enforcement: Enforcement) -> None:
+        self._producer.produce(self.topic, key=enforcement.account, value=encode(enforcement))
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        return int(self._producer.flush(timeout))
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    account: str
+    action: Action
+    reason_code: ReasonCode
+    source: DecisionSource
+    actor: str  # rule id, model version or reviewer id
+    expires_at: int | None = None
+    case_id: int | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # a reviewer's own words: audit log only
+
+
+def active_decision(session: Session, account: str) -> DecisionRow | None:
+    """The newest active ban/restrict of an account (expired ones are not active)."""
+    now = now_ms()
+    rows = session.scalars(
+        select(DecisionRow)
+        .where(DecisionRow.account == account, DecisionRow.status == "active",
+               DecisionRow.action.in_([Action.ban.value, Action.restrict.value]))
+        .order_by(DecisionRow.created_at.desc())
+    ).all()
+    return next((r for r in rows if r.expires_at is None or r.expires_at > now), None)
+
+
+def check_decision(session: Session, req: DecisionRequest) -> None:
+    """Refuse what would be a double decision: banning the banned, lifting what is not there."""
+    current = active_decision(session, req.account)
+    if req.action is Action.ban and current is not None and current.action == Action.ban.value:
+        raise DecisionRejected(f"account {req.account} is already banned by decision {current.id}")
+    if req.action is Action.lift and current is None:
+        raise DecisionRejected(f"account {req.account} has no active ban or restriction to lift")
+    if req.expires_at is not None and req.expires_at <= now_ms():
+        raise ModerationError("expires_at is in the past")
+
+
+def do_decide(db: Database, publisher: EnforcementPublisher | None, req: DecisionRequest,
+              *, label: int | None = None) -> DecisionRow:
+    """Write the decision, its audit entry and (for human decisions) its label, then publish.
+
+    The row commits first: if publishing fails the decision still stands in the database, and
+    the relay picks it up at its next start or broker reconnect (`republish_unpublished` too).
+    """
+    decision_id = new_decision_id()
+    now = now_ms()
+    with db.session() as s, s.begin():
+        check_decision(s, req)
+        if req.action is Action.lift:
+            s.execute(update(DecisionRow)
+                      .where(DecisionRow.account == req.account, DecisionRow.status == "active",
+                             DecisionRow.action.in_([Action.ban.value, Action.restrict.value]))
+                      .values(status="lifted"))
+        elif req.action in (Action.ban, Action.restrict):
+            # A new ban or restriction supersedes an older one.
+            s.execute(update(DecisionRow)
+                      .where(DecisionRow.account == req.account, DecisionRow.status == "active",
+                             DecisionRow.action.in_([Action.ban.value, Action.restrict.value]))
+                      .values(status="superseded"))
+        row = DecisionRow(
+            id=decision_id, account=req.account, action=req.action.value, reason_code=req.reason_code.value,
+            source=req.source.value, actor=req.actor, created_at=now, expires_at=req.expires_at,
+            status="active" if req.action is not Action.lift else "lifted", case_id=req.case_id,
+            evidence=req.evidence or None,
+        )
+        s.add(row)
+        s.add(AuditLogRow(ts=now, actor=req.actor, action=f"decision.{req.action.value}", target=req.account,
+                          reason_code=req.reason_code.value, note=req.note,
+                          evidence={"decision_id": decision_id, **req.evidence}))
+        if label is not None:
+            s.add(LabelRow(account=req.account, label=label, source="reviewer" if req.source is DecisionSource.reviewer
+                           else "appeal", decision_id=decision_id, ts=now))
+    if publisher is not None:
+        publish_decision(db, publisher, row)
+    return row
+
+
+def to_enforcement(row: DecisionRow) -> Enforcement:
+    return Enforcement(decision_id=row.id, account=row.account, action=Action(row.action),
+                       reason_code=ReasonCode(row.reason_code), source=DecisionSource(row.source),
+                       actor=row.actor, expires_at=row.expires_at, ts=row.created_at)
+
+
+def publish_decision(db: Database, publisher: EnforcementPublisher, row: DecisionRow) -> None:
+    publisher.publish(to_enforcement(row))
+    with db.session() as s, s.begin():
+        s.execute(update(DecisionRow).where(DecisionRow.id == row.id).values(published_at=now_ms()))
+
+
+def republish_unpublished(db: Database, publisher: EnforcementPublisher) -> int:
+    """Publish decisions that were written but never published (a crash between the two)."""
+    with db.session() as s:
+        rows = s.scalars(select(DecisionRow).where(DecisionRow.published_at.is_(None))).all()
+    for row in rows:
+        publish_decision(db, publisher, row)
+    return len(rows)

@@ -1,0 +1,3 @@
+from sealguard.cli import main
+
+main()

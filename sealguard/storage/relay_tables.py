@@ -1,0 +1,111 @@
+"""Tables the relay owns: identities, prekeys, contacts, groups, the offline queue, media.
+
+Only public keys and ciphertext are stored; the relay never holds a private key or plaintext.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Index, Integer, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from sealguard.storage.base import AccountCol, Base, Ms
+
+
+class AccountRow(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(AccountCol(), primary_key=True)
+    identity_key: Mapped[str] = mapped_column(String(64), unique=True)  # Ed25519 public, base64
+    curve_key: Mapped[str] = mapped_column(String(64))  # Curve25519 public, base64
+    handle: Mapped[str | None] = mapped_column(String(32), unique=True)
+    net_bucket: Mapped[str] = mapped_column(String(13), index=True)
+    client_kind: Mapped[str] = mapped_column(String(16))
+    registered_at: Mapped[int] = mapped_column(Ms)
+    deleted_at: Mapped[int | None] = mapped_column(Ms)
+
+
+class PrekeyRow(Base):
+    __tablename__ = "prekeys"
+    __table_args__ = (Index("ix_prekeys_account_claimed", "account", "claimed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(AccountCol())
+    key_id: Mapped[str] = mapped_column(String(32))
+    public_key: Mapped[str] = mapped_column(String(64))
+    is_fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    claimed_at: Mapped[int | None] = mapped_column(Ms)
+
+
+class ContactRow(Base):
+    __tablename__ = "contacts"
+
+    account: Mapped[str] = mapped_column(AccountCol(), primary_key=True)
+    contact: Mapped[str] = mapped_column(AccountCol(), primary_key=True)
+    added_at: Mapped[int] = mapped_column(Ms)
+
+
+class BlockRow(Base):
+    __tablename__ = "blocks"
+
+    blocker: Mapped[str] = mapped_column(AccountCol(), primary_key=True)
+    blocked: Mapped[str] = mapped_column(AccountCol(), primary_key=True)
+    ts: Mapped[int] = mapped_column(Ms)
+
+
+class GroupRow(Base):
+    """A group is membership only; its name and avatar travel encrypted between members."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[str] = mapped_column(String(21), primary_key=True)
+    created_by: Mapped[str] = mapped_column(AccountCol())
+    created_at: Mapped[int] = mapped_column(Ms)
+
+
+class GroupMemberRow(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[str] = mapped_column(String(21), primary_key=True)
+    account: Mapped[str] = mapped_column(AccountCol(), primary_key=True, index=True)
+    added_by: Mapped[str] = mapped_column(AccountCol())
+    added_at: Mapped[int] = mapped_column(Ms)
+
+
+class QueuedMessageRow(Base):
+    """Offline queue: ciphertext waiting for its recipient; deleted on the recipient's ack."""
+
+    __tablename__ = "queued_messages"
+    __table_args__ = (Index("ix_queued_recipient_enqueued", "recipient", "enqueued_at"),)
+
+    message_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    recipient: Mapped[str] = mapped_column(AccountCol(), primary_key=True)
+    sender: Mapped[str] = mapped_column(AccountCol(), index=True)
+    group_id: Mapped[str | None] = mapped_column(String(21))
+    kind: Mapped[int] = mapped_column(Integer)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    enqueued_at: Mapped[int] = mapped_column(Ms)
+    expires_at: Mapped[int] = mapped_column(Ms, index=True)
+    withheld: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class MessageCommitmentRow(Base):
+    """H(message id, sender, recipient), kept for a TTL so a report can be verified."""
+
+    __tablename__ = "message_commitments"
+
+    commitment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(Ms, index=True)
+    reported: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class MediaBlobRow(Base):
+    """An encrypted blob; its bytes live in the media store, its key only with the clients."""
+
+    __tablename__ = "media_blobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(AccountCol(), index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Ms)
+    expires_at: Mapped[int] = mapped_column(Ms, index=True)
+    fetch_count: Mapped[int] = mapped_column(Integer, default=0)

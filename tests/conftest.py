@@ -1,0 +1,99 @@
+"""Shared fixtures: one real broker per test session, temporary state, both databases.
+
+The broker is the embedded Tansu unless SEALGUARD_KAFKA names a cluster. Group joins cost
+seconds each on Tansu, so tests share one broker and use unique topic/group names.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from sealguard.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("SEALGUARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def broker_bootstrap() -> Iterator[str]:
+    """A live Kafka-protocol broker for the whole session."""
+    if os.environ.get("SEALGUARD_KAFKA"):
+        yield os.environ["SEALGUARD_KAFKA"]
+        return
+    from sealguard.broker import EmbeddedBroker
+
+    with EmbeddedBroker(Settings()) as broker:
+        yield broker.bootstrap
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, broker_bootstrap: str) -> Settings:
+    """Settings for one test: its own state dir, SQLite file and topic names, the shared broker."""
+    suffix = secrets.token_hex(3)
+    return Settings(
+        state_dir=tmp_path / "state",
+        kafka=broker_bootstrap,
+        db_url=f"sqlite:///{tmp_path / 'state' / 'sealguard.db'}",
+        signals_topic=f"t{suffix}.signals",
+        inbound_topic=f"t{suffix}.inbound",
+        enforcement_topic=f"t{suffix}.enforcement",
+        scores_topic=f"t{suffix}.scores",
+        partitions=2,
+    )
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Settings:
+    """`settings` with its topics created on the shared broker."""
+    from sealguard.stream import ensure_topics
+
+    assert settings.kafka
+    ensure_topics(settings.kafka, settings.topics, settings.partitions)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the session (dropped at the end)."""
+    name = _unique("sg_test_")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - say plainly why PostgreSQL tests cannot run
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is needed for storage tests: {exc}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each storage test runs on both backends. PostgreSQL tests get their own schema-less DB."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+        return
+    base = request.getfixturevalue("pg_database")
+    # A per-test database keeps tests independent (migrations run from scratch each time).
+    name = _unique("sg_t_")
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
