@@ -10,6 +10,7 @@ from sealguard.storage.moderation_tables import (
     DetectionCheckpointRow,
     EnforcementApplicationRow,
     LabelRow,
+    NoticeRow,
     ReportRow,
     ReviewerRow,
     ScoreRow,
@@ -29,6 +30,6 @@ from sealguard.storage.relay_tables import (
 __all__ = [
     "AccountRow", "AppealRow", "AuditLogRow", "Base", "BlockRow", "CaseRow", "ContactRow", "Database",
     "DecisionRow", "DetectionCheckpointRow", "EnforcementApplicationRow", "GroupMemberRow", "GroupRow",
-    "LabelRow", "MediaBlobRow", "MessageCommitmentRow", "PrekeyRow", "QueuedMessageRow", "ReportRow",
+    "LabelRow", "MediaBlobRow", "NoticeRow", "MessageCommitmentRow", "PrekeyRow", "QueuedMessageRow", "ReportRow",
     "ReviewerRow", "ScoreRow", "StorageError", "make_engine", "upgrade",
 ]

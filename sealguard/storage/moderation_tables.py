@@ -157,3 +157,19 @@ class DetectionCheckpointRow(Base):
     next_offset: Mapped[int] = mapped_column(Ms)
     state: Mapped[bytes | None] = mapped_column(LargeBinary)
     updated_at: Mapped[int] = mapped_column(Ms)
+
+
+class NoticeRow(Base):
+    """A notice for an account, delivered by the relay on connect (codes only, never text):
+    kind = report_actioned | appeal_upheld | appeal_overturned | warned | banned | lifted."""
+
+    __tablename__ = "notices"
+    __table_args__ = (Index("ix_notices_account_delivered", "account", "delivered_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(AccountCol())
+    kind: Mapped[str] = mapped_column(String(24))
+    decision_id: Mapped[str | None] = mapped_column(String(33))
+    reason_code: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[int] = mapped_column(Ms)
+    delivered_at: Mapped[int | None] = mapped_column(Ms)
