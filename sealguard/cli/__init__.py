@@ -12,7 +12,7 @@ import importlib
 
 from sealguard.cli.app import app
 
-for _module in ("platform", "relay_cmds", "simulator_cmds", "detection_cmds", "model_cmds", "moderation_cmds",
+for _module in ("platform", "up", "relay_cmds", "simulator_cmds", "detection_cmds", "model_cmds", "moderation_cmds",
                 "bench_cmds"):
     try:
         importlib.import_module(f"sealguard.cli.{_module}")

@@ -1,0 +1,117 @@
+"""Child processes for `sealguard up`: start each service, read the line it prints when ready
+(`NAME: key=value ...`), keep its output in a log file, and stop every one of them on exit.
+
+Children get PR_SET_PDEATHSIG, so even a `kill -9` of `up` leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServiceError(RuntimeError):
+    """A service did not start, or died while others depended on it."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def parse_figures(line: str) -> dict[str, str]:
+    """`relay: listening=127.0.0.1:5 node=relay-1` → {'listening': '127.0.0.1:5', 'node': 'relay-1'}."""
+    _, _, rest = line.partition(":")
+    return dict(part.split("=", 1) for part in rest.split() if "=" in part)
+
+
+class Service:
+    """One child process running a `sealguard` command."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[str] | None = None
+        self.ready: dict[str, str] = {}
+        self._ready_event = threading.Event()
+
+    def start(self, timeout: float = 60.0) -> dict[str, str]:
+        logfile = open(self.log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=subprocess.PIPE, stderr=logfile, stdin=subprocess.DEVNULL,
+            text=True, bufsize=1, preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+        threading.Thread(target=self._pump, args=(logfile,), name=f"{self.name}-stdout", daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not self._ready_event.wait(0.2):
+            if self.proc.poll() is not None:
+                raise ServiceError(f"{self.name} exited with {self.proc.returncode} before it was ready; "
+                                   f"see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"{self.name} was not ready after {timeout:.0f}s; see {self.log_path}")
+        log.info("%s ready: %s", self.name, " ".join(f"{k}={v}" for k, v in self.ready.items()))
+        return self.ready
+
+    def _pump(self, logfile: object) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            logfile.write(line)  # type: ignore[attr-defined]
+            logfile.flush()  # type: ignore[attr-defined]
+            if not self._ready_event.is_set() and line.startswith(f"{self.name}:"):
+                self.ready = parse_figures(line.strip())
+                self._ready_event.set()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
+            proc.kill()
+            proc.wait()
+
+
+class Supervisor:
+    """Starts services in order and stops them in reverse order."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ if env is None else env)
+        self.services: list[Service] = []
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, str]:
+        service = Service(name, [sys.executable, "-m", "sealguard", *args], {**self.env, **(env or {})}, self.log_dir)
+        self.services.append(service)
+        return service.start(timeout)
+
+    def check(self) -> None:
+        for s in self.services:
+            if not s.alive():
+                raise ServiceError(f"{s.name} stopped unexpectedly; see {s.log_path}")
+
+    def stop_all(self) -> None:
+        for s in reversed(self.services):
+            s.stop()
