@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from sealguard.net import free_port, wait_for_port
+from sealguard.process import die_with_parent
 from sealguard.settings import Settings
 from sealguard.stream import StreamError, ensure_topics, wait_for_broker
 
@@ -63,7 +64,7 @@ class EmbeddedBroker:
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/", "--cluster-id", "sealguard"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         try:
             wait_for_port(self.host, self.port, timeout)

@@ -6,7 +6,6 @@ Children get PR_SET_PDEATHSIG, so even a `kill -9` of `up` leaves no orphans beh
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -16,20 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+from sealguard.process import die_with_parent
+
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
 
 class ServiceError(RuntimeError):
     """A service did not start, or died while others depended on it."""
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def parse_figures(line: str) -> dict[str, str]:
@@ -54,7 +45,7 @@ class Service:
         logfile = open(self.log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(
             self.argv, env=self.env, stdout=subprocess.PIPE, stderr=logfile, stdin=subprocess.DEVNULL,
-            text=True, bufsize=1, preexec_fn=_die_with_parent,  # noqa: PLW1509
+            text=True, bufsize=1, preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         threading.Thread(target=self._pump, args=(logfile,), name=f"{self.name}-stdout", daemon=True).start()
         deadline = time.monotonic() + timeout
