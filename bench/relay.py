@@ -1,0 +1,423 @@
+"""`sealguard bench relay --users U --messages N`: our relay against mosquitto, same load, same machine.
+
+What it does (issue 3, "Benchmark"):
+1. starts a live broker (an EmbeddedBroker, unless SEALGUARD_KAFKA names one) and the relay as its
+   own process (`python -m sealguard relay`, signals going to that broker), so its CPU and RSS
+   can be read from /proc;
+2. starts load processes (`bench/_load.py`; several, because U=10,000 sockets plus our own do not
+   fit one process's 20,000 open files and the load must not be the bottleneck) that connect U
+   users from distinct 127.x.y.1 source addresses; relay users register and log in with real
+   vodozemac identities;
+3. measures, per server: RSS with none and with U idle authenticated users, a closed loop of N
+   messages of 100 opaque bytes between random online pairs with at most `--inflight` in flight
+   (delivered msgs/s, server CPU per delivered message, latency send → recipient receipt
+   p50/p99), then an open loop at 50% of that rate (its p99);
+4. runs the same load from the same load processes against mosquitto on 127.0.0.1:1883
+   (MQTT 3.1.1, QoS 0, one topic per user);
+5. reads `signals_dropped` from the relay's /metrics and prints the figures line.
+
+Figures other than the issue's line (mosquitto's rate, p50/p99 and RSS per connection, the load
+side's schedule lag) go to stderr and, with `--json PATH`, to a file. `--profile PATH` records the
+relay with py-spy during an extra closed-loop run after the measured one (so sampling does not
+skew the figures) and logs where its time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from array import array
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+from bench._proc import cpu_seconds, metric_sum, percentile, raise_nofile, rss_bytes
+from sealguard.cli.app import print_figures
+
+log = logging.getLogger("bench.relay")
+REPO = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"relay: listening=(\S+):(\d+) metrics=(\S+)")
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run; the message says which step failed."""
+
+
+# -- processes -------------------------------------------------------------------------------
+
+class Loader:
+    """One load process and its line-per-command pipe."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench._load"], cwd=REPO, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
+
+    def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def reply(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"load process {self.index} died (exit code {self.proc.poll()})")
+        out: dict[str, Any] = json.loads(line)
+        if out.get("error") and "connected" not in out:
+            raise BenchError(f"load process {self.index}: {out['error']}")
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send(cmd="exit")
+                self.proc.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def all_do(loaders: list[Loader], cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send one command to every loader at once, then collect every reply."""
+    for ld, cmd in zip(loaders, cmds):
+        ld.send(**cmd)
+    return [ld.reply() for ld in loaders]
+
+
+class RelayProcess:
+    """`python -m sealguard relay` in its own process; its log goes to a file in the state dir."""
+
+    def __init__(self, state_dir: Path, kafka: str, extra_env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ)
+        env.update({"SEALGUARD_STATE_DIR": str(state_dir), "SEALGUARD_KAFKA": kafka,
+                    "SEALGUARD_RELAY_HOST": "127.0.0.1", "SEALGUARD_RELAY_PORT": "0"})
+        env.update(extra_env or {})
+        env.pop("SEALGUARD_DB_URL", None)  # a fresh SQLite file in the state dir, never someone's database
+        self.log_path = state_dir / "relay.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "sealguard", "relay"], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True)
+        self.host = ""
+        self.port = 0
+        self.metrics_url = ""
+
+    def wait_listening(self, timeout: float = 90.0) -> None:
+        """Read stdout until `relay: listening=HOST:PORT metrics=URL ...`; keep draining it after."""
+        assert self.proc.stdout is not None
+        found: list[re.Match[str]] = []
+        ready = threading.Event()
+
+        def pump(stream: IO[str]) -> None:
+            for line in stream:
+                m = _LISTENING.search(line)
+                if m and not found:
+                    found.append(m)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True).start()
+        if not ready.wait(timeout) or not found:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise BenchError(f"the relay did not print its listening line within {timeout:.0f}s "
+                             f"(exit code {self.proc.poll()}); its log ends:\n{tail}")
+        m = found[0]
+        self.host, self.port, self.metrics_url = m.group(1), int(m.group(2)), m.group(3)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:  # noqa: S310 - our own relay
+            return str(resp.read().decode())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class PySpy:
+    """py-spy sampling a running process in raw (collapsed stack) format."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 250) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.out = out
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
+                                      "--nonblocking", "--output", str(out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        if not self.out.exists():
+            log.warning("py-spy wrote no profile: %s", (err or "").strip()[-500:])
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_n: dict[str, int] = {}
+    incl_n: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        total += count
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        leaf = frames[-1]
+        self_n[leaf] = self_n.get(leaf, 0) + count
+        for f in set(frames):
+            incl_n[f] = incl_n.get(f, 0) + count
+    if not total:
+        return "empty profile"
+    lines = [f"{total} samples", "self%  function (top by self time)"]
+    for f, n in sorted(self_n.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * n / total:5.1f}  {f}")
+    lines.append("incl%  function (top by inclusive time)")
+    for f, n in sorted(incl_n.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * n / total:5.1f}  {f}")
+    return "\n".join(lines)
+
+
+# -- one server ------------------------------------------------------------------------------
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _latencies(replies: list[dict[str, Any]]) -> list[float]:
+    lat = array("q")
+    for r in replies:
+        lat.frombytes(base64.b64decode(r["lat_ns"]))
+    return sorted(v / 1e6 for v in lat)
+
+
+def _run(loaders: list[Loader], count: int, *, inflight: int = 0, rate: float = 0.0,
+         timeout: float = 300.0) -> tuple[list[dict[str, Any]], float, list[float]]:
+    """One load phase on every loader; returns replies, wall seconds (first send → last receipt),
+    and sorted latencies in ms."""
+    k = len(loaders)
+    counts = _split(count, k)
+    windows = _split(inflight, k) if inflight else [0] * k
+    cmds = [{"cmd": "run", "count": c, "inflight": max(1, w) if inflight else 0, "rate": rate / k if rate else 0.0,
+             "timeout": timeout} for c, w in zip(counts, windows)]
+    replies = all_do(loaders, cmds)
+    for i, r in enumerate(replies):
+        if r.get("timed_out"):
+            log.warning("load %d timed out: sent=%s received=%s acked=%s errors=%s last_error=%s", i, r["sent"],
+                        r["received"], r["acked"], r["errors"], r["last_error"])
+        elif r.get("errors"):
+            log.warning("load %d saw %s error frames, last: %s", i, r["errors"], r["last_error"])
+    wall = (max(r["t_end"] for r in replies) - min(r["t_start"] for r in replies)) / 1e9
+    return replies, wall, _latencies(replies)
+
+
+def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], args: argparse.Namespace,
+            run_id: str, profile: Path | None = None) -> dict[str, Any]:
+    """Every figure for one server: RSS per idle user, closed-loop rate/CPU/latency, half-load p99."""
+    k = len(loaders)
+    time.sleep(1.0)
+    rss_none = rss_bytes(pid)
+    counts = _split(args.users, k)
+    firsts = [sum(counts[:i]) for i in range(k)]
+    t0 = time.monotonic()
+    replies = all_do(loaders, [{"cmd": "connect", "target": target, "host": host, "port": port, "first": f,
+                                "count": c, "concurrency": args.concurrency, "run_id": run_id,
+                                "keepalive_s": args.keepalive} for f, c in zip(firsts, counts)])
+    connected = sum(r["connected"] for r in replies)
+    failed = sum(r["failed"] for r in replies)
+    log.info("%s: %d users connected in %.1fs (%d failed%s)", target, connected, time.monotonic() - t0, failed,
+             ": " + next(r["error"] for r in replies if r["error"]) if failed else "")
+    if connected < 2 or failed > args.users * 0.01:
+        raise BenchError(f"{target}: only {connected} of {args.users} users connected; first error: "
+                         f"{next((r['error'] for r in replies if r['error']), '')}")
+    time.sleep(2.0)
+    rss_idle = rss_bytes(pid)
+    out: dict[str, Any] = {"connected": connected, "rss_none": rss_none, "rss_idle": rss_idle,
+                           "rss_per_conn": (rss_idle - rss_none) / connected}
+
+    warm = min(max(args.messages // 10, 100), 5000)
+    _run(loaders, warm, inflight=args.inflight)
+
+    cpu0 = cpu_seconds(pid)
+    replies, wall, lat = _run(loaders, args.messages, inflight=args.inflight)
+    cpu1 = cpu_seconds(pid)
+    delivered = sum(r["received"] for r in replies)
+    out.update(delivered=delivered, wall_s=wall, msgs_per_s=delivered / wall if wall > 0 else math.nan,
+               cpu_us_per_msg=(cpu1 - cpu0) * 1e6 / delivered if delivered else math.nan,
+               p50_ms=percentile(lat, 50), p99_ms=percentile(lat, 99),
+               lost=args.messages - delivered, max_inflight=sum(r["max_inflight"] for r in replies),
+               load_cpu_us_per_msg=sum(r["load_cpu_s"] for r in replies) * 1e6 / delivered if delivered else math.nan,
+               load_busiest_pct=100 * max(r["load_cpu_s"] for r in replies) / wall if wall > 0 else math.nan)
+
+    if profile is not None:
+        spy = PySpy(pid, profile)
+        _run(loaders, args.messages, inflight=args.inflight)
+        spy.stop()
+
+    half_rate = out["msgs_per_s"] / 2
+    half_n = args.half_messages if args.half_messages is not None else args.messages
+    if half_n > 0 and half_rate > 0:
+        cpu2 = cpu_seconds(pid)
+        replies, wall_h, lat_h = _run(loaders, half_n, rate=half_rate)
+        cpu3 = cpu_seconds(pid)
+        got = sum(r["received"] for r in replies)
+        out.update(half_rate=half_rate, half_achieved=got / wall_h if wall_h > 0 else math.nan,
+                   half_p50_ms=percentile(lat_h, 50), half_p99_ms=percentile(lat_h, 99),
+                   half_cpu_us_per_msg=(cpu3 - cpu2) * 1e6 / got if got else math.nan,
+                   half_lost=half_n - got, half_max_lag_ms=max(r["max_lag_ms"] for r in replies))
+    else:
+        out.update(half_rate=math.nan, half_p99_ms=math.nan)
+    all_do(loaders, [{"cmd": "close"}] * k)
+    log.info("%s figures: %s", target, json.dumps({k2: round(v, 3) if isinstance(v, float) else v
+                                                   for k2, v in out.items()}))
+    return out
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="sealguard bench relay", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=1000, help="authenticated users connected at once")
+    ap.add_argument("--messages", type=int, default=100_000, help="messages in the closed-loop run")
+    ap.add_argument("--inflight", type=int, default=1000, help="most messages in flight at once (all loaders)")
+    ap.add_argument("--half-messages", type=int, default=None,
+                    help="messages in the open-loop run at 50%% of the max (default: --messages)")
+    ap.add_argument("--load-procs", type=int, default=0, help="load processes (0: enough for --users, at least 2)")
+    ap.add_argument("--concurrency", type=int, default=100, help="handshakes in progress per load process")
+    ap.add_argument("--keepalive", type=float, default=20.0,
+                    help="seconds between pings of each idle relay user (keeps it inside the idle timeout)")
+    ap.add_argument("--mqtt-host", default="127.0.0.1")
+    ap.add_argument("--mqtt-port", type=int, default=1883)
+    ap.add_argument("--skip-relay", action="store_true", help="only mosquitto (to test the harness)")
+    ap.add_argument("--skip-mosquitto", action="store_true", help="only the relay")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of the relay, written here")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    args = ap.parse_args(argv)
+    if args.users < 2:
+        ap.error(f"--users must be at least 2 (got {args.users}): messages go between two online users")
+    if args.messages < 1:
+        ap.error(f"--messages must be positive (got {args.messages})")
+    if args.inflight < 1:
+        ap.error(f"--inflight must be positive (got {args.inflight})")
+    if args.users > 62_500:
+        ap.error(f"--users {args.users} exceeds the 62,500 distinct source /24s the load side can bind")
+    if not args.load_procs:
+        args.load_procs = max(2, math.ceil(args.users / 6000))
+    if args.users < 2 * args.load_procs:
+        args.load_procs = max(1, args.users // 2)
+    return args
+
+
+def mosquitto_pid() -> int:
+    try:
+        out = subprocess.run(["pgrep", "-x", "mosquitto"], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:
+        out = ""
+    pids = [int(p) for p in out.split()]
+    if not pids:
+        raise BenchError("mosquitto is not running (pgrep -x mosquitto found nothing); it should listen on "
+                         "127.0.0.1:1883, or pass --skip-mosquitto")
+    return pids[0]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    raise_nofile()
+    run_id = "m" + os.urandom(4).hex()
+    relay: dict[str, Any] = {}
+    mosq: dict[str, Any] = {}
+    signals_dropped: float | None = None
+    with ExitStack() as stack:
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sg-bench-relay-")))
+        loaders = [Loader(i) for i in range(args.load_procs)]
+        stack.callback(lambda: [ld.stop() for ld in loaders])
+        log.info("%d load processes for %d users", len(loaders), args.users)
+        if not args.skip_relay:
+            kafka = os.environ.get("SEALGUARD_KAFKA")
+            if not kafka:
+                from sealguard.broker import EmbeddedBroker
+                from sealguard.settings import Settings
+
+                broker = stack.enter_context(EmbeddedBroker(Settings(state_dir=state)))
+                kafka = broker.bootstrap
+            server = RelayProcess(state, kafka)
+            stack.callback(server.stop)
+            server.wait_listening()
+            log.info("relay pid %d listening on %s:%d, metrics %s", server.proc.pid, server.host, server.port,
+                     server.metrics_url)
+            relay = measure("relay", server.proc.pid, server.host, server.port, loaders, args, run_id,
+                            profile=args.profile)
+            signals_dropped = metric_sum(server.metrics(), "signals_dropped")
+            if signals_dropped is None:
+                log.warning("the relay's /metrics has no signals_dropped metric")
+            if args.profile is not None and args.profile.exists():
+                log.info("relay profile (py-spy, %s):\n%s", args.profile, summarize_profile(args.profile))
+        if not args.skip_mosquitto:
+            pid = mosquitto_pid()
+            mosq = measure("mqtt", pid, args.mqtt_host, args.mqtt_port, loaders, args, run_id)
+    figures: dict[str, Any] = {
+        "users": args.users, "msgs": args.messages,
+        "msgs_per_s": relay.get("msgs_per_s"), "server_cpu_us_per_msg": relay.get("cpu_us_per_msg"),
+        "p50_ms": relay.get("p50_ms"), "p99_ms": relay.get("p99_ms"),
+        "half_load_p99_ms": relay.get("half_p99_ms"), "rss_bytes_per_idle_conn": relay.get("rss_per_conn"),
+        "signals_dropped": None if signals_dropped is None else int(signals_dropped),
+        "mosquitto_cpu_us_per_msg": mosq.get("cpu_us_per_msg"),
+        "mosquitto_half_load_p99_ms": mosq.get("half_p99_ms"),
+    }
+    if args.json is not None:
+        args.json.write_text(json.dumps({"figures": figures, "relay": relay, "mosquitto": mosq}, indent=2,
+                                        default=str))
+    _verdict(figures, mosq)
+    return figures
+
+
+def _verdict(f: dict[str, Any], mosq: dict[str, Any]) -> None:
+    """Log issue 3's musts against this run (stderr only; the line carries the figures)."""
+    if mosq:
+        log.info("mosquitto: msgs_per_s=%.0f p50_ms=%.3f p99_ms=%.3f rss_bytes_per_idle_conn=%.0f",
+                 mosq.get("msgs_per_s", math.nan), mosq.get("p50_ms", math.nan), mosq.get("p99_ms", math.nan),
+                 mosq.get("rss_per_conn", math.nan))
+    cpu, mcpu = f["server_cpu_us_per_msg"], f["mosquitto_cpu_us_per_msg"]
+    checks = {
+        "server_cpu_us_per_msg <= 1.5 x mosquitto": cpu is not None and mcpu is not None and cpu <= 1.5 * mcpu,
+        "rss_bytes_per_idle_conn <= 4096": f["rss_bytes_per_idle_conn"] is not None
+        and f["rss_bytes_per_idle_conn"] <= 4096,
+        "half_load_p99_ms <= 10": f["half_load_p99_ms"] is not None and f["half_load_p99_ms"] <= 10,
+        "signals_dropped == 0": f["signals_dropped"] == 0,
+    }
+    for name, ok in checks.items():
+        log.info("must %s: %s", name, "met" if ok else "NOT met")
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    figures = run(args)
+    print_figures("bench relay", figures)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    main(sys.argv[1:])
