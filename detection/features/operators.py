@@ -1,0 +1,167 @@
+"""Feature operators: one statistic per class, its name derived from its parameters.
+
+Updates are batched per account and window (`state.AccountState` adds each event to the shared
+channels of a `RollingVector` once); each operator here only knows how to *read* its statistic
+from those channels. So the update path costs one expiry check per window and event, and every
+feature still has one small class with one definition — the one the parity tests check against
+pandas.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, ClassVar
+
+from detection.features.windows import WINDOWS, Window
+
+if TYPE_CHECKING:
+    from detection.features.state import AccountState, FeatureEngine
+
+# Channels of an account's RollingVector (one ring per window).
+SENDS = 0        # messages sent, direct and group
+DIRECT = 1       # direct (one-to-one) messages sent
+FIRST = 2        # direct messages that were a first contact
+REPLY = 3        # direct messages to someone who had messaged this account first
+RECIPIENTS = 4   # distinct direct recipients (see RollingDistinct)
+BLOCKS = 5       # times this account was blocked
+REPORTS = 6      # reports against this account, weighted (a verified report weighs VERIFIED_WEIGHT)
+STRANGERS = 7    # members added to a group by this account who were not its contacts
+GAPS = 8         # inter-send gaps ending in the window (count, sum, sum of squares, in ms)
+GAP_SUM = 9
+GAP_SQ = 10
+RECEIVED = 11    # direct messages received
+N_CHANNELS = 12
+
+VERIFIED_WEIGHT = 3  # a report whose named messages the relay verified counts three times
+
+
+class Operator:
+    """A feature: `name` and `get(state, engine, ts) -> float`."""
+
+    name: str
+    kind: ClassVar[str] = "operator"
+
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Count(Operator):
+    """A windowed sum of one channel: `sends_1m`, `blocks_24h`, ..."""
+
+    kind = "count"
+
+    def __init__(self, label: str, channel: int, window: Window) -> None:
+        self.name, self.channel, self.window, self.w = f"{label}_{window.name}", channel, window, WINDOWS.index(window)
+
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
+        return float(st.vecs[self.w].totals(ts)[self.channel])
+
+
+class Share(Operator):
+    """num / den over one window, 0 when the window holds no `den`: `first_contact_share_1h`."""
+
+    kind = "share"
+
+    def __init__(self, label: str, num: int, den: int, window: Window) -> None:
+        self.name, self.num, self.den, self.window = f"{label}_share_{window.name}", num, den, window
+        self.w = WINDOWS.index(window)
+
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
+        tot = st.vecs[self.w].totals(ts)
+        den = tot[self.den]
+        return tot[self.num] / den if den else 0.0
+
+
+class PerRecipient(Operator):
+    """A received count per distinct recipient reached in the window (at least 1): `blocks_per_recipient_1h`."""
+
+    kind = "per_recipient"
+
+    def __init__(self, label: str, channel: int, window: Window) -> None:
+        self.name, self.channel, self.window = f"{label}_per_recipient_{window.name}", channel, window
+        self.w = WINDOWS.index(window)
+
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
+        tot = st.vecs[self.w].totals(ts)
+        return tot[self.channel] / max(1.0, tot[RECIPIENTS])
+
+
+class Burstiness(Operator):
+    """Goh–Barabási burstiness (σ−μ)/(σ+μ) of inter-send gaps in the window: −1 clockwork, 0 Poisson, →1 bursts.
+
+    Needs at least two gaps; 0 otherwise."""
+
+    kind = "burstiness"
+
+    def __init__(self, window: Window) -> None:
+        self.name, self.window, self.w = f"burstiness_{window.name}", window, WINDOWS.index(window)
+
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
+        tot = st.vecs[self.w].totals(ts)
+        n = tot[GAPS]
+        if n < 2:
+            return 0.0
+        mean = tot[GAP_SUM] / n
+        var = tot[GAP_SQ] / n - mean * mean
+        sd = math.sqrt(var) if var > 0 else 0.0
+        return (sd - mean) / (sd + mean) if sd + mean > 0 else 0.0
+
+
+class NetRegistrations(Operator):
+    """Registrations from this account's network bucket in the window (farms register in bursts)."""
+
+    kind = "net_registrations"
+
+    def __init__(self, window: Window) -> None:
+        self.name, self.window, self.w = f"net_registrations_{window.name}", window, WINDOWS.index(window)
+
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
+        return float(engine.net.count(st.net_bucket, self.w, ts))
+
+
+class AccountAge(Operator):
+    """Seconds since registration (or since first seen, for accounts registered before the stream)."""
+
+    kind = "age"
+    name = "account_age_s"
+
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
+        born = st.registered_ts if st.registered_ts is not None else st.first_ts
+        return max(0.0, (ts - born) / 1000.0)
+
+
+class Lifetime(Operator):
+    """A lifetime total kept on the account: `sends_total`, `blocks_total`, ..."""
+
+    kind = "lifetime"
+
+    def __init__(self, attr: str) -> None:
+        self.name, self.attr = attr, attr
+
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
+        return float(getattr(st, self.attr))
+
+
+def _operators() -> list[Operator]:
+    ops: list[Operator] = []
+    for w in WINDOWS:
+        ops += [
+            Count("sends", SENDS, w),
+            Count("recipients", RECIPIENTS, w),
+            Count("received", RECEIVED, w),
+            Share("first_contact", FIRST, DIRECT, w),
+            Share("reply", REPLY, DIRECT, w),
+            PerRecipient("blocks", BLOCKS, w),
+            PerRecipient("reports", REPORTS, w),
+            Count("strangers_added", STRANGERS, w),
+            Burstiness(w),
+            NetRegistrations(w),
+        ]
+    ops += [AccountAge(), Lifetime("sends_total"), Lifetime("blocks_total"), Lifetime("reports_total"),
+            Lifetime("verified_reports_total")]
+    return ops
+
+
+OPERATORS: tuple[Operator, ...] = tuple(_operators())
+FEATURE_NAMES: tuple[str, ...] = tuple(op.name for op in OPERATORS)
+FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}

@@ -1,0 +1,173 @@
+"""Time windows with explicit expiry: the wrappers every windowed feature is built on.
+
+A window is a ring of `n` buckets of `width_ms` each. An event at time `ts` falls in bucket
+`ts // width_ms`; the window "as of" `ts` holds the current bucket and the `n - 1` before it.
+That definition is exact and cheap to maintain online (add to the newest bucket, subtract a
+bucket when it falls out), and the batch computation in the parity tests uses the very same
+definition, so training and serving agree to the last count.
+
+Buckets are stored sparsely (only buckets that saw something), so an account that sends three
+messages a day costs three small lists, not a full ring. Several additive channels (sends,
+first contacts, replies, ...) share one ring — one expiry check per event and window instead of
+one per statistic; that batching is what lets plain Python keep up with the stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A window spec; its `name` ("1m", "1h", "24h") becomes the suffix of feature names."""
+
+    name: str
+    width_ms: int
+    buckets: int
+
+    @property
+    def span_ms(self) -> int:
+        return self.width_ms * self.buckets
+
+    def bucket(self, ts: int) -> int:
+        return ts // self.width_ms
+
+
+W1M = Window("1m", 5_000, 12)
+W1H = Window("1h", 300_000, 12)
+W24H = Window("24h", 3_600_000, 24)
+WINDOWS: tuple[Window, ...] = (W1M, W1H, W24H)
+
+
+class RollingVector:
+    """Rolling sums of `channels` additive quantities over one window (a sparse bucket ring).
+
+    `add(ts, channel, x)` adds to the bucket of `ts`; `totals(ts)` expires what fell out of the
+    window as of `ts` and returns the live sums. Time only moves forward per instance: an event
+    older than the newest bucket is counted in the newest bucket (late by at most one bucket in
+    practice, and never lost).
+    """
+
+    __slots__ = ("_ring", "_head", "_n", "_width", "tot", "_channels")
+
+    def __init__(self, window: Window, channels: int) -> None:
+        self._ring: deque[tuple[int, list[float]]] = deque()
+        self._head = -1  # bucket index of the newest bucket, -1 when empty
+        self._n = window.buckets
+        self._width = window.width_ms
+        self._channels = channels
+        self.tot: list[float] = [0] * channels
+
+    def _advance(self, b: int) -> list[float]:
+        """The vector of bucket `b` (created if needed), after expiring buckets older than the window."""
+        ring = self._ring
+        if b <= self._head:
+            return ring[-1][1]
+        vec: list[float] = [0] * self._channels
+        ring.append((b, vec))
+        self._head = b
+        self._expire(b)
+        return vec
+
+    def _expire(self, b: int) -> None:
+        ring, tot, oldest_live = self._ring, self.tot, b - self._n + 1
+        while ring and ring[0][0] < oldest_live:
+            _, old = ring.popleft()
+            for i, x in enumerate(old):
+                if x:
+                    tot[i] -= x
+
+    def add(self, ts: int, channel: int, x: float = 1) -> None:
+        vec = self._advance(ts // self._width)
+        vec[channel] += x
+        self.tot[channel] += x
+
+    def add2(self, ts: int, c1: int, x1: float, c2: int, x2: float) -> None:
+        """Two channels at once (one expiry check): the common case for a message."""
+        vec = self._advance(ts // self._width)
+        vec[c1] += x1
+        vec[c2] += x2
+        tot = self.tot
+        tot[c1] += x1
+        tot[c2] += x2
+
+    def vector(self, ts: int) -> list[float]:
+        """The bucket vector for `ts`, for callers that add to several channels themselves (and to `tot`)."""
+        return self._advance(ts // self._width)
+
+    def totals(self, ts: int) -> list[float]:
+        """Live sums as of `ts` (expires without creating a bucket)."""
+        b = ts // self._width
+        if self._ring and b > self._head:
+            self._expire(b)
+            if not self._ring:
+                self._head = -1
+        return self.tot
+
+    def move(self, from_bucket: int, channel: int, ts: int) -> None:
+        """Move one unit of `channel` from an older live bucket to the bucket of `ts` (distinct counts)."""
+        vec = self._advance(ts // self._width)
+        for b, old in reversed(self._ring):
+            if b == from_bucket:
+                old[channel] -= 1
+                vec[channel] += 1
+                return
+        vec[channel] += 1  # the old bucket already expired: a fresh unit
+        self.tot[channel] += 1
+
+    def live(self, bucket: int, ts: int) -> bool:
+        """Whether `bucket` is inside the window as of `ts`."""
+        return bucket > ts // self._width - self._n
+
+    def state(self) -> tuple[list[tuple[int, list[float]]], int, list[float]]:
+        return (list(self._ring), self._head, list(self.tot))
+
+    def restore(self, st: tuple[list[tuple[int, list[float]]], int, list[float]]) -> None:
+        ring, head, tot = st
+        self._ring = deque((b, list(v)) for b, v in ring)
+        self._head = head
+        self.tot = list(tot)
+
+
+class RollingDistinct:
+    """Distinct keys seen in a window, kept as a channel of a `RollingVector`.
+
+    Each key remembers the bucket it was last seen in; that bucket holds its one unit. Seeing it
+    again moves the unit to the newest bucket, so the window's sum is the number of distinct keys
+    whose last sighting is still inside the window. Keys that fell out are purged lazily.
+    """
+
+    __slots__ = ("_last", "_vec", "_channel", "_width")
+
+    def __init__(self, vec: RollingVector, channel: int, window: Window) -> None:
+        self._last: dict[str, int] = {}
+        self._vec = vec
+        self._channel = channel
+        self._width = window.width_ms
+
+    def see(self, ts: int, key: str) -> bool:
+        """Count `key` at `ts`; True when it is new in the window."""
+        vec = self._vec
+        b = max(ts // self._width, vec._head)  # a late event lands in the newest bucket
+        last = self._last.get(key)
+        if last is None or not vec.live(last, ts):
+            vec.add(ts, self._channel, 1)
+            self._last[key] = b
+            if len(self._last) > 2 * vec.tot[self._channel] + 64:
+                self._purge(ts)
+            return True
+        if last != b:
+            vec.move(last, self._channel, ts)
+            self._last[key] = b
+        return False
+
+    def _purge(self, ts: int) -> None:
+        live = self._vec.live
+        self._last = {k: b for k, b in self._last.items() if live(b, ts)}
+
+    def state(self) -> dict[str, int]:
+        return dict(self._last)
+
+    def restore(self, st: dict[str, int]) -> None:
+        self._last = dict(st)
