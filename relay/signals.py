@@ -75,6 +75,19 @@ class SignalBook:
     def forget(self, account: str) -> None:
         self._contacts.pop(account, None)
 
+    def contacts_of(self, account: str) -> set[str]:
+        return self._contacts.get(account) or set()
+
+    def set_contacts(self, account: str, contacts: set[str]) -> None:
+        """Prime what the relay loaded from the database at login (emits nothing)."""
+        if contacts:
+            self._contacts[account] = set(contacts)
+        else:
+            self._contacts.pop(account, None)
+
+    def remove_contact(self, account: str, contact: str) -> None:
+        self._contacts.get(account, set()).discard(contact)
+
     # -- builders ------------------------------------------------------------------------
     def _envelope(self, ts: int | None) -> dict[str, object]:
         return {"v": 1, "ts": self.clock() if ts is None else ts, "id": new_event_id()}

@@ -1,0 +1,608 @@
+"""The relay server: connections, auth, routing, acks, the offline queue, and what each frame does.
+
+Routing state (who is online, groups, blocks, bans) lives in memory; the database is written on
+one DB thread, in batches, and never awaited on the path of a message to an online recipient.
+A message's sender gets SEND_ACK only when the recipient's client acked it (DELIVERED) or it is
+committed in `queued_messages` (QUEUED) — DESIGN.md's durability rule. Enforcement state and its
+application live in `enforce.py`; people, groups, reports and media handlers in `features.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import vodozemac
+
+from relay.listener import NullListener, SignalListener
+from relay.protocol import (
+    KIND_NAMES,
+    MAX_FRAME,
+    MAX_MESSAGE_BYTES,
+    PRE_AUTH_TYPES,
+    DeliveryStatus,
+    ErrorCode,
+    Flag,
+    FrameType,
+    PeerProtocolError,
+    decode_message_ids,
+    decode_payload,
+    decode_send,
+    encode,
+    encode_deliver,
+    encode_error,
+    encode_send_ack,
+)
+from relay.server.connection import Connection
+from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
+from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore, commitment
+from relay.signals import SignalBook, net_bucket
+from sealguard.contracts import ClientKind, Limit, MessageKind, now_ms
+from sealguard.storage import Database
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_KINDS = tuple(MessageKind(k) for k in KIND_NAMES)
+_CLIENT_KINDS = {k.value: k for k in ClientKind}
+
+
+class RelayError(Exception):
+    """Root of relay server errors."""
+
+
+class Refused(RelayError):
+    """A request the server refuses; the connection stays open (codes ≥ 200)."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class RelayConfig:
+    """Knobs of one relay node. Defaults suit a laptop; tests shrink the timeouts."""
+
+    node: str = "relay-1"
+    net_salt: str = "sealguard-dev-salt"
+    media_dir: Path = Path("media")
+    idle_timeout_s: float = 120.0  # an authenticated connection silent this long is closed
+    handshake_timeout_s: float = 15.0  # a connection must log in within this
+    ack_timeout_s: float = 5.0  # an online recipient that has not acked by then: the message is queued
+    queue_ttl_s: float = 14 * 86400.0
+    queue_quota: int = 1000  # per recipient
+    commitment_ttl_s: float = 30 * 86400.0
+    media_ttl_s: float = 7 * 86400.0
+    flush_interval_s: float = 0.002  # batching window for DB writes
+    notice_poll_s: float = 1.0
+    sweep_interval_s: float = 0.5
+    purge_interval_s: float = 30.0
+    limits: dict[Limit, Rate] = field(default_factory=dict)
+    restricted_limits: dict[Limit, Rate] = field(default_factory=dict)
+
+
+class Outgoing:
+    """A SEND waiting to be acked: settled once every recipient acked or the message is queued."""
+
+    __slots__ = ("conn", "rid", "mid", "remaining", "queued", "refused")
+
+    def __init__(self, conn: Connection, rid: int, mid: bytes, remaining: int) -> None:
+        self.conn = conn
+        self.rid = rid
+        self.mid = mid
+        self.remaining = remaining
+        self.queued = False
+        self.refused = 0
+
+
+class Pending:
+    """A message handed to an online recipient, waiting for its DELIVER_ACK."""
+
+    __slots__ = ("out", "sender", "group", "kind", "ts", "ciphertext", "deadline", "from_queue")
+
+    def __init__(self, out: Outgoing | None, sender: str, group: str | None, kind: int, ts: int, ciphertext: bytes,
+                 deadline: float, from_queue: bool) -> None:
+        self.out = out
+        self.sender = sender
+        self.group = group
+        self.kind = kind
+        self.ts = ts
+        self.ciphertext = ciphertext
+        self.deadline = deadline
+        self.from_queue = from_queue
+
+
+class Stats:
+    """Plain counters read by the Prometheus collector at scrape time (no locks on the hot path)."""
+
+    __slots__ = ("frames_in", "frames_out", "sends", "acks_delivered", "acks_queued", "queued", "delivered",
+                 "errors", "protocol_errors", "limit_breaches", "withheld", "logins", "registrations", "timeouts",
+                 "enforcements")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class RelayServer:
+    def __init__(self, db: Database, config: RelayConfig | None = None, listener: SignalListener | None = None,
+                 clock: Callable[[], int] = now_ms) -> None:
+        from relay.server.enforce import Enforcer
+        from relay.server.features import Features
+
+        self.config = config or RelayConfig()
+        self.db = db
+        self.store = RelayStore(db)
+        self.listener: SignalListener = listener or NullListener()
+        self.book = SignalBook(self.config.node, clock)
+        self.limiter = RateLimiter(self.config.limits, self.config.restricted_limits)
+        self.stats = Stats()
+        self.conns: dict[str, Connection] = {}
+        self.all_conns: set[Connection] = set()
+        self.accounts: set[str] = set()
+        self.blocks: set[tuple[str, str]] = set()  # (blocker, blocked)
+        self.groups: dict[str, set[str]] = {}
+        self.inflight: dict[tuple[bytes, str], Pending] = {}
+        self.enforcer = Enforcer(self)
+        self.features = Features(self)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
+        self._enqueue_batch: list[tuple[QueuedOut, Outgoing | None]] = []
+        self._delete_batch: list[tuple[bytes, str]] = []
+        self._commit_batch: list[tuple[str, int]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Future[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.host = ""
+        self.port = 0
+        self._handlers: dict[int, Callable[[Connection, int, int, bytes], None]] = {
+            FrameType.PING: self._on_ping,
+            FrameType.PONG: lambda c, f, r, p: None,
+            FrameType.BYE: lambda c, f, r, p: c.close(),
+            FrameType.CHALLENGE_REQ: self._on_challenge,
+            FrameType.REGISTER: self._on_register,
+            FrameType.LOGIN: self._on_login,
+            FrameType.SEND: self._on_send,
+            FrameType.DELIVER_ACK: self._on_deliver_ack,
+            **self.features.handlers(),
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.config.media_dir.mkdir(parents=True, exist_ok=True)
+        self.accounts = await self.run_db(self.store.all_account_ids)
+        self.blocks = await self.run_db(self.store.all_blocks)
+        self.groups = await self.run_db(self.store.all_groups)
+        await self.enforcer.load_from_db()
+        self._server = await self._loop.create_server(lambda: Connection(self), host, port, backlog=4096,
+                                                      reuse_address=True)
+        sock = self._server.sockets[0].getsockname()
+        self.host, self.port = sock[0], sock[1]
+        self._every(self.config.sweep_interval_s, self._sweep)
+        self._every(self.config.purge_interval_s, lambda: self.spawn(self._purge()))
+        self._every(self.config.notice_poll_s, lambda: self.spawn(self.enforcer.poll_notices()))
+        log.info("relay %s listening on %s:%d", self.config.node, self.host, self.port)
+
+    def _every(self, interval: float, fn: Callable[[], None]) -> None:
+        assert self._loop is not None
+        loop = self._loop
+
+        def tick() -> None:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a periodic job must not die silently
+                log.exception("periodic job failed")
+            self._timers.append(loop.call_later(interval, tick))
+
+        self._timers.append(loop.call_later(interval, tick))
+
+    async def stop(self) -> None:
+        """Stop accepting, queue what is in flight (so nothing accepted is lost), close everyone."""
+        for t in self._timers:
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+        for key in list(self.inflight):
+            self._requeue(key)
+        for conn in list(self.all_conns):
+            conn.send(encode(FrameType.BYE, 0))
+            conn.close()
+        await self._flush_now()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._executor.shutdown(wait=True)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("relay task failed", exc_info=task.exception())
+
+    async def run_db(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, fn, *args)
+
+    # -- connections -----------------------------------------------------------------------------
+    def on_connect(self, conn: Connection) -> None:
+        conn.bucket = net_bucket(conn.peer, self.config.net_salt)
+        self.all_conns.add(conn)
+
+    def on_disconnect(self, conn: Connection) -> None:
+        self.all_conns.discard(conn)
+        account = conn.account
+        if account is None or self.conns.get(account) is not conn:
+            return
+        del self.conns[account]
+        # Messages handed to this client and not acked go to the queue.
+        for key in [k for k in self.inflight if k[1] == account]:
+            self._requeue(key)
+        self.listener.emit(self.book.session_closed(account, conn.bucket, time.monotonic() - conn.opened_at))
+        self.features.presence_changed(account, False)
+
+    def on_data(self, conn: Connection, data: bytes) -> None:
+        try:
+            frames = conn.reader.feed(data)
+        except PeerProtocolError as exc:
+            self._peer_error(conn, 0, exc.code, exc.message)
+            return
+        handlers = self._handlers
+        for ftype, flags, rid, payload in frames:
+            if conn.closed:
+                return
+            self.stats.frames_in += 1
+            if conn.account is None and ftype not in PRE_AUTH_TYPES:
+                self.reply_error(conn, rid, ErrorCode.NOT_AUTHENTICATED, f"{FrameType(ftype).name} needs a login")
+                continue
+            handler = handlers.get(ftype)
+            if handler is None:
+                self.reply_error(conn, rid, ErrorCode.INVALID, f"{FrameType(ftype).name} is a server-to-client frame")
+                continue
+            try:
+                handler(conn, flags, rid, payload)
+            except Refused as exc:
+                self.reply_error(conn, rid, exc.code, exc.detail)
+            except PeerProtocolError as exc:
+                self._peer_error(conn, rid, exc.code, exc.message)
+                return
+
+    def _peer_error(self, conn: Connection, rid: int, code: ErrorCode, detail: str) -> None:
+        """The peer broke the protocol: tell it why, close only its connection."""
+        self.stats.protocol_errors += 1
+        log.info("closing %s: %s (%s)", conn.account or conn.bucket, code.name, detail)
+        conn.send(encode_error(rid, code, detail))
+        conn.close()
+
+    def reply_error(self, conn: Connection, rid: int, code: ErrorCode, detail: str) -> None:
+        self.stats.errors += 1
+        conn.send(encode_error(rid, code, detail))
+
+    def reply(self, conn: Connection, frame: bytes) -> None:
+        self.stats.frames_out += 1
+        conn.send(frame)
+
+    def breach(self, limit: Limit, *, account: str | None = None, bucket: str | None = None) -> Refused:
+        self.stats.limit_breaches += 1
+        self.listener.emit(self.book.limit_breached(limit, account=account, bucket=bucket))
+        return Refused(ErrorCode.RATE_LIMITED, f"rate limit {limit.value} exceeded")
+
+    def take(self, limit: Limit, conn: Connection) -> None:
+        """Spend one token of `limit` for this connection (its net_bucket before login) or refuse."""
+        if limit in PER_NET_BUCKET:
+            if not self.limiter.take(limit, conn.bucket):
+                raise self.breach(limit, bucket=conn.bucket)
+            return
+        account = conn.account or ""
+        if not self.limiter.take(limit, account, account in self.enforcer.restricted):
+            raise self.breach(limit, account=account)
+
+    # -- auth -------------------------------------------------------------------------------------
+    def _on_ping(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
+        conn.send(encode(FrameType.PONG, rid))
+
+    def _on_challenge(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
+        self.take(Limit.challenge, conn)
+        conn.nonce = secrets.token_bytes(32)
+        self.reply(conn, encode(FrameType.CHALLENGE, rid, conn.nonce))
+
+    def _take_nonce(self, conn: Connection) -> bytes:
+        if conn.account is not None:
+            raise Refused(ErrorCode.ALREADY_AUTHENTICATED, "this connection is already logged in")
+        nonce, conn.nonce = conn.nonce, None
+        if nonce is None:
+            raise Refused(ErrorCode.NO_CHALLENGE, "ask for a CHALLENGE first; each one is good for one attempt")
+        return nonce
+
+    @staticmethod
+    def _verify(identity_key: str, message: bytes, signature: str) -> None:
+        try:
+            vodozemac.Ed25519PublicKey.from_base64(identity_key).verify_signature(
+                message, vodozemac.Ed25519Signature.from_base64(signature))
+        except (ValueError, TypeError):
+            raise Refused(ErrorCode.BAD_SIGNATURE, "the signature does not verify with this identity key") from None
+
+    def _on_register(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
+        kind, identity_key, curve_key, signature = decode_payload(FrameType.REGISTER, payload)
+        nonce = self._take_nonce(conn)
+        if kind not in _CLIENT_KINDS:
+            raise Refused(ErrorCode.INVALID, f"client_kind {kind!r} is not one of {', '.join(_CLIENT_KINDS)}")
+        try:
+            vodozemac.Curve25519PublicKey.from_base64(curve_key)
+        except (ValueError, TypeError):
+            raise Refused(ErrorCode.INVALID, "curve_key is not a Curve25519 public key") from None
+        self._verify(identity_key, b"sealguard-register|" + nonce + curve_key.encode(), signature)
+        self.take(Limit.register, conn)
+        self.spawn(self._register(conn, rid, _CLIENT_KINDS[kind], identity_key, curve_key))
+
+    async def _register(self, conn: Connection, rid: int, kind: ClientKind, identity_key: str, curve_key: str) -> None:
+        try:
+            account = await self.run_db(self.store.create_account, identity_key, curve_key, conn.bucket, kind.value)
+        except AlreadyRegistered as exc:
+            self.reply_error(conn, rid, ErrorCode.ALREADY_REGISTERED, str(exc))
+            return
+        self.accounts.add(account)
+        self.stats.registrations += 1
+        self.listener.emit(self.book.registered(account, conn.bucket, kind))
+        if conn.closed:
+            return
+        self._authenticated(conn, account)
+        self.reply(conn, encode(FrameType.REGISTERED, rid, account))
+        self.listener.emit(self.book.session_opened(account, conn.bucket))
+
+    def _on_login(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
+        account, signature = decode_payload(FrameType.LOGIN, payload)
+        nonce = self._take_nonce(conn)
+        if account not in self.accounts:
+            raise Refused(ErrorCode.UNKNOWN_ACCOUNT, "no such account")
+        self.spawn(self._login(conn, rid, account, nonce, signature))
+
+    async def _login(self, conn: Connection, rid: int, account: str, nonce: bytes, signature: str) -> None:
+        keys = await self.run_db(self.store.get_account, account)
+        if conn.closed:
+            return
+        if keys is None:
+            self.reply_error(conn, rid, ErrorCode.UNKNOWN_ACCOUNT, "no such account")
+            return
+        try:
+            self._verify(keys[0], b"sealguard-login|" + nonce + account.encode(), signature)
+        except Refused as exc:
+            self.reply_error(conn, rid, exc.code, exc.detail)
+            return
+        ban = self.enforcer.active_ban(account)
+        if ban is not None:
+            conn.send(self.enforcer.ban_frame(ban, rid))
+            conn.close()
+            return
+        old = self.conns.get(account)
+        if old is not None and old is not conn:  # one device per account: the newer login wins
+            old.send(encode(FrameType.BYE, 0))
+            old.close()
+            self.on_disconnect(old)
+        contacts, queued = await asyncio.gather(self.run_db(self.store.contacts_of, account),
+                                                self.run_db(self.store.load_queue, account))
+        if conn.closed:
+            return
+        self.book.set_contacts(account, set(contacts))
+        self._authenticated(conn, account)
+        self.stats.logins += 1
+        self.reply(conn, encode(FrameType.LOGGED_IN, rid, account, len(queued)))
+        self.listener.emit(self.book.session_opened(account, conn.bucket))
+        self._deliver_queued(conn, queued)
+        self.features.presence_changed(account, True)
+        await self.enforcer.deliver_notices(account)
+
+    def _authenticated(self, conn: Connection, account: str) -> None:
+        conn.account = account
+        conn.account_b = account.encode()
+        conn.reader.max_len = MAX_FRAME
+        conn.opened_at = time.monotonic()
+        self.conns[account] = conn
+
+    def _deliver_queued(self, conn: Connection, queued: list[QueuedOut]) -> None:
+        deadline = time.monotonic() + self.config.ack_timeout_s
+        account = conn.account
+        assert account is not None
+        for q in queued:
+            key = (q.message_id, account)
+            if key in self.inflight:
+                continue
+            self.inflight[key] = Pending(None, q.sender, q.group, q.kind, q.enqueued_at, q.ciphertext, deadline, True)
+            conn.send(encode_deliver(q.message_id, q.sender.encode(), (q.group or "").encode(), q.kind,
+                                     q.enqueued_at, q.ciphertext, Flag.FROM_QUEUE))
+
+    # -- messages -----------------------------------------------------------------------------------
+    def check_send(self, conn: Connection, kind: int, size: int) -> str:
+        account = conn.account
+        assert account is not None
+        if size > MAX_MESSAGE_BYTES:
+            raise Refused(ErrorCode.TOO_LARGE, f"ciphertext of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
+        if kind >= len(_KINDS):
+            raise Refused(ErrorCode.INVALID, f"message kind {kind} is not one of 0..{len(_KINDS) - 1}")
+        if account in self.enforcer.bans:
+            raise Refused(ErrorCode.BANNED, "this account is banned")
+        if not self.limiter.take(Limit.send, account, account in self.enforcer.restricted):
+            raise self.breach(Limit.send, account=account)
+        return account
+
+    def _on_send(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
+        mid, recipient_b, kind, ciphertext = decode_send(payload)
+        sender = self.check_send(conn, kind, len(ciphertext))
+        try:
+            recipient = recipient_b.decode("ascii")
+        except UnicodeDecodeError:
+            raise PeerProtocolError(ErrorCode.MALFORMED, "SEND.recipient is not an ASCII account id") from None
+        if recipient not in self.accounts:
+            raise Refused(ErrorCode.UNKNOWN_ACCOUNT, "no such recipient")
+        if self.book.is_first_contact(sender, recipient) and not self.limiter.take(
+                Limit.first_contact, sender, sender in self.enforcer.restricted):
+            raise self.breach(Limit.first_contact, account=sender)
+        if (recipient, sender) in self.blocks:
+            raise Refused(ErrorCode.BLOCKED, "the recipient blocked this account")
+        self.stats.sends += 1
+        rconn = self.conns.get(recipient)
+        ts = now_ms()
+        self.listener.emit(self.book.message_sent(sender, recipient, len(ciphertext), _KINDS[kind], rconn is not None))
+        self._commit_batch.append((commitment(mid, sender, recipient), ts + int(self.config.commitment_ttl_s * 1000)))
+        out = Outgoing(conn, rid, mid, 1)
+        self.route(out, mid, sender, conn.account_b, recipient, None, kind, ts, ciphertext, rconn)
+        self._schedule_flush()
+
+    def route(self, out: Outgoing, mid: bytes, sender: str, sender_b: bytes, recipient: str, group: str | None,
+              kind: int, ts: int, ciphertext: bytes, rconn: Connection | None) -> None:
+        """Hand a message to its online recipient (awaiting the client's ack) or to the queue."""
+        if rconn is not None and not rconn.closed:
+            self.inflight[(mid, recipient)] = Pending(out, sender, group, kind, ts, ciphertext,
+                                                      time.monotonic() + self.config.ack_timeout_s, False)
+            rconn.send(encode_deliver(mid, sender_b, group.encode() if group else b"", kind, ts, ciphertext))
+            self.stats.frames_out += 1
+        else:
+            self._queue(QueuedOut(mid, recipient, sender, group, kind, ciphertext, ts,
+                                  ts + int(self.config.queue_ttl_s * 1000)), out)
+
+    def _on_deliver_ack(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
+        account = conn.account
+        assert account is not None
+        for mid in decode_message_ids(FrameType.DELIVER_ACK, payload):
+            pending = self.inflight.pop((mid, account), None)
+            if pending is None:
+                # Acked late (after a timeout queued it) or after a reconnect: drop the queued copy.
+                self._delete_batch.append((mid, account))
+                continue
+            self.stats.delivered += 1
+            if pending.from_queue:
+                self._delete_batch.append((mid, account))
+                sconn = self.conns.get(pending.sender)
+                if sconn is not None:
+                    sconn.send(encode(FrameType.RECEIPT, 0, mid, account, DeliveryStatus.DELIVERED))
+            elif pending.out is not None:
+                self._settle(pending.out, queued=False)
+        self._schedule_flush()
+
+    def _settle(self, out: Outgoing, *, queued: bool, refused: bool = False) -> None:
+        if queued:
+            out.queued = True
+        if refused:
+            out.refused += 1
+        out.remaining -= 1
+        if out.remaining > 0:
+            return
+        if out.refused and not out.queued and out.refused >= 1 and out.conn is not None:
+            self.reply_error(out.conn, out.rid, ErrorCode.QUOTA_EXCEEDED, "the recipient's offline queue is full")
+            return
+        if out.queued:
+            self.stats.acks_queued += 1
+        else:
+            self.stats.acks_delivered += 1
+        out.conn.send(encode_send_ack(out.rid, out.mid, DeliveryStatus.QUEUED if out.queued
+                                      else DeliveryStatus.DELIVERED))
+
+    def _requeue(self, key: tuple[bytes, str]) -> None:
+        pending = self.inflight.pop(key, None)
+        if pending is None or pending.from_queue:
+            return  # a queued message is still in the database
+        self.stats.timeouts += 1
+        self._queue(QueuedOut(key[0], key[1], pending.sender, pending.group, pending.kind, pending.ciphertext,
+                              pending.ts, pending.ts + int(self.config.queue_ttl_s * 1000)), pending.out)
+        self._schedule_flush()
+
+    def _queue(self, item: QueuedOut, out: Outgoing | None) -> None:
+        self._enqueue_batch.append((item, out))
+        self._schedule_flush()
+
+    # -- batched database writes -----------------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_later(self.config.flush_interval_s, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        enq, self._enqueue_batch = self._enqueue_batch, []
+        dele, self._delete_batch = self._delete_batch, []
+        com, self._commit_batch = self._commit_batch, []
+        if not (enq or dele or com):
+            return
+        fut = asyncio.ensure_future(self._write(enq, dele, com))
+        self._flushing.add(fut)
+        fut.add_done_callback(self._flushing.discard)
+
+    async def _write(self, enq: list[tuple[QueuedOut, Outgoing | None]], dele: list[tuple[bytes, str]],
+                     com: list[tuple[str, int]]) -> None:
+        def work() -> list[bool]:
+            ok = self.store.enqueue([i for i, _ in enq], self.config.queue_quota) if enq else []
+            if dele:
+                self.store.delete_queued(dele)
+            if com:
+                self.store.add_commitments(com)
+            return ok
+
+        try:
+            oks = await self.run_db(work)
+        except Exception:  # noqa: BLE001 - never ack what is not committed; the senders will retry
+            log.exception("database write failed; %d queued messages not acked", len(enq))
+            for _, out in enq:
+                if out is not None and out.conn is not None:
+                    self.reply_error(out.conn, out.rid, ErrorCode.INTERNAL, "could not queue the message; retry")
+            return
+        for (item, out), ok in zip(enq, oks):
+            if ok:
+                self.stats.queued += 1
+            if out is not None:
+                self._settle(out, queued=ok, refused=not ok)
+
+    async def _flush_now(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._flush()
+        while self._flushing:
+            await asyncio.gather(*list(self._flushing), return_exceptions=True)
+
+    # -- periodic ---------------------------------------------------------------------------------------
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        expired = []
+        for key, pending in self.inflight.items():
+            if pending.deadline <= now:
+                expired.append(key)
+        for key in expired:
+            if self.inflight[key].from_queue:
+                del self.inflight[key]  # still in the database; delivered again at the next login
+            else:
+                self._requeue(key)
+        idle, handshake = now - self.config.idle_timeout_s, now - self.config.handshake_timeout_s
+        for conn in list(self.all_conns):
+            if (conn.account is None and conn.opened_at < handshake) or conn.last_seen < idle:
+                self.stats.timeouts += 1
+                conn.send(encode_error(0, ErrorCode.TIMEOUT, "idle or unauthenticated for too long"))
+                conn.close()
+        self.enforcer.expire()
+
+    async def _purge(self) -> None:
+        _, _, blobs = await self.run_db(self.store.purge_expired, now_ms())
+        for blob_id in blobs:
+            try:
+                os.unlink(self.config.media_dir / blob_id)
+            except FileNotFoundError:
+                pass
+        self.limiter.prune()
+
+    # -- introspection (metrics, tests) ---------------------------------------------------------------
+    @property
+    def online(self) -> int:
+        return len(self.conns)

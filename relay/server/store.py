@@ -1,0 +1,374 @@
+"""The relay's database work: synchronous functions the server runs on its one DB thread.
+
+Nothing here runs on the event loop. Every method is one short transaction; the server batches
+(offline-queue inserts, acked deletes, report commitments) so an online recipient costs no
+database round trip per message and an offline one costs a share of a batched insert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from sealguard.contracts import Action, new_account_id, now_ms
+from sealguard.storage import (
+    AccountRow,
+    BlockRow,
+    ContactRow,
+    Database,
+    DecisionRow,
+    EnforcementApplicationRow,
+    GroupMemberRow,
+    GroupRow,
+    MediaBlobRow,
+    MessageCommitmentRow,
+    NoticeRow,
+    PrekeyRow,
+    QueuedMessageRow,
+    ReportRow,
+)
+
+
+class StoreError(Exception):
+    """Root of relay storage errors."""
+
+
+class AlreadyRegistered(StoreError):
+    pass
+
+
+class HandleTaken(StoreError):
+    pass
+
+
+def commitment(message_id: bytes, sender: str, recipient: str) -> str:
+    """H(message id, sender, recipient): lets a recipient prove, later, that it received a message
+    from that sender — without the relay keeping who sent what to whom in the clear."""
+    return hashlib.blake2b(message_id + sender.encode() + recipient.encode(), digest_size=32).hexdigest()
+
+
+@dataclass(slots=True)
+class QueuedOut:
+    """A message to write to the offline queue."""
+
+    message_id: bytes
+    recipient: str
+    sender: str
+    group: str | None
+    kind: int
+    ciphertext: bytes
+    enqueued_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveDecision:
+    decision_id: str
+    account: str
+    action: Action
+    reason_code: str
+    created_at: int
+    expires_at: int | None
+
+
+class RelayStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- accounts ---------------------------------------------------------------------------
+    def all_account_ids(self) -> set[str]:
+        with self.db.session() as s:
+            return set(s.scalars(select(AccountRow.id).where(AccountRow.deleted_at.is_(None))))
+
+    def get_account(self, account: str) -> tuple[str, str] | None:
+        """(identity_key, curve_key) or None."""
+        with self.db.session() as s:
+            row = s.get(AccountRow, account)
+            return None if row is None or row.deleted_at is not None else (row.identity_key, row.curve_key)
+
+    def create_account(self, identity_key: str, curve_key: str, bucket: str, client_kind: str) -> str:
+        account = new_account_id()
+        try:
+            with self.db.session() as s, s.begin():
+                s.add(AccountRow(id=account, identity_key=identity_key, curve_key=curve_key, net_bucket=bucket,
+                                 client_kind=client_kind, registered_at=now_ms()))
+        except IntegrityError:
+            raise AlreadyRegistered("this identity key is already registered") from None
+        return account
+
+    def claim_handle(self, account: str, handle: str) -> None:
+        try:
+            with self.db.session() as s, s.begin():
+                s.execute(update(AccountRow).where(AccountRow.id == account).values(handle=handle))
+        except IntegrityError:
+            raise HandleTaken(f"handle {handle!r} is taken") from None
+
+    def lookup_handle(self, handle: str) -> str | None:
+        with self.db.session() as s:
+            return s.scalar(select(AccountRow.id).where(AccountRow.handle == handle,
+                                                        AccountRow.deleted_at.is_(None)))
+
+    # -- contacts and blocks ----------------------------------------------------------------------
+    def contacts_of(self, account: str) -> list[str]:
+        with self.db.session() as s:
+            return list(s.scalars(select(ContactRow.contact).where(ContactRow.account == account)))
+
+    def add_contact(self, account: str, contact: str) -> bool:
+        try:
+            with self.db.session() as s, s.begin():
+                s.add(ContactRow(account=account, contact=contact, added_at=now_ms()))
+            return True
+        except IntegrityError:
+            return False
+
+    def remove_contact(self, account: str, contact: str) -> None:
+        with self.db.session() as s, s.begin():
+            s.execute(delete(ContactRow).where(ContactRow.account == account, ContactRow.contact == contact))
+
+    def all_blocks(self) -> set[tuple[str, str]]:
+        with self.db.session() as s:
+            return {(b, d) for b, d in s.execute(select(BlockRow.blocker, BlockRow.blocked))}
+
+    def block(self, blocker: str, blocked: str) -> None:
+        try:
+            with self.db.session() as s, s.begin():
+                s.add(BlockRow(blocker=blocker, blocked=blocked, ts=now_ms()))
+        except IntegrityError:
+            pass
+
+    def unblock(self, blocker: str, blocked: str) -> None:
+        with self.db.session() as s, s.begin():
+            s.execute(delete(BlockRow).where(BlockRow.blocker == blocker, BlockRow.blocked == blocked))
+
+    # -- groups -----------------------------------------------------------------------------------
+    def all_groups(self) -> dict[str, set[str]]:
+        groups: dict[str, set[str]] = {}
+        with self.db.session() as s:
+            for gid in s.scalars(select(GroupRow.id)):
+                groups[gid] = set()
+            for gid, acc in s.execute(select(GroupMemberRow.group_id, GroupMemberRow.account)):
+                groups.setdefault(gid, set()).add(acc)
+        return groups
+
+    def create_group(self, gid: str, creator: str, members: Iterable[str]) -> None:
+        now = now_ms()
+        with self.db.session() as s, s.begin():
+            s.add(GroupRow(id=gid, created_by=creator, created_at=now))
+            for m in {creator, *members}:
+                s.add(GroupMemberRow(group_id=gid, account=m, added_by=creator, added_at=now))
+
+    def add_member(self, gid: str, actor: str, member: str) -> None:
+        try:
+            with self.db.session() as s, s.begin():
+                s.add(GroupMemberRow(group_id=gid, account=member, added_by=actor, added_at=now_ms()))
+        except IntegrityError:
+            pass
+
+    def remove_member(self, gid: str, member: str) -> None:
+        with self.db.session() as s, s.begin():
+            s.execute(delete(GroupMemberRow).where(GroupMemberRow.group_id == gid, GroupMemberRow.account == member))
+
+    # -- prekeys ------------------------------------------------------------------------------------
+    def upload_prekeys(self, account: str, keys: Sequence[tuple[str, str]], fallback: tuple[str, str] | None) -> int:
+        with self.db.session() as s, s.begin():
+            if keys:
+                s.execute(insert(PrekeyRow), [{"account": account, "key_id": k, "public_key": v,
+                                                "is_fallback": False} for k, v in keys])
+            if fallback is not None:
+                s.execute(delete(PrekeyRow).where(PrekeyRow.account == account, PrekeyRow.is_fallback.is_(True)))
+                s.add(PrekeyRow(account=account, key_id=fallback[0], public_key=fallback[1], is_fallback=True))
+            return int(s.scalar(select(func.count()).select_from(PrekeyRow).where(
+                PrekeyRow.account == account, PrekeyRow.claimed_at.is_(None), PrekeyRow.is_fallback.is_(False))) or 0)
+
+    def claim_prekey(self, account: str) -> tuple[str, str, bool] | None:
+        """A one-time key (marked claimed, never handed out twice), else the fallback key."""
+        with self.db.session() as s, s.begin():
+            row = s.scalars(select(PrekeyRow).where(PrekeyRow.account == account, PrekeyRow.claimed_at.is_(None),
+                                                    PrekeyRow.is_fallback.is_(False))
+                            .order_by(PrekeyRow.id).limit(1)).first()
+            if row is not None:
+                claimed = s.execute(update(PrekeyRow).where(PrekeyRow.id == row.id, PrekeyRow.claimed_at.is_(None))
+                                    .values(claimed_at=now_ms())).rowcount
+                if claimed == 1:
+                    return row.key_id, row.public_key, False
+            fb = s.scalars(select(PrekeyRow).where(PrekeyRow.account == account, PrekeyRow.is_fallback.is_(True))
+                           .order_by(PrekeyRow.id.desc()).limit(1)).first()
+            return None if fb is None else (fb.key_id, fb.public_key, True)
+
+    # -- offline queue ---------------------------------------------------------------------------------
+    def enqueue(self, items: Sequence[QueuedOut], quota: int) -> list[bool]:
+        """Insert what fits each recipient's quota; returns, per item, whether it is now queued."""
+        recipients = {i.recipient for i in items}
+        with self.db.session() as s, s.begin():
+            counts = dict(s.execute(select(QueuedMessageRow.recipient, func.count())
+                                    .where(QueuedMessageRow.recipient.in_(recipients))
+                                    .group_by(QueuedMessageRow.recipient)).all())
+            ok: list[bool] = []
+            rows = []
+            seen: set[tuple[str, str]] = set()
+            for item in items:
+                key = (item.message_id.hex(), item.recipient)
+                n = counts.get(item.recipient, 0)
+                if key in seen:
+                    ok.append(True)
+                    continue
+                if n >= quota:
+                    ok.append(False)
+                    continue
+                counts[item.recipient] = n + 1
+                seen.add(key)
+                rows.append({"message_id": key[0], "recipient": item.recipient, "sender": item.sender,
+                             "group_id": item.group, "kind": item.kind, "ciphertext": item.ciphertext,
+                             "enqueued_at": item.enqueued_at, "expires_at": item.expires_at, "withheld": False})
+                ok.append(True)
+            if rows:
+                existing = set(s.execute(select(QueuedMessageRow.message_id, QueuedMessageRow.recipient).where(
+                    QueuedMessageRow.message_id.in_([r["message_id"] for r in rows]))).all())
+                rows = [r for r in rows if (r["message_id"], r["recipient"]) not in existing]
+                if rows:
+                    s.execute(insert(QueuedMessageRow), rows)
+        return ok
+
+    def load_queue(self, recipient: str, limit: int = 1000) -> list[QueuedOut]:
+        now = now_ms()
+        with self.db.session() as s:
+            rows = s.scalars(select(QueuedMessageRow).where(
+                QueuedMessageRow.recipient == recipient, QueuedMessageRow.withheld.is_(False),
+                QueuedMessageRow.expires_at > now).order_by(QueuedMessageRow.enqueued_at).limit(limit)).all()
+            return [QueuedOut(bytes.fromhex(r.message_id), r.recipient, r.sender, r.group_id, r.kind, r.ciphertext,
+                              r.enqueued_at, r.expires_at) for r in rows]
+
+    def count_queue(self, recipient: str) -> int:
+        with self.db.session() as s:
+            return int(s.scalar(select(func.count()).select_from(QueuedMessageRow).where(
+                QueuedMessageRow.recipient == recipient, QueuedMessageRow.withheld.is_(False))) or 0)
+
+    def delete_queued(self, pairs: Sequence[tuple[bytes, str]]) -> int:
+        if not pairs:
+            return 0
+        n = 0
+        with self.db.session() as s, s.begin():
+            for mid, recipient in pairs:
+                n += s.execute(delete(QueuedMessageRow).where(QueuedMessageRow.message_id == mid.hex(),
+                                                              QueuedMessageRow.recipient == recipient)).rowcount
+        return n
+
+    def set_withheld(self, sender: str, withheld: bool) -> int:
+        """Hold back (or release) a sender's undelivered messages; the rows stay, counted."""
+        with self.db.session() as s, s.begin():
+            return int(s.execute(update(QueuedMessageRow).where(QueuedMessageRow.sender == sender,
+                                                                QueuedMessageRow.withheld.is_(not withheld))
+                                 .values(withheld=withheld)).rowcount)
+
+    def count_withheld(self) -> int:
+        with self.db.session() as s:
+            return int(s.scalar(select(func.count()).select_from(QueuedMessageRow)
+                                .where(QueuedMessageRow.withheld.is_(True))) or 0)
+
+    # -- commitments and reports ----------------------------------------------------------------------
+    def add_commitments(self, items: Sequence[tuple[str, int]]) -> None:
+        if not items:
+            return
+        with self.db.session() as s, s.begin():
+            existing = set(s.scalars(select(MessageCommitmentRow.commitment).where(
+                MessageCommitmentRow.commitment.in_([c for c, _ in items]))))
+            rows = {c: e for c, e in items if c not in existing}
+            if rows:
+                s.execute(insert(MessageCommitmentRow), [{"commitment": c, "expires_at": e, "reported": False}
+                                                         for c, e in rows.items()])
+
+    def file_report(self, reporter: str, reported: str, reason_code: str, message_ids: Sequence[bytes]) -> tuple[int, int]:
+        """Verify each named message against its commitment: it counts only if the reporter was its
+        recipient and nobody reported it before. Writes the reports row. Returns (named, verified)."""
+        now = now_ms()
+        wanted = {commitment(m, reported, reporter) for m in set(message_ids)}
+        with self.db.session() as s, s.begin():
+            verified = 0
+            if wanted:
+                verified = int(s.execute(update(MessageCommitmentRow).where(
+                    MessageCommitmentRow.commitment.in_(wanted), MessageCommitmentRow.reported.is_(False),
+                    MessageCommitmentRow.expires_at > now).values(reported=True)).rowcount)
+            s.add(ReportRow(reporter=reporter, reported=reported, reason_code=reason_code,
+                            messages_named=len(message_ids), messages_verified=verified, ts=now))
+        return len(message_ids), verified
+
+    # -- media ---------------------------------------------------------------------------------------
+    def add_blob(self, owner: str, size: int, ttl_ms: int) -> tuple[str, int]:
+        blob_id = secrets.token_hex(16)
+        now = now_ms()
+        with self.db.session() as s, s.begin():
+            s.add(MediaBlobRow(id=blob_id, owner=owner, size=size, created_at=now, expires_at=now + ttl_ms,
+                               fetch_count=0))
+        return blob_id, now + ttl_ms
+
+    def fetch_blob(self, blob_id: str) -> int | None:
+        """Counts a fetch; returns the new fetch count, or None if the blob is unknown or expired."""
+        with self.db.session() as s, s.begin():
+            n = s.execute(update(MediaBlobRow).where(MediaBlobRow.id == blob_id, MediaBlobRow.expires_at > now_ms())
+                          .values(fetch_count=MediaBlobRow.fetch_count + 1)).rowcount
+            if not n:
+                return None
+            return int(s.scalar(select(MediaBlobRow.fetch_count).where(MediaBlobRow.id == blob_id)) or 0)
+
+    # -- expiry ----------------------------------------------------------------------------------------
+    def purge_expired(self, now: int) -> tuple[int, int, list[str]]:
+        """Delete expired queue rows (withheld ones stay: they are counted), commitments and media
+        rows. Returns (queued deleted, commitments deleted, media blob ids to unlink)."""
+        with self.db.session() as s, s.begin():
+            q = s.execute(delete(QueuedMessageRow).where(QueuedMessageRow.expires_at <= now,
+                                                         QueuedMessageRow.withheld.is_(False))).rowcount
+            c = s.execute(delete(MessageCommitmentRow).where(MessageCommitmentRow.expires_at <= now)).rowcount
+            blobs = list(s.scalars(select(MediaBlobRow.id).where(MediaBlobRow.expires_at <= now)))
+            if blobs:
+                s.execute(delete(MediaBlobRow).where(MediaBlobRow.id.in_(blobs)))
+        return int(q), int(c), blobs
+
+    # -- enforcement ------------------------------------------------------------------------------------
+    def active_decisions(self) -> list[ActiveDecision]:
+        now = now_ms()
+        with self.db.session() as s:
+            rows = s.scalars(select(DecisionRow).where(
+                DecisionRow.status == "active", DecisionRow.action.in_([Action.ban.value, Action.restrict.value]))
+                .order_by(DecisionRow.created_at)).all()
+            return [ActiveDecision(r.id, r.account, Action(r.action), r.reason_code, r.created_at, r.expires_at)
+                    for r in rows if r.expires_at is None or r.expires_at > now]
+
+    def applied_decisions(self, node: str) -> set[str]:
+        with self.db.session() as s:
+            return set(s.scalars(select(EnforcementApplicationRow.decision_id)
+                                 .where(EnforcementApplicationRow.node == node)))
+
+    def record_application(self, decision_id: str, node: str) -> bool:
+        """True if this is the first application of the decision on this node."""
+        try:
+            with self.db.session() as s, s.begin():
+                s.add(EnforcementApplicationRow(decision_id=decision_id, node=node, applied_at=now_ms()))
+            return True
+        except IntegrityError:
+            return False
+
+    # -- notices -------------------------------------------------------------------------------------
+    def pending_notices(self, account: str | None = None, after_id: int = 0,
+                        limit: int = 500) -> list[tuple[int, str, str, str | None, str | None]]:
+        """(id, account, kind, decision_id, reason_code) of undelivered notices."""
+        q = select(NoticeRow.id, NoticeRow.account, NoticeRow.kind, NoticeRow.decision_id, NoticeRow.reason_code) \
+            .where(NoticeRow.delivered_at.is_(None), NoticeRow.id > after_id)
+        if account is not None:
+            q = q.where(NoticeRow.account == account)
+        with self.db.session() as s:
+            return [tuple(r) for r in s.execute(q.order_by(NoticeRow.id).limit(limit)).all()]  # type: ignore[misc]
+
+    def add_notice(self, account: str, kind: str, decision_id: str | None, reason_code: str | None) -> None:
+        with self.db.session() as s, s.begin():
+            s.add(NoticeRow(account=account, kind=kind, decision_id=decision_id, reason_code=reason_code,
+                            created_at=now_ms()))
+
+    def mark_notices_delivered(self, ids: Sequence[int]) -> None:
+        if ids:
+            with self.db.session() as s, s.begin():
+                s.execute(update(NoticeRow).where(NoticeRow.id.in_(list(ids))).values(delivered_at=now_ms()))
