@@ -13,7 +13,11 @@ one JSON object per line; logs go to stderr:
     {"cmd": "exit"}
 
 Each process picks random (sender, recipient) pairs among its own online users, so a message's
-send and receipt are timed on one clock without cross-process bookkeeping. A message is in flight
+send and receipt are timed on one clock without cross-process bookkeeping. Each user talks to
+`partners` random others (its conversations, drawn once at connect): a message goes from a random
+user to one of its partners. Pairs drawn from all U users at every message would make nearly every
+message a first contact, which the relay rightly rate-limits as spam (60 first contacts per
+account, then one per 10 s); people write to the few they talk with. A message is in flight
 from its send until the relay's SEND_ACK (sent only once the recipient acked) — for mosquitto
 (QoS 0, no acknowledgement) until the recipient's receipt.
 """
@@ -42,6 +46,7 @@ class Load:
 
     def __init__(self) -> None:
         self.clients: list[Any] = []
+        self.partners: list[list[Any]] = []
         self.target = ""
         self._keepalive: asyncio.Task[None] | None = None
         self._reset(0, 0)
@@ -83,12 +88,9 @@ class Load:
 
     def _send_one(self, ts: int | None = None) -> None:
         clients = self.clients
-        n = len(clients)
-        i = int(random.random() * n)
-        j = int(random.random() * (n - 1))
-        if j >= i:
-            j += 1
-        clients[i].send(clients[j].addr, _now() if ts is None else ts)
+        i = int(random.random() * len(clients))
+        mine = self.partners[i]
+        clients[i].send(mine[int(random.random() * len(mine))].addr, _now() if ts is None else ts)
         self.sent += 1
         self.inflight += 1
         if self.inflight > self.max_inflight:
@@ -96,7 +98,7 @@ class Load:
 
     # -- commands ------------------------------------------------------------------------
     async def connect(self, target: str, host: str, port: int, first: int, count: int, concurrency: int,
-                      run_id: str, keepalive_s: float = 0.0) -> dict[str, Any]:
+                      run_id: str, keepalive_s: float = 0.0, partners: int = 10) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         self.target = target
         sem = asyncio.Semaphore(concurrency)
@@ -117,6 +119,12 @@ class Load:
 
         results = await asyncio.gather(*(one(first + i) for i in range(count)))
         self.clients = [c for c in results if c is not None]
+        n = len(self.clients)
+        k = max(1, min(partners, n - 1))
+        self.partners = []
+        for i in range(n):
+            picks = random.sample(range(n - 1), k) if n > 1 else []
+            self.partners.append([self.clients[j + 1 if j >= i else j] for j in picks])
         if keepalive_s > 0 and target == "relay":
             self._keepalive = asyncio.create_task(self._pinger(keepalive_s))
         return {"connected": len(self.clients), "failed": len(errors), "secs": time.monotonic() - t0,
@@ -130,11 +138,18 @@ class Load:
 
             from bench._wire import RelayClient
 
-            account = vodozemac.Account()
+            identity = vodozemac.Account()
+            _, first = await loop.create_connection(lambda: RelayClient(gi, self.on_message, self.on_ack),
+                                                    host, port, local_addr=src)
+            try:
+                account_id = await first.register(identity)
+            finally:
+                first.close()
+            await first.closed
             _, proto = await loop.create_connection(lambda: RelayClient(gi, self.on_message, self.on_ack),
                                                     host, port, local_addr=src)
             try:
-                await proto.register_and_login(account)
+                await proto.login(identity, account_id)
             except BaseException:
                 proto.close()
                 raise

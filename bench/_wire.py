@@ -2,7 +2,8 @@
 
 Why not the client SDK: the SDK encrypts with Olm and keeps per-message state, which is right for
 users and wrong for a load generator that must cost less than the server it measures. This
-client registers and logs in with a real vodozemac identity (it signs the server's challenge),
+client registers a real vodozemac identity on a first connection and logs in on a second, as a
+returning user does (each time signing the server's challenge),
 then sends SEND frames whose 100-byte ciphertext is opaque to the server — its first 8 bytes
 carry the send time, for the latency measurement — and acknowledges every DELIVER, batching the
 acks of one read into one DELIVER_ACK as a real client may.
@@ -117,18 +118,22 @@ class RelayClient(asyncio.Protocol):
                                        timeout)
         return nonce  # type: ignore[return-value]
 
-    async def register_and_login(self, account: object, client_kind: str = "bench", timeout: float = 60.0) -> None:
-        """Register a fresh vodozemac identity, then log in by signing a second challenge."""
+    async def register(self, account: object, client_kind: str = "sdk", timeout: float = 60.0) -> str:
+        """Register a fresh vodozemac identity: sign `sealguard-register|nonce|curve key`."""
         ik = account.ed25519_key.to_base64()  # type: ignore[attr-defined]
         ck = account.curve25519_key.to_base64()  # type: ignore[attr-defined]
         nonce = await self._challenge(timeout)
-        sig = account.sign(nonce).to_base64()  # type: ignore[attr-defined]
+        sig = account.sign(b"sealguard-register|" + nonce + ck.encode()).to_base64()  # type: ignore[attr-defined]
         (acct,) = await self._request(encode(FrameType.REGISTER, 2, client_kind, ik, ck, sig), FrameType.REGISTERED,
                                       "register", timeout)
+        return str(acct)
+
+    async def login(self, account: object, account_id: str, timeout: float = 60.0) -> None:
+        """Log in as a returning user: sign `sealguard-login|nonce|account id` with the identity key."""
         nonce = await self._challenge(timeout)
-        sig = account.sign(nonce).to_base64()  # type: ignore[attr-defined]
-        await self._request(encode(FrameType.LOGIN, 3, acct, sig), FrameType.LOGGED_IN, "login", timeout)
-        self.addr = str(acct).encode("ascii")
+        sig = account.sign(b"sealguard-login|" + nonce + account_id.encode()).to_base64()  # type: ignore[attr-defined]
+        await self._request(encode(FrameType.LOGIN, 3, account_id, sig), FrameType.LOGGED_IN, "login", timeout)
+        self.addr = account_id.encode("ascii")
 
     # -- the load ------------------------------------------------------------------------
     def send(self, to: bytes, ts_ns: int) -> None:

@@ -101,7 +101,8 @@ def all_do(loaders: list[Loader], cmds: list[dict[str, Any]]) -> list[dict[str, 
 class RelayProcess:
     """`python -m sealguard relay` in its own process; its log goes to a file in the state dir."""
 
-    def __init__(self, state_dir: Path, kafka: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, state_dir: Path, kafka: str, extra_env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         env = dict(os.environ)
         env.update({"SEALGUARD_STATE_DIR": str(state_dir), "SEALGUARD_KAFKA": kafka,
                     "SEALGUARD_RELAY_HOST": "127.0.0.1", "SEALGUARD_RELAY_PORT": "0"})
@@ -109,7 +110,7 @@ class RelayProcess:
         env.pop("SEALGUARD_DB_URL", None)  # a fresh SQLite file in the state dir, never someone's database
         self.log_path = state_dir / "relay.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "sealguard", "relay"], cwd=REPO, env=env,
+        self.proc = subprocess.Popen(command or [sys.executable, "-m", "sealguard", "relay"], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True)
         self.host = ""
         self.port = 0
@@ -246,7 +247,7 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     t0 = time.monotonic()
     replies = all_do(loaders, [{"cmd": "connect", "target": target, "host": host, "port": port, "first": f,
                                 "count": c, "concurrency": args.concurrency, "run_id": run_id,
-                                "keepalive_s": args.keepalive} for f, c in zip(firsts, counts)])
+                                "keepalive_s": args.keepalive, "partners": args.partners} for f, c in zip(firsts, counts)])
     connected = sum(r["connected"] for r in replies)
     failed = sum(r["failed"] for r in replies)
     log.info("%s: %d users connected in %.1fs (%d failed%s)", target, connected, time.monotonic() - t0, failed,
@@ -308,12 +309,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="messages in the open-loop run at 50%% of the max (default: --messages)")
     ap.add_argument("--load-procs", type=int, default=0, help="load processes (0: enough for --users, at least 2)")
     ap.add_argument("--concurrency", type=int, default=100, help="handshakes in progress per load process")
-    ap.add_argument("--keepalive", type=float, default=20.0,
+    ap.add_argument("--partners", type=int, default=10,
+                    help="conversations per user: each message goes from a random user to one of its partners")
+    ap.add_argument("--keepalive", type=float, default=50.0,
                     help="seconds between pings of each idle relay user (keeps it inside the idle timeout)")
     ap.add_argument("--mqtt-host", default="127.0.0.1")
     ap.add_argument("--mqtt-port", type=int, default=1883)
     ap.add_argument("--skip-relay", action="store_true", help="only mosquitto (to test the harness)")
     ap.add_argument("--skip-mosquitto", action="store_true", help="only the relay")
+    ap.add_argument("--relay-cmd", default=None,
+                    help="command that starts the relay (default: python -m sealguard relay); it must print "
+                         "`relay: listening=HOST:PORT metrics=URL` and read SEALGUARD_* settings")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of the relay, written here")
     ap.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     args = ap.parse_args(argv)
@@ -363,14 +369,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 broker = stack.enter_context(EmbeddedBroker(Settings(state_dir=state)))
                 kafka = broker.bootstrap
-            server = RelayProcess(state, kafka)
+            server = RelayProcess(state, kafka, command=args.relay_cmd.split() if args.relay_cmd else None)
             stack.callback(server.stop)
             server.wait_listening()
             log.info("relay pid %d listening on %s:%d, metrics %s", server.proc.pid, server.host, server.port,
                      server.metrics_url)
             relay = measure("relay", server.proc.pid, server.host, server.port, loaders, args, run_id,
                             profile=args.profile)
-            signals_dropped = metric_sum(server.metrics(), "signals_dropped")
+            try:
+                signals_dropped = metric_sum(server.metrics(), "signals_dropped")
+            except OSError as exc:
+                log.warning("could not read the relay's metrics at %s: %s", server.metrics_url, exc)
             if signals_dropped is None:
                 log.warning("the relay's /metrics has no signals_dropped metric")
             if args.profile is not None and args.profile.exists():
@@ -380,9 +389,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mosq = measure("mqtt", pid, args.mqtt_host, args.mqtt_port, loaders, args, run_id)
     figures: dict[str, Any] = {
         "users": args.users, "msgs": args.messages,
-        "msgs_per_s": relay.get("msgs_per_s"), "server_cpu_us_per_msg": relay.get("cpu_us_per_msg"),
+        "msgs_per_s": _int(relay.get("msgs_per_s")), "server_cpu_us_per_msg": relay.get("cpu_us_per_msg"),
         "p50_ms": relay.get("p50_ms"), "p99_ms": relay.get("p99_ms"),
-        "half_load_p99_ms": relay.get("half_p99_ms"), "rss_bytes_per_idle_conn": relay.get("rss_per_conn"),
+        "half_load_p99_ms": relay.get("half_p99_ms"), "rss_bytes_per_idle_conn": _int(relay.get("rss_per_conn")),
         "signals_dropped": None if signals_dropped is None else int(signals_dropped),
         "mosquitto_cpu_us_per_msg": mosq.get("cpu_us_per_msg"),
         "mosquitto_half_load_p99_ms": mosq.get("half_p99_ms"),
@@ -392,6 +401,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                         default=str))
     _verdict(figures, mosq)
     return figures
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None or not math.isfinite(value) else round(value)
 
 
 def _verdict(f: dict[str, Any], mosq: dict[str, Any]) -> None:

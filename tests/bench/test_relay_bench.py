@@ -1,0 +1,98 @@
+"""`sealguard bench relay` runs end to end at a tiny size and prints the issue's figures line.
+
+Shape only: figures are measured by the benchmark itself, never asserted on time here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench._proc import cpu_seconds, metric_sum, percentile, rss_bytes, source_address
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = ("users", "msgs", "msgs_per_s", "server_cpu_us_per_msg", "p50_ms", "p99_ms", "half_load_p99_ms",
+        "rss_bytes_per_idle_conn", "signals_dropped", "mosquitto_cpu_us_per_msg", "mosquitto_half_load_p99_ms")
+NUMBER = r"(?:-?\d+(?:\.\d+)?(?:e[+-]?\d+)?|nan)"
+
+
+def _bench(args: list[str], kafka: str | None = None, timeout: float = 200) -> tuple[str, str]:
+    env = dict(os.environ)
+    if kafka:
+        env["SEALGUARD_KAFKA"] = kafka
+    proc = subprocess.run([sys.executable, "-m", "sealguard", "bench", "relay", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no stdout; stderr:\n{proc.stderr[-4000:]}"
+    return lines[-1], proc.stderr
+
+
+def _figures(line: str) -> dict[str, float]:
+    pattern = "^bench relay: " + " ".join(f"{k}=({NUMBER})" for k in KEYS) + "$"
+    m = re.match(pattern, line)
+    assert m, f"the last line does not have the issue's shape:\n{line}"
+    return {k: float(v) for k, v in zip(KEYS, m.groups())}
+
+
+def _mosquitto_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "mosquitto"], capture_output=True, check=False).returncode == 0
+
+
+def test_relay_and_mosquitto_line_shape(broker_bootstrap: str) -> None:
+    line, err = _bench(["--users", "24", "--messages", "400", "--half-messages", "200", "--inflight", "50"],
+                       kafka=broker_bootstrap)
+    f = _figures(line)
+    assert f["users"] == 24 and f["msgs"] == 400
+    for key in ("msgs_per_s", "server_cpu_us_per_msg", "p50_ms", "p99_ms", "half_load_p99_ms"):
+        assert math.isfinite(f[key]) and f[key] >= 0, (key, line)
+    assert f["p50_ms"] <= f["p99_ms"]
+    assert f["signals_dropped"] == 0, line
+    if _mosquitto_running():
+        assert math.isfinite(f["mosquitto_cpu_us_per_msg"]), line
+        assert math.isfinite(f["mosquitto_half_load_p99_ms"]), line
+    assert "timed out" not in err, err[-2000:]
+
+
+@pytest.mark.skipif(not _mosquitto_running(), reason="mosquitto is not running on this machine")
+def test_mosquitto_half_alone() -> None:
+    """The harness and the minimal MQTT client, without the relay."""
+    line, err = _bench(["--users", "10", "--messages", "300", "--half-messages", "100", "--inflight", "20",
+                        "--skip-relay"])
+    f = _figures(line)
+    assert math.isnan(f["msgs_per_s"]) and math.isnan(f["signals_dropped"])
+    assert f["mosquitto_cpu_us_per_msg"] >= 0 and f["mosquitto_half_load_p99_ms"] >= 0
+    assert "timed out" not in err, err[-2000:]
+
+
+def test_bad_arguments_are_named() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sealguard", "bench", "relay", "--users", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "--users must be at least 2" in proc.stderr
+
+
+def test_proc_readings_of_this_process() -> None:
+    assert cpu_seconds(os.getpid()) > 0
+    assert rss_bytes(os.getpid()) > 1_000_000
+
+
+def test_helpers() -> None:
+    assert percentile([], 50) != percentile([], 50)  # nan
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    assert source_address(0) == "127.1.1.1"
+    assert source_address(251) == "127.2.2.1"
+    assert len({source_address(i).rsplit(".", 1)[0] for i in range(10_000)}) == 10_000  # one /24 each
+    with pytest.raises(ValueError, match="62,500"):
+        source_address(62_500)
+    text = ("# HELP x\nsealguard_relay_signals_dropped_total 3.0\n"
+            "sealguard_relay_signals_dropped_created 1.7e9\nother 5\n")
+    assert metric_sum(text, "signals_dropped") == 3.0
+    assert metric_sum(text, "missing") is None
