@@ -1,0 +1,90 @@
+"""Prometheus `/metrics` for a relay node.
+
+The server keeps plain integer counters (no locks, no label lookups on the message path); this
+collector reads them when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from relay.emitter import KafkaEmitter
+    from relay.server.core import RelayServer
+
+COUNTERS = {
+    "frames_in": "Frames received from clients",
+    "frames_out": "Frames sent to clients (replies and deliveries)",
+    "sends": "Messages accepted (1:1 and group)",
+    "acks_delivered": "Sends acked after the recipient's client acked",
+    "acks_queued": "Sends acked after the message was committed to the offline queue",
+    "queued": "Messages written to the offline queue",
+    "delivered": "Deliveries acked by recipients",
+    "errors": "Requests refused with an error frame",
+    "protocol_errors": "Connections closed for breaking the protocol",
+    "limit_breaches": "Rate-limit breaches",
+    "withheld": "Queued messages withheld because their sender was banned",
+    "logins": "Successful logins",
+    "registrations": "Accounts registered",
+    "timeouts": "Ack timeouts and idle connections closed",
+    "enforcements": "Decisions applied on this node",
+}
+
+
+class RelayCollector(Collector):
+    def __init__(self, server: RelayServer, emitter: KafkaEmitter | None = None) -> None:
+        self.server = server
+        self.emitter = emitter
+
+    def collect(self) -> Iterator[Any]:
+        s = self.server
+        for name, doc in COUNTERS.items():
+            c = CounterMetricFamily(f"sealguard_relay_{name}", doc)
+            c.add_metric([], getattr(s.stats, name))
+            yield c
+        gauges = {
+            "connections": (len(s.all_conns), "Open client connections"),
+            "online_accounts": (len(s.conns), "Authenticated connections"),
+            "inflight": (len(s.inflight), "Deliveries waiting for the recipient's ack"),
+            "queue_write_batch": (len(s._enqueue_batch), "Messages waiting for the next queue write"),
+            "bans": (len(s.enforcer.bans), "Active bans held in memory"),
+            "restrictions": (len(s.enforcer.restricted), "Active restrictions held in memory"),
+        }
+        if self.emitter is not None:
+            gauges["signal_buffer"] = (self.emitter.buffered, "Signals accepted but not yet confirmed by the broker")
+            gauges["signals_dropped"] = (self.emitter.dropped, "Signals dropped because the buffer was full")
+            gauges["signals_failed"] = (self.emitter.failed, "Signals the broker refused")
+        for name, (value, doc) in gauges.items():
+            g = GaugeMetricFamily(f"sealguard_relay_{name}", doc)
+            g.add_metric([], value)
+            yield g
+
+
+class MetricsServer:
+    """A /metrics HTTP endpoint on its own thread."""
+
+    def __init__(self, server: RelayServer, emitter: KafkaEmitter | None, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(RelayCollector(server, emitter))
+        self._httpd: WSGIServer
+        self._thread: threading.Thread
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.host = host
+        self.port = int(self._httpd.server_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
