@@ -1,0 +1,137 @@
+"""The action policy: from (features, rule hits, score) to verdicts — decisions and review cases.
+
+Pure and deterministic, so the online worker and `sealguard evaluate` run the very same policy;
+the worker's sink (detection.sink) then writes what it decides through
+`moderation.decisions.do_decide` and the cases table. Every verdict records what produced it:
+the rule ids, the model version and the score.
+
+* auto-ban: score ≥ `ban_threshold` **and** minimum evidence (a few messages to a few distinct
+  recipients) — a score alone never bans an account that has barely acted;
+* review case (`model_review`): `review_threshold` ≤ score < ban, priority = score × reach
+  (distinct recipients in 24 h), once per account;
+* rules: `restrict`/`ban` act (actor = the rule), `review` opens a case;
+* `user_reports` case when the account receives a verified report and is not banned;
+* a stable sample of auto-bans also opens an `auto_ban_sample` case, for quality review.
+
+The account's standing action and opened queues live in its AccountState (checkpointed with the
+features), so nothing is enforced twice across restarts.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from detection.features import FEATURE_INDEX, AccountState
+from detection.rules import Rule
+from sealguard.contracts import Action, ReasonCode
+
+QUEUE_BITS = {"model_review": 1, "user_reports": 2, "auto_ban_sample": 4, "rule_review": 8}
+
+_SENDS = FEATURE_INDEX["sends_total"]
+_RECIPIENTS_24H = FEATURE_INDEX["recipients_24h"]
+_VERIFIED = FEATURE_INDEX["verified_reports_total"]
+_REPORTS = FEATURE_INDEX["reports_total"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One thing the policy wants done: a decision (`action` set) or a case (`queue` set)."""
+
+    account: str
+    ts: int
+    action: Action | None = None
+    queue: str | None = None
+    priority: float = 0.0
+    reason_code: ReasonCode = ReasonCode.spam
+    actor: str = "detection"
+    score: float | None = None
+    model_version: str | None = None
+    rule_ids: tuple[str, ...] = ()
+
+    @property
+    def evidence(self) -> dict[str, object]:
+        return {"rules": list(self.rule_ids), "score": self.score, "model_version": self.model_version}
+
+
+@dataclass
+class Policy:
+    ban_threshold: float = 0.95
+    review_threshold: float = 0.5
+    min_sends: int = 3  # minimum evidence for a model ban: messages sent ...
+    min_recipients: int = 3  # ... to at least this many distinct recipients in 24 h
+    sample_per_mille: int = 50  # auto-bans also sampled into `auto_ban_sample` (5%)
+    stats: dict[str, int] = field(default_factory=lambda: {"bans": 0, "restricts": 0, "cases": 0})
+
+    def decide(self, account: str, st: AccountState, row: Sequence[float], ts: int, score: float | None,
+               model_version: str | None, hits: Sequence[Rule]) -> list[Verdict]:
+        """Verdicts for one scoring moment. Marks them on `st` (the sink un-marks one that fails)."""
+        if st.action == "ban":
+            return []
+        out: list[Verdict] = []
+        rule_ids = tuple(r.id for r in hits)
+        evidence = row[_SENDS] >= self.min_sends and row[_RECIPIENTS_24H] >= self.min_recipients
+        # 1) the model, with minimum evidence
+        if score is not None and score >= self.ban_threshold and evidence:
+            return self._banned(self._ban(account, ts, model_version or "model", ReasonCode.spam, score,
+                                          model_version, rule_ids, st), st)
+        # 2) rules
+        for rule in hits:
+            if rule.action == "ban":
+                return self._banned(self._ban(account, ts, rule.actor, ReasonCode.rule_hit, score, model_version,
+                                              rule_ids, st), st)
+        for rule in hits:
+            if rule.action == "restrict" and st.action is None:
+                st.action = "restrict"
+                self.stats["restricts"] += 1
+                out.append(Verdict(account, ts, action=Action.restrict, reason_code=ReasonCode.rule_hit,
+                                   actor=rule.actor, score=score, model_version=model_version, rule_ids=rule_ids))
+                break
+        reach = 1.0 + row[_RECIPIENTS_24H]
+        if any(r.action == "review" for r in hits):
+            out += self._case(st, account, ts, "rule_review", (score or 0.5) * reach, score, model_version, rule_ids)
+        # 3) review between thresholds
+        if score is not None and score >= self.review_threshold:
+            out += self._case(st, account, ts, "model_review", score * reach, score, model_version, rule_ids)
+        # 4) verified reports
+        if row[_VERIFIED] >= 1:
+            out += self._case(st, account, ts, "user_reports", row[_REPORTS], score, model_version, rule_ids)
+        return out
+
+    def _ban(self, account: str, ts: int, actor: str, reason: ReasonCode, score: float | None,
+             model_version: str | None, rule_ids: tuple[str, ...], st: AccountState) -> Verdict:
+        st.action = "ban"
+        self.stats["bans"] += 1
+        return Verdict(account, ts, action=Action.ban, reason_code=reason, actor=actor, score=score,
+                       model_version=model_version, rule_ids=rule_ids)
+
+    def _banned(self, ban: Verdict, st: AccountState) -> list[Verdict]:
+        sample = self.sample_case(ban, st)
+        return [ban] if sample is None else [ban, sample]
+
+    def _case(self, st: AccountState, account: str, ts: int, queue: str, priority: float, score: float | None,
+              model_version: str | None, rule_ids: tuple[str, ...]) -> list[Verdict]:
+        bit = QUEUE_BITS[queue]
+        if st.cases & bit:
+            return []
+        st.cases |= bit
+        self.stats["cases"] += 1
+        return [Verdict(account, ts, queue=queue, priority=float(priority), score=score,
+                        model_version=model_version, rule_ids=rule_ids)]
+
+    def sampled(self, account: str) -> bool:
+        """Whether an auto-ban of `account` also goes to the `auto_ban_sample` queue (stable per account)."""
+        return zlib.crc32(account.encode()) % 1000 < self.sample_per_mille
+
+    def sample_case(self, ban: Verdict, st: AccountState) -> Verdict | None:
+        if ban.action is not Action.ban or not self.sampled(ban.account):
+            return None
+        got = self._case(st, ban.account, ban.ts, "auto_ban_sample", ban.score or 1.0, ban.score,
+                         ban.model_version, ban.rule_ids)
+        return got[0] if got else None
+
+
+def queue_of(v: Verdict) -> str:
+    """Cases table queue name ('rule_review' cases land in 'model_review', the reviewers' queue)."""
+    return "model_review" if v.queue == "rule_review" else (v.queue or "")
