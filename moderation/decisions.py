@@ -8,26 +8,35 @@ every ban can say why, from which rule, model version or reviewer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from sealguard.contracts import Action, DecisionSource, Enforcement, ReasonCode, encode, new_decision_id, now_ms
-from sealguard.storage import AuditLogRow, Database, DecisionRow, LabelRow
+from moderation.errors import DecisionRejected, ErrorCode, ModerationError
+from sealguard.contracts import (
+    Action,
+    DecisionSource,
+    Enforcement,
+    LabelSource,
+    ReasonCode,
+    encode,
+    new_decision_id,
+    now_ms,
+)
+from sealguard.storage import AuditLogRow, Database, DecisionRow, LabelRow, NoticeRow, ReportRow
 
 log = logging.getLogger(__name__)
 
 
-class ModerationError(Exception):
-    """Root of moderation errors; `status` is the HTTP status the API answers with."""
+# What the account itself is told (codes only; the relay delivers `notices` rows on connect).
+NOTICE_KIND = {Action.warn: "warned", Action.ban: "banned", Action.lift: "lifted"}
 
-    status = 400
-
-
-class DecisionRejected(ModerationError):
-    status = 409
+# Runs inside do_decide's transaction: a caller's companion writes (close the case, mark the
+# reports acted on, notify reporters) commit or fail together with the decision.
+AlsoWrite = Callable[[Session, "DecisionRow"], None]
 
 
 class EnforcementPublisher(Protocol):
@@ -80,19 +89,27 @@ def check_decision(session: Session, req: DecisionRequest) -> None:
     """Refuse what would be a double decision: banning the banned, lifting what is not there."""
     current = active_decision(session, req.account)
     if req.action is Action.ban and current is not None and current.action == Action.ban.value:
-        raise DecisionRejected(f"account {req.account} is already banned by decision {current.id}")
+        raise DecisionRejected(f"account {req.account} is already banned by decision {current.id}",
+                               ErrorCode.double_decision)
     if req.action is Action.lift and current is None:
-        raise DecisionRejected(f"account {req.account} has no active ban or restriction to lift")
+        raise DecisionRejected(f"account {req.account} has no active ban or restriction to lift",
+                               ErrorCode.nothing_to_lift)
     if req.expires_at is not None and req.expires_at <= now_ms():
         raise ModerationError("expires_at is in the past")
+    if req.expires_at is not None and req.action not in (Action.ban, Action.restrict):
+        raise ModerationError(f"expires_at only applies to ban and restrict, not {req.action.value}")
 
 
 def do_decide(db: Database, publisher: EnforcementPublisher | None, req: DecisionRequest,
-              *, label: int | None = None) -> DecisionRow:
-    """Write the decision, its audit entry and (for human decisions) its label, then publish.
+              *, label: int | None = None, label_source: LabelSource | None = None,
+              also: AlsoWrite | None = None) -> DecisionRow:
+    """Write the decision, its audit entry, the account's notice and (for human decisions) its
+    label, then publish.
 
     The row commits first: if publishing fails the decision still stands in the database, and
     the relay picks it up at its next start or broker reconnect (`republish_unpublished` too).
+    `label_source` defaults to `reviewer` for reviewer decisions and `appeal` otherwise; `also`
+    adds the caller's own rows to the same transaction, so nothing is half-written.
     """
     decision_id = new_decision_id()
     now = now_ms()
@@ -119,12 +136,36 @@ def do_decide(db: Database, publisher: EnforcementPublisher | None, req: Decisio
         s.add(AuditLogRow(ts=now, actor=req.actor, action=f"decision.{req.action.value}", target=req.account,
                           reason_code=req.reason_code.value, note=req.note,
                           evidence={"decision_id": decision_id, **req.evidence}))
+        if req.action in (Action.ban, Action.restrict, Action.warn):
+            notify_reporters(s, req.account, decision_id, req.reason_code, now)
+        if req.action in NOTICE_KIND:
+            s.add(NoticeRow(account=req.account, kind=NOTICE_KIND[req.action], decision_id=decision_id,
+                            reason_code=req.reason_code.value, created_at=now))
         if label is not None:
-            s.add(LabelRow(account=req.account, label=label, source="reviewer" if req.source is DecisionSource.reviewer
-                           else "appeal", decision_id=decision_id, ts=now))
+            source = label_source or (LabelSource.reviewer if req.source is DecisionSource.reviewer
+                                      else LabelSource.appeal)
+            s.add(LabelRow(account=req.account, label=label, source=source.value, decision_id=decision_id, ts=now))
+        if also is not None:
+            s.flush()
+            also(s, row)
     if publisher is not None:
         publish_decision(db, publisher, row)
     return row
+
+
+def notify_reporters(session: Session, account: str, decision_id: str, reason_code: ReasonCode, now: int) -> int:
+    """Reports against `account` not yet acted on now point at this decision, and each reporter
+    gets one `report_actioned` notice (Mastodon #1685: reporters want to hear back)."""
+    reports = session.scalars(select(ReportRow).where(ReportRow.reported == account,
+                                                      ReportRow.decision_id.is_(None))).all()
+    reporters: set[str] = set()
+    for report in reports:
+        report.decision_id, report.reporter_notified_at = decision_id, now
+        reporters.add(report.reporter)
+    for reporter in sorted(reporters):
+        session.add(NoticeRow(account=reporter, kind="report_actioned", decision_id=decision_id,
+                              reason_code=reason_code.value, created_at=now))
+    return len(reporters)
 
 
 def to_enforcement(row: DecisionRow) -> Enforcement:
@@ -146,3 +187,10 @@ def republish_unpublished(db: Database, publisher: EnforcementPublisher) -> int:
     for row in rows:
         publish_decision(db, publisher, row)
     return len(rows)
+
+
+__all__ = [
+    "AlsoWrite", "DecisionRejected", "DecisionRequest", "EnforcementPublisher", "KafkaEnforcementPublisher",
+    "ModerationError", "active_decision", "check_decision", "do_decide", "publish_decision",
+    "republish_unpublished", "to_enforcement",
+]
