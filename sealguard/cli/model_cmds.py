@@ -1,0 +1,114 @@
+"""Model lifecycle commands: `train`, `dataset build`, `models list|promote|rollback|report`, `replay`.
+
+Each command imports `models` lazily (LightGBM, scikit-learn and MLflow take seconds to import),
+turns any `models.errors.ModelsError` into a clear message on stderr and exit code 2, and ends
+stdout with its figures line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sealguard.cli.app import app, print_figures, settings, setup_logging
+
+log = logging.getLogger("sealguard.models")
+
+models_app = typer.Typer(help="The model registry: list versions, promote, roll back, report.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Build training datasets from the recorded stream or simulator Parquet.",
+                          no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(dataset_app, name="dataset")
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Bad input and refused promotions end the command with the reason and exit 2."""
+    from models.errors import ModelsError
+
+    try:
+        yield
+    except ModelsError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _progress(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; yields `advance(n=1, description=None)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1, description: str | None = None, total: int | None = None) -> None:
+            kwargs: dict[str, Any] = {}
+            if description is not None:
+                kwargs["description"] = description
+            if total is not None:
+                kwargs["total"] = total
+            bar.update(task, advance=n, **kwargs)
+
+        yield advance
+
+
+@app.command()
+def train(
+    table: Path | None = typer.Option(None, help="A labelled CSV table (bring your own)."),
+    label: str | None = typer.Option(None, help="The label column of --table."),
+    id_column: str | None = typer.Option(None, "--id", help="An id column of --table (not a feature)."),
+    dataset: Path | None = typer.Option(None, help="A dataset directory (simulator Parquet or `dataset build`)."),
+    folds: int = typer.Option(5, min=2, max=20, help="Cross-validation folds for --table."),
+    seed: int = typer.Option(0, help="Random seed (splits, bagging)."),
+    threads: int = typer.Option(2, min=1, max=64, help="LightGBM / scikit-learn threads."),
+) -> None:
+    """Train LightGBM (small search, early stopping, isotonic calibration) next to a baseline."""
+    setup_logging()
+    if (table is None) == (dataset is None):
+        sys.stderr.write("error: give exactly one of --table FILE.csv or --dataset DIR\n")
+        raise typer.Exit(2)
+    with _refusals():
+        if table is not None:
+            _train_table(table, label, id_column, folds=folds, seed=seed, threads=threads)
+        else:
+            assert dataset is not None
+            _train_dataset(dataset, seed=seed, threads=threads)
+
+
+def _train_table(path: Path, label: str | None, id_column: str | None, *, folds: int, seed: int,
+                 threads: int) -> None:
+    import time
+
+    from models.errors import TableError
+    from models.tabular import cross_validate, load_table, prepare
+
+    if not label:
+        raise TableError("--table needs --label COLUMN (the column holding the 0/1 label)")
+    started = time.perf_counter()
+    frame = load_table(path)
+    prepared = prepare(frame, label, id_column)
+    for note in prepared.notes:
+        sys.stderr.write(f"note: {note}\n")
+    log.info("%s: %d rows, %d features, positive class %s", path, len(prepared.y), prepared.X.shape[1],
+             prepared.positive_label)
+    with _progress("cross-validating", folds) as advance:
+        result = cross_validate(prepared, folds=folds, seed=seed, num_threads=threads,
+                                on_fold=lambda i, n: advance())
+    figures = result.figures()
+    figures["seconds"] = round(time.perf_counter() - started, 2)
+    print_figures("train", figures)
+
+
+def _train_dataset(path: Path, *, seed: int, threads: int) -> None:
+    from models.errors import DatasetError
+
+    raise DatasetError("training from --dataset is not built yet")
