@@ -33,6 +33,26 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / _TICKS
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread, keyed `comm/tid` (the main thread's tid is the pid): tells the
+    event loop apart from the database thread, the signal emitter and librdkafka's threads."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError as exc:
+        raise ProcError(f"cannot list threads of pid {pid}: {exc}") from None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue  # the thread ended
+        comm = raw[raw.index(b"(") + 1:raw.rindex(b")")].decode(errors="replace")
+        fields = raw[raw.rindex(b")") + 2:].split()
+        out[f"{comm}/{tid}"] = (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size in bytes (statm's resident pages)."""
     try:

@@ -44,7 +44,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
-from bench._proc import cpu_seconds, metric_sum, percentile, raise_nofile, rss_bytes
+from bench._proc import cpu_seconds, metric_sum, percentile, raise_nofile, rss_bytes, thread_cpu
 from sealguard.cli.app import print_figures
 
 log = logging.getLogger("bench.relay")
@@ -159,8 +159,9 @@ class PySpy:
     def __init__(self, pid: int, out: Path, rate: int = 250) -> None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.out = out
+        # --gil: only samples holding the GIL, i.e. Python (and C called from it) on CPU, not idle waits
         self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-                                      "--nonblocking", "--output", str(out)],
+                                      "--gil", "--output", str(out)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)
 
@@ -263,9 +264,11 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     warm = min(max(args.messages // 10, 100), 5000)
     _run(loaders, warm, inflight=args.inflight)
 
+    threads0 = thread_cpu(pid)
     cpu0 = cpu_seconds(pid)
     replies, wall, lat = _run(loaders, args.messages, inflight=args.inflight)
     cpu1 = cpu_seconds(pid)
+    threads1 = thread_cpu(pid)
     delivered = sum(r["received"] for r in replies)
     out.update(delivered=delivered, wall_s=wall, msgs_per_s=delivered / wall if wall > 0 else math.nan,
                cpu_us_per_msg=(cpu1 - cpu0) * 1e6 / delivered if delivered else math.nan,
@@ -273,6 +276,9 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
                lost=args.messages - delivered, max_inflight=sum(r["max_inflight"] for r in replies),
                load_cpu_us_per_msg=sum(r["load_cpu_s"] for r in replies) * 1e6 / delivered if delivered else math.nan,
                load_busiest_pct=100 * max(r["load_cpu_s"] for r in replies) / wall if wall > 0 else math.nan)
+    per_thread = sorted(((name, (threads1[name] - threads0.get(name, 0.0)) * 1e6 / max(1, delivered))
+                         for name in threads1), key=lambda kv: -kv[1])
+    out["thread_cpu_us_per_msg"] = {name: round(us, 2) for name, us in per_thread if us > 0}
 
     if profile is not None:
         spy = PySpy(pid, profile)
