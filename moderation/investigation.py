@@ -57,13 +57,15 @@ def contributions_of(raw: Sequence[Any] | None) -> list[tuple[str, float]]:
 
 
 def percentile(population: Sequence[float], value: float, total: int | None = None) -> float:
-    """Share of the population at or below `value`; accounts missing from `population` count as 0."""
+    """Mid-rank percentile: (share below + half the share equal). Accounts missing from
+    `population` count as 0, so an account at 0 among mostly zeros sits near 0.5, not at 1."""
     total = max(total if total is not None else len(population), len(population))
     if total == 0:
         return float("nan")
-    missing_zeros = total - len(population)
-    at_or_below = sum(1 for v in population if v <= value) + (missing_zeros if value >= 0 else 0)
-    return round(at_or_below / total, 4)
+    zeros = total - len(population)
+    below = sum(1 for v in population if v < value) + (zeros if value > 0 else 0)
+    equal = sum(1 for v in population if v == value) + (zeros if value == 0 else 0)
+    return round((below + equal / 2) / total, 4)
 
 
 def latest_scores(session: Session, *, shadow: bool = False) -> Select[tuple[ScoreRow]]:

@@ -293,7 +293,7 @@ def test_account_page_and_figures(world: Any) -> None:
     page = world.get(f"/accounts/{account}", "rita").json()
     assert page["explanation"]["top"][0] == {"feature": "first_contact_sends_1m", "value": 2.0}
     feats = {f["feature"]: f for f in page["features"]}
-    assert feats["first_contact_sends_1m"]["percentile"] == 1.0
+    assert feats["first_contact_sends_1m"]["percentile"] == 0.75  # mid-rank: 1 below, itself half
     assert feats["contacts_added"]["value"] == 1.0
     assert {"source": account, "target": friend, "kind": "contact"} in page["neighbourhood"]["edges"]
     assert any(e["kind"] == "score" for e in page["timeline"])
