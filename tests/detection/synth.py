@@ -91,3 +91,12 @@ class Synth:
             last = ts
         self.events = out
         return self
+
+
+def truth_of(s: Synth) -> "pd.DataFrame":
+    """The synth population's truth in the simulator's shape (account, label, role, first_spam_ts)."""
+    import pandas as pd
+
+    rows = [{"account": a, "label": 0, "role": "normal", "first_spam_ts": float("nan")} for a in s.normal]
+    rows += [{"account": a, "label": 1, "role": k, "first_spam_ts": float("nan")} for a, k in s.spammers.items()]
+    return pd.DataFrame(rows)
