@@ -54,7 +54,7 @@ def groups(world: World, plan: Plan, accounts: np.ndarray) -> None:
     """Group chats among friends and community members, mostly created before the window."""
     rng, pop = world.rng, world.scenario.population
     spec = pop.groups
-    n = int(round(spec.per_account * accounts.size))
+    n = round(spec.per_account * accounts.size)
     if n == 0:
         return
     reg = np.array(world.reg_ts)

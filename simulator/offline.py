@@ -12,7 +12,7 @@ media blob was fetched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,18 +23,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from relay.server.limits import RateLimiter
 from relay.signals import SignalBook, net_bucket
-from sealguard.contracts import EVENTS_BY_NAME, ClientKind, Event, MessageKind, ReasonCode
-
-from simulator import normal, reactions, sessions, spam
+from sealguard.contracts import EVENTS_BY_NAME, ClientKind, Event, Limit, MessageKind, ReasonCode
+from simulator import coordinated, hardcases, normal, reactions, sessions, spam
 from simulator.errors import SimulatorError
 from simulator.plan import REASONS, Act, Plan
-from simulator.population import World, history, historical_reg_ts
+from simulator.population import World, historical_reg_ts, history
 from simulator.scenario import CLIENT_KINDS, Scenario
 
 log = logging.getLogger(__name__)
 
 NODE = "sim"
+
+# Strategy name -> generator (hijacked is special: its accounts live in the social graph).
+STRATEGIES: dict[str, Callable[..., None]] = {
+    "blaster": spam.blaster, "slow_drip": spam.slow_drip, "farm": spam.farm,
+    "ring": coordinated.ring, "conversational_scam": coordinated.conversational_scam,
+    "group_spam": coordinated.group_spam,
+}
 
 
 class SignalsFileError(SimulatorError):
@@ -100,22 +107,15 @@ def build_plan(scenario: Scenario, rng: np.random.Generator) -> tuple[World, dic
     history(world, plan, graph)
 
     normal.generate(world, plan, graph)
-    try:
-        from simulator import hardcases
-    except ImportError:  # pragma: no cover - grown in a later step
-        hardcases = None  # type: ignore[assignment]
-    if hardcases is not None:
-        hardcases.generate(world, plan, hard_accounts)
+    hardcases.generate(world, plan, hard_accounts)
 
     offset = 0
     for spec in scenario.spam:
         if spec.strategy == "hijacked":
             spam.hijacked(world, plan, spec, hij[offset:offset + spec.count])
             offset += spec.count
-        elif spec.strategy in spam.STRATEGY_FUNCS:
-            spam.STRATEGY_FUNCS[spec.strategy](world, plan, spec)
         else:
-            raise SimulatorError(f"strategy {spec.strategy!r} is not implemented yet")
+            STRATEGIES[spec.strategy](world, plan, spec)
     for b in scenario.brigades:
         reactions.brigade(world, plan, b)
     del normals
@@ -125,11 +125,16 @@ def build_plan(scenario: Scenario, rng: np.random.Generator) -> tuple[World, dic
     return world, plan.columns()
 
 
-def replay(world: World, cols: dict[str, np.ndarray], ids: list[str], rng: np.random.Generator) -> list[Event]:
-    """Walk the plan in time order through the relay's SignalBook."""
+def replay(world: World, cols: dict[str, np.ndarray], ids: list[str],
+           rng: np.random.Generator) -> tuple[list[Event], np.ndarray]:
+    """Walk the plan in time order through the relay's SignalBook and rate limiter.
+
+    Returns the events and, per plan action, whether the relay accepted it (refused: the
+    recipient blocked the sender, or a rate limit was hit — which emits `limit.breached`).
+    """
     scenario = world.scenario
     n = int(cols["ts"].size)
-    book = _SeededBook(rng.bytes(16 * n).hex())
+    book = _SeededBook(rng.bytes(16 * n * 2).hex())
     groups = _hex_ids(rng, "g", world.n_groups, 10)
     blobs = _hex_ids(rng, "b", world.n_blobs, 10)
     bucket_names: dict[int, str] = {}
@@ -144,15 +149,27 @@ def replay(world: World, cols: dict[str, np.ndarray], ids: list[str], rng: np.ra
     kinds = [ClientKind(k) for k in CLIENT_KINDS]
     reasons = [ReasonCode(r) for r in REASONS]
     text, media = MessageKind.text, MessageKind.media
+    now = [0.0]
+    limiter = RateLimiter()
+    limiter._clock = lambda: now[0]  # the relay's limiter on the simulated clock
+    take = limiter.take
+    L_SEND, L_FIRST, L_GROUP, L_MEDIA, L_REPORT = (Limit.send, Limit.first_contact, Limit.group_add,
+                                                   Limit.media_upload, Limit.report)
 
     online: dict[int, int] = {}
+    blocks: set[tuple[int, int]] = set()         # (blocker, blocked)
     received: dict[tuple[int, int], int] = {}    # (sender, recipient) -> direct messages delivered
     gsent: dict[tuple[int, int], int] = {}       # (sender, group) -> group messages posted
-    members: set[tuple[int, int]] = set()        # (group, member)
+    members: set[tuple[int, int]] = set()        # (group, member), ever: they received the posts
     verified_so_far: dict[tuple[int, int], int] = {}
     fetches: dict[int, int] = {}
+    accepted = np.ones(n, dtype=bool)
     events: list[Event] = []
     out = events.append
+
+    def breach(i: int, limit: Limit, a: int, ts: int) -> None:
+        accepted[i] = False
+        out(book.limit_breached(limit, account=ids[a], ts=ts))
 
     T, K, A, B, X, Y, S, G = (cols[c].tolist() for c in ("ts", "kind", "a", "b", "x", "y", "spam", "blob"))
     MSG, GMSG, CONTACT, SOPEN, SCLOSE = int(Act.MSG), int(Act.GMSG), int(Act.CONTACT), int(Act.SESSION_OPEN), \
@@ -161,7 +178,18 @@ def replay(world: World, cols: dict[str, np.ndarray], ids: list[str], rng: np.ra
         k, ts, a = K[i], T[i], A[i]
         if k == MSG:
             b = B[i]
-            out(book.message_sent(ids[a], ids[b], X[i], media if Y[i] else text, b in online, ts))
+            now[0] = ts / 1000.0
+            sender, recipient = ids[a], ids[b]
+            if not take(L_SEND, sender):
+                breach(i, L_SEND, a, ts)
+                continue
+            if book.is_first_contact(sender, recipient) and not take(L_FIRST, sender):
+                breach(i, L_FIRST, a, ts)
+                continue
+            if (b, a) in blocks:
+                accepted[i] = False
+                continue
+            out(book.message_sent(sender, recipient, X[i], media if Y[i] else text, b in online, ts))
             key = (a, b)
             received[key] = received.get(key, 0) + 1
         elif k == SOPEN:
@@ -173,11 +201,19 @@ def replay(world: World, cols: dict[str, np.ndarray], ids: list[str], rng: np.ra
         elif k == CONTACT:
             out(book.contact_added(ids[a], ids[B[i]], ts))
         elif k == GMSG:
+            now[0] = ts / 1000.0
+            if not take(L_SEND, ids[a]):
+                breach(i, L_SEND, a, ts)
+                continue
             g = B[i]
             out(book.group_message_sent(ids[a], groups[g], X[i], media if Y[i] else text, ts))
             key = (a, g)
             gsent[key] = gsent.get(key, 0) + 1
         elif k == Act.MEDIA_UP:
+            now[0] = ts / 1000.0
+            if not take(L_MEDIA, ids[a]):
+                breach(i, L_MEDIA, a, ts)
+                continue
             out(book.media_uploaded(ids[a], blobs[X[i]], Y[i], ts))
         elif k == Act.MEDIA_FETCH:
             blob = X[i]
@@ -186,8 +222,17 @@ def replay(world: World, cols: dict[str, np.ndarray], ids: list[str], rng: np.ra
         elif k == Act.REGISTER:
             out(book.registered(ids[a], bucket(X[i]), kinds[Y[i]], ts))
         elif k == Act.BLOCK:
+            pair = (a, B[i])
+            if pair in blocks:
+                accepted[i] = False
+                continue
+            blocks.add(pair)
             out(book.blocked(ids[a], ids[B[i]], ts))
         elif k == Act.REPORT:
+            now[0] = ts / 1000.0
+            if not take(L_REPORT, ids[a]):
+                breach(i, L_REPORT, a, ts)
+                continue
             b, g = B[i], G[i]
             available = received.get((b, a), 0)
             if g >= 0 and (g, a) in members:
@@ -204,14 +249,17 @@ def replay(world: World, cols: dict[str, np.ndarray], ids: list[str], rng: np.ra
             members.add((B[i], a))
             out(book.group_created(groups[B[i]], ids[a], ts))
         elif k == Act.GROUP_ADD:
+            now[0] = ts / 1000.0
+            if not take(L_GROUP, ids[a]):
+                breach(i, L_GROUP, a, ts)
+                continue
             members.add((B[i], X[i]))
             out(book.group_member_added(groups[B[i]], ids[a], ids[X[i]], ts))
         elif k == Act.GROUP_REMOVE:
-            members.discard((B[i], X[i]))
             out(book.group_member_removed(groups[B[i]], ids[a], ids[X[i]], ts))
         else:  # pragma: no cover - a plan kind without a replay is a bug here
             raise SimulatorError(f"no replay for plan action {k}")
-    return events
+    return events, accepted
 
 
 def simulate(scenario: Scenario, seed: int | None = None) -> SimulationResult:
@@ -221,8 +269,9 @@ def simulate(scenario: Scenario, seed: int | None = None) -> SimulationResult:
     world, cols = build_plan(scenario, rng)
     ids = _hex_ids(np.random.default_rng([seed, 1]), "a", world.n, 10)
     log.info("plan: %d accounts, %d actions", world.n, cols["ts"].size)
-    events = replay(world, cols, ids, np.random.default_rng([seed, 2]))
-    truth = world.truth(ids, cols["ts"], cols["kind"], cols["a"], cols["spam"])
+    events, accepted = replay(world, cols, ids, np.random.default_rng([seed, 2]))
+    # First spam = the first spam message the relay accepted (refused ones never reached anyone).
+    truth = world.truth(ids, cols["ts"], cols["kind"], cols["a"], cols["spam"] * accepted)
     return SimulationResult(scenario, seed, events, truth)
 
 

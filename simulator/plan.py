@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.scenario import Diurnal, Dist, Range
+from simulator.scenario import Dist, Diurnal, Range
 
 # Report reasons by index (plan column y of REPORT), in the scenario schema's spelling.
 REASONS = ("spam", "scam", "harassment", "impersonation", "other_policy")

@@ -8,9 +8,9 @@ problem into a `ScenarioError` that names the file, the field and what was wrong
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -329,7 +329,7 @@ class GroupSpam(_Spam):
 
 
 SpamSpec = Annotated[
-    Union[Blaster, SlowDrip, Farm, Hijacked, Ring, ConversationalScam, GroupSpam],
+    Blaster | SlowDrip | Farm | Hijacked | Ring | ConversationalScam | GroupSpam,
     Field(discriminator="strategy"),
 ]
 STRATEGIES = ("blaster", "slow_drip", "farm", "hijacked", "ring", "conversational_scam", "group_spam")
@@ -354,7 +354,7 @@ class Scenario(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     description: str = ""
     seed: int = 0
-    start: datetime = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    start: datetime = datetime(2026, 1, 5, tzinfo=UTC)
     duration_h: Annotated[float, Field(gt=0.0, le=24.0 * 60)] = 24.0
     net_salt: str = "sim"
     population: Population
@@ -365,7 +365,7 @@ class Scenario(_Model):
 
     @property
     def start_ms(self) -> int:
-        start = self.start if self.start.tzinfo else self.start.replace(tzinfo=timezone.utc)
+        start = self.start if self.start.tzinfo else self.start.replace(tzinfo=UTC)
         return int(start.timestamp() * 1000)
 
     @property

@@ -18,7 +18,6 @@ from simulator.plan import (
     MIN_MS,
     Act,
     Plan,
-    diurnal_times,
     lognormal,
     segment_ids,
     segment_positions,
@@ -29,13 +28,9 @@ from simulator.population import World
 from simulator.scenario import (
     CLIENT_KINDS,
     Blaster,
-    ConversationalScam,
-    Diurnal,
     Dist,
     Farm,
-    GroupSpam,
     Hijacked,
-    Ring,
     SlowDrip,
     _Spam,
 )
@@ -187,7 +182,6 @@ def farm(world: World, plan: Plan, spec: Farm) -> None:
 
 def hijacked(world: World, plan: Plan, spec: Hijacked, accounts: np.ndarray) -> None:
     """`accounts` already live normal lives (they were allocated with the graph); now they turn."""
-    rng = world.rng
     t0, dur = _start(world, spec, accounts.size)
     for account, t in zip(accounts.tolist(), t0.tolist()):
         world.takeover[account] = (int(t) - 5 * MIN_MS, world.new_bucket() if spec.new_network else
@@ -197,7 +191,3 @@ def hijacked(world: World, plan: Plan, spec: Hijacked, accounts: np.ndarray) -> 
     mixed = spec.model_copy(update={"stranger_share": 1.0 - spec.contact_target_share})
     _react(world, plan, spec, campaign(world, plan, mixed, accounts, t0, dur, world.legit_before(world.start),
                                        known=known))
-
-
-STRATEGY_FUNCS = {"blaster": blaster, "slow_drip": slow_drip, "farm": farm}
-__all__ = ["Campaign", "ConversationalScam", "GroupSpam", "Ring", "STRATEGY_FUNCS", "Diurnal", "diurnal_times"]

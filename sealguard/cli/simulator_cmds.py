@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,12 +13,12 @@ from sealguard.cli.app import app, print_figures, setup_logging
 @app.command()
 def simulate(
     scenario: Path = typer.Option(..., "--scenario", help="Scenario YAML (schema: docs/scenarios.md)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write signals.parquet and labels.parquet here."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Override the scenario's seed."),
+    out: Path | None = typer.Option(None, "--out", help="Write signals.parquet and labels.parquet here."),
+    seed: int | None = typer.Option(None, "--seed", help="Override the scenario's seed."),
     live: bool = typer.Option(False, "--live", help="Drive real SDK clients through the relay instead."),
-    relay: Optional[str] = typer.Option(None, "--relay", help="HOST:PORT of the relay (default: settings)."),
+    relay: str | None = typer.Option(None, "--relay", help="HOST:PORT of the relay (default: settings)."),
     duration: float = typer.Option(60.0, "--duration", help="Live mode: seconds to run."),
-    users: Optional[int] = typer.Option(None, "--users", help="Live mode: number of clients (default: scenario)."),
+    users: int | None = typer.Option(None, "--users", help="Live mode: number of clients (default: scenario)."),
 ) -> None:
     """Simulate a population; ends stdout with `simulate: accounts=.. signals=.. seconds=..`."""
     setup_logging()
@@ -35,7 +34,8 @@ def simulate(
         return
     if out is None:
         raise typer.BadParameter("give --out DIR (offline) or --live", param_hint="--out")
-    from simulator.offline import simulate as run, write_parquet
+    from simulator.offline import simulate as run
+    from simulator.offline import write_parquet
 
     started = time.perf_counter()
     result = run(spec, seed=seed)
@@ -46,7 +46,7 @@ def simulate(
                                "spammers": int(result.truth["label"].sum())})
 
 
-def _live(spec: object, relay: Optional[str], duration: float, users: Optional[int]) -> None:
+def _live(spec: object, relay: str | None, duration: float, users: int | None) -> None:
     import asyncio
 
     from sealguard.cli.app import settings as load_settings

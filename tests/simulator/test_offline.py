@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sealguard.contracts import MessageSent, ReportFiled, decode, encode
-
+from sealguard.contracts import GroupMemberAdded, MessageSent, ReportFiled, decode, encode
 from simulator.offline import SignalsFileError, SimulationResult, read_signals, read_truth, simulate, write_parquet
 from simulator.scenario import Scenario
 
@@ -49,12 +48,20 @@ def test_same_seed_same_signals_other_seed_other_signals(small_scenario: Scenari
 
 def test_reports_verify_only_what_the_reporter_received(small_result: SimulationResult) -> None:
     received: Counter[tuple[str, str]] = Counter()
+    posted: Counter[tuple[str, str]] = Counter()
+    members: dict[str, set[str]] = {}
     verified: Counter[tuple[str, str]] = Counter()
     brigaded = set(small_result.truth.loc[small_result.truth["brigaded"], "account"])
     saw_brigade = saw_verified = False
     for event in small_result.events:
         if isinstance(event, MessageSent) and event.recipient:
             received[(event.sender, event.recipient)] += 1
+        elif isinstance(event, MessageSent) and event.group:
+            posted[(event.sender, event.group)] += 1
+            for member in members.get(event.group, ()):
+                received[(event.sender, member)] += 1
+        elif isinstance(event, GroupMemberAdded):
+            members.setdefault(event.group, set()).add(event.member)
         elif isinstance(event, ReportFiled):
             pair = (event.reported, event.reporter)
             assert 0 <= event.messages_verified <= event.messages_named
@@ -80,7 +87,7 @@ def test_spam_goes_mostly_to_strangers_normal_talk_to_contacts(small_result: Sim
 
 
 def test_parquet_round_trip(tmp_path: Path, small_result: SimulationResult) -> None:
-    signals, labels = write_parquet(small_result, tmp_path)
+    signals, _labels = write_parquet(small_result, tmp_path)
     frame = pq.read_table(signals).to_pandas()
     assert len(frame) == len(small_result.events)
     assert list(frame.columns[:4]) == ["type", "v", "ts", "id"]
