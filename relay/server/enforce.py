@@ -36,6 +36,9 @@ class DecisionState:
         return self.expires_at is None or self.expires_at > now
 
 
+NOTICE_KIND = {Action.warn: "warned", Action.restrict: "restricted", Action.lift: "lifted", Action.ban: "banned"}
+
+
 def appeal_hint(decision_id: str) -> str:
     """How to appeal, carried in the BAN frame (a code and an id, never free text)."""
     return f"appeal:POST /appeals decision_id={decision_id}"
@@ -49,6 +52,8 @@ class Enforcer:
         self._latest: dict[str, int] = {}  # account → created_at of the newest decision applied
         self.applied: set[str] = set()  # decision ids seen by this node
         self._notice_cursor = 0
+        self._polling = False
+        self._poll_again = False
 
     # -- queries ---------------------------------------------------------------------------------
     def active_ban(self, account: str) -> DecisionState | None:
@@ -119,18 +124,14 @@ class Enforcer:
                     conn.close()
                 n = await server.run_db(server.store.set_withheld, account, True)
                 server.stats.withheld += n
-            elif state.action is Action.warn:
-                if conn is not None:
-                    conn.send(encode(FrameType.NOTICE, 0, "warned", state.decision_id, state.reason_code))
-                else:
-                    await server.run_db(server.store.add_notice, account, "warned", state.decision_id,
-                                        state.reason_code)
             elif state.action is Action.lift and was_banned:
                 await server.run_db(server.store.set_withheld, account, False)
-                if conn is not None:
-                    conn.send(encode(FrameType.NOTICE, 0, "lifted", state.decision_id, state.reason_code))
-            elif state.action is Action.restrict and conn is not None:
-                conn.send(encode(FrameType.NOTICE, 0, "restricted", state.decision_id, state.reason_code))
+            if state.action is not Action.ban:
+                # One delivery path for notices (no duplicates with moderation's own rows): make sure
+                # the row exists, then poll now rather than within the second.
+                await server.run_db(server.store.ensure_notice, account, NOTICE_KIND[state.action],
+                                    state.decision_id, state.reason_code)
+                await self.poll_notices()
         first = await server.run_db(server.store.record_application, state.decision_id, server.config.node)
         if first:
             server.stats.enforcements += 1
@@ -151,11 +152,23 @@ class Enforcer:
         self._send_notices(rows)
 
     async def poll_notices(self) -> None:
-        server = self.server
-        rows = await server.run_db(server.store.pending_notices, None, self._notice_cursor)
-        if rows:
-            self._notice_cursor = max(r[0] for r in rows)
-        self._send_notices(rows)
+        """Deliver new notices to connected accounts (offline ones get theirs at login)."""
+        if self._polling:
+            self._poll_again = True
+            return
+        self._polling = True
+        try:
+            while True:
+                self._poll_again = False
+                server = self.server
+                rows = await server.run_db(server.store.pending_notices, None, self._notice_cursor)
+                if rows:
+                    self._notice_cursor = max(r[0] for r in rows)
+                self._send_notices(rows)
+                if not self._poll_again and len(rows) < 500:
+                    return
+        finally:
+            self._polling = False
 
     def _send_notices(self, rows: list[tuple[int, str, str, str | None, str | None]]) -> None:
         server = self.server

@@ -368,6 +368,17 @@ class RelayStore:
             s.add(NoticeRow(account=account, kind=kind, decision_id=decision_id, reason_code=reason_code,
                             created_at=now_ms()))
 
+    def ensure_notice(self, account: str, kind: str, decision_id: str, reason_code: str | None) -> bool:
+        """Add the notice of a decision unless moderation already wrote one; True if added."""
+        with self.db.session() as s, s.begin():
+            exists = s.scalar(select(NoticeRow.id).where(NoticeRow.account == account,
+                                                         NoticeRow.decision_id == decision_id).limit(1))
+            if exists is not None:
+                return False
+            s.add(NoticeRow(account=account, kind=kind, decision_id=decision_id, reason_code=reason_code,
+                            created_at=now_ms()))
+            return True
+
     def mark_notices_delivered(self, ids: Sequence[int]) -> None:
         if ids:
             with self.db.session() as s, s.begin():
