@@ -5,7 +5,7 @@
 operators the online worker runs (`FeatureEngine`, `ScoreSchedule`).
 """
 
-from detection.features.operators import FEATURE_INDEX, FEATURE_NAMES, OPERATORS, VERIFIED_WEIGHT
+from detection.features.operators import FEATURE_INDEX, FEATURE_NAMES, OPERATORS, VERIFIED_WEIGHT, feature_row
 from detection.features.state import AccountState, FeatureEngine, NetBook, NetView, ScoreSchedule
 from detection.features.table import build_feature_table, iter_snapshots
 from detection.features.windows import WINDOWS, RollingDistinct, RollingVector, Window
@@ -13,5 +13,5 @@ from detection.features.windows import WINDOWS, RollingDistinct, RollingVector, 
 __all__ = [
     "FEATURE_INDEX", "FEATURE_NAMES", "OPERATORS", "VERIFIED_WEIGHT", "WINDOWS", "AccountState", "FeatureEngine",
     "NetBook", "NetView", "RollingDistinct", "RollingVector", "ScoreSchedule", "Window", "build_feature_table",
-    "iter_snapshots",
+    "feature_row", "iter_snapshots",
 ]

@@ -10,6 +10,7 @@ pandas.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from detection.features.windows import WINDOWS, Window
@@ -35,14 +36,35 @@ N_CHANNELS = 12
 VERIFIED_WEIGHT = 3  # a report whose named messages the relay verified counts three times
 
 
+def burstiness(tot: list[float]) -> float:
+    """Goh–Barabási burstiness (σ−μ)/(σ+μ) from a window's gap channels; 0 below two gaps."""
+    n = tot[GAPS]
+    if n < 2:
+        return 0.0
+    mean = tot[GAP_SUM] / n
+    var = tot[GAP_SQ] / n - mean * mean
+    sd = math.sqrt(var) if var > 0 else 0.0
+    return (sd - mean) / (sd + mean) if sd + mean > 0 else 0.0
+
+
 class Operator:
-    """A feature: `name` and `get(state, engine, ts) -> float`."""
+    """A feature: `name`, and `expr` — one Python expression over `T` (each window's live channel
+    sums, in WINDOWS order), `st` (the AccountState), `net` (registrations per bucket) and `ts`.
+
+    The expression is the feature's single definition: `get` evaluates it alone, and
+    `compile_row` fuses every operator's expression into one function that fetches each window's
+    sums once — the batched form the worker and `build_feature_table` both run.
+    """
 
     name: str
+    expr: str
     kind: ClassVar[str] = "operator"
 
-    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
+        fn = self.__dict__.get("_fn")
+        if fn is None:
+            fn = self._fn = eval(f"lambda T, st, net, ts: {self.expr}", _SCOPE)  # noqa: S307 - our own source
+        return float(fn(tuple(v.totals(ts) for v in st.vecs), st, engine.net, ts))
 
 
 class Count(Operator):
@@ -52,9 +74,7 @@ class Count(Operator):
 
     def __init__(self, label: str, channel: int, window: Window) -> None:
         self.name, self.channel, self.window, self.w = f"{label}_{window.name}", channel, window, WINDOWS.index(window)
-
-    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
-        return float(st.vecs[self.w].totals(ts)[self.channel])
+        self.expr = f"float(T[{self.w}][{channel}])"
 
 
 class Share(Operator):
@@ -64,12 +84,8 @@ class Share(Operator):
 
     def __init__(self, label: str, num: int, den: int, window: Window) -> None:
         self.name, self.num, self.den, self.window = f"{label}_share_{window.name}", num, den, window
-        self.w = WINDOWS.index(window)
-
-    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
-        tot = st.vecs[self.w].totals(ts)
-        den = tot[self.den]
-        return tot[self.num] / den if den else 0.0
+        self.w = w = WINDOWS.index(window)
+        self.expr = f"(T[{w}][{num}] / T[{w}][{den}] if T[{w}][{den}] else 0.0)"
 
 
 class PerRecipient(Operator):
@@ -79,11 +95,8 @@ class PerRecipient(Operator):
 
     def __init__(self, label: str, channel: int, window: Window) -> None:
         self.name, self.channel, self.window = f"{label}_per_recipient_{window.name}", channel, window
-        self.w = WINDOWS.index(window)
-
-    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
-        tot = st.vecs[self.w].totals(ts)
-        return tot[self.channel] / max(1.0, tot[RECIPIENTS])
+        self.w = w = WINDOWS.index(window)
+        self.expr = f"T[{w}][{channel}] / max(1.0, T[{w}][{RECIPIENTS}])"
 
 
 class Burstiness(Operator):
@@ -95,16 +108,7 @@ class Burstiness(Operator):
 
     def __init__(self, window: Window) -> None:
         self.name, self.window, self.w = f"burstiness_{window.name}", window, WINDOWS.index(window)
-
-    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
-        tot = st.vecs[self.w].totals(ts)
-        n = tot[GAPS]
-        if n < 2:
-            return 0.0
-        mean = tot[GAP_SUM] / n
-        var = tot[GAP_SQ] / n - mean * mean
-        sd = math.sqrt(var) if var > 0 else 0.0
-        return (sd - mean) / (sd + mean) if sd + mean > 0 else 0.0
+        self.expr = f"burstiness(T[{self.w}])"
 
 
 class NetRegistrations(Operator):
@@ -114,9 +118,7 @@ class NetRegistrations(Operator):
 
     def __init__(self, window: Window) -> None:
         self.name, self.window, self.w = f"net_registrations_{window.name}", window, WINDOWS.index(window)
-
-    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
-        return float(engine.net.count(st.net_bucket, self.w, ts))
+        self.expr = f"net.count(st.net_bucket, {self.w}, ts)"
 
 
 class AccountAge(Operator):
@@ -124,10 +126,7 @@ class AccountAge(Operator):
 
     kind = "age"
     name = "account_age_s"
-
-    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
-        born = st.registered_ts if st.registered_ts is not None else st.first_ts
-        return max(0.0, (ts - born) / 1000.0)
+    expr = "max(0.0, (ts - (st.first_ts if st.registered_ts is None else st.registered_ts)) / 1000.0)"
 
 
 class Lifetime(Operator):
@@ -137,9 +136,7 @@ class Lifetime(Operator):
 
     def __init__(self, attr: str) -> None:
         self.name, self.attr = attr, attr
-
-    def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
-        return float(getattr(st, self.attr))
+        self.expr = f"float(st.{attr})"
 
 
 def _operators() -> list[Operator]:
@@ -162,6 +159,22 @@ def _operators() -> list[Operator]:
     return ops
 
 
+_SCOPE: dict[str, object] = {"burstiness": burstiness, "max": max}
+
+
+def compile_row(ops: tuple[Operator, ...]) -> Callable[[AccountState, FeatureEngine, int], list[float]]:
+    """One function computing every operator's feature for an account at `ts` (FEATURE_NAMES order)."""
+    fetch = ", ".join(f"v{i}.totals(ts)" for i in range(len(WINDOWS)))
+    unpack = ", ".join(f"v{i}" for i in range(len(WINDOWS)))
+    body = ",\n        ".join(op.expr for op in ops)
+    src = (f"def row(st, engine, ts):\n    {unpack}, = st.vecs\n    T = ({fetch},)\n    net = engine.net\n"
+           f"    return [\n        {body}]\n")
+    scope = dict(_SCOPE)
+    exec(compile(src, "<detection.features.row>", "exec"), scope)  # noqa: S102 - our own expressions
+    return scope["row"]  # type: ignore[return-value]
+
+
 OPERATORS: tuple[Operator, ...] = tuple(_operators())
+feature_row = compile_row(OPERATORS)
 FEATURE_NAMES: tuple[str, ...] = tuple(op.name for op in OPERATORS)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}

@@ -26,7 +26,7 @@ from detection.features.operators import (
     GAP_SQ,
     GAP_SUM,
     GAPS,
-    OPERATORS,
+    feature_row,
     RECEIVED,
     RECIPIENTS,
     REPLY,
@@ -206,7 +206,7 @@ class FeatureEngine:
                     tot[GAP_SUM] += gap
                     v[GAP_SQ] += gap * gap
                     tot[GAP_SQ] += gap * gap
-                dist.see(ts, recipient)
+                dist.see_current(v, recipient)
         else:
             for vec in st.vecs:
                 v = vec.vector(ts)
@@ -283,8 +283,7 @@ class FeatureEngine:
     # -- reading ---------------------------------------------------------------------------
     def features(self, account: str, ts: int) -> list[float]:
         """The feature vector of `account` as of `ts`, in FEATURE_NAMES order."""
-        st = self.state(account, ts)
-        return [op.get(st, self, ts) for op in OPERATORS]
+        return feature_row(self.state(account, ts), self, ts)
 
 
 class ScoreSchedule:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from detection.features.operators import FEATURE_NAMES, OPERATORS
+from detection.features.operators import FEATURE_NAMES, feature_row
 from detection.features.state import FeatureEngine, ScoreSchedule
 
 SnapshotMode = Literal["scoring", "every"]
@@ -32,7 +32,7 @@ def iter_snapshots(events: Iterable[Any], snapshots: SnapshotMode | ScoreSchedul
     engine = engine if engine is not None else FeatureEngine()
     schedule = snapshots if isinstance(snapshots, ScoreSchedule) else ScoreSchedule()
     every = snapshots == "every"
-    ops = OPERATORS
+    row = feature_row
     accounts = engine.accounts
     for ev in events:
         out = engine.apply_outbound(ev)
@@ -44,7 +44,7 @@ def iter_snapshots(events: Iterable[Any], snapshots: SnapshotMode | ScoreSchedul
             st = accounts[account]
             if every or schedule.due(st, ts, received=received):
                 schedule.mark(st, ts)
-                yield account, ts, [op.get(st, engine, ts) for op in ops]
+                yield account, ts, row(st, engine, ts)
 
 
 def build_feature_table(events: Iterable[Any], snapshots: SnapshotMode | ScoreSchedule = "scoring",

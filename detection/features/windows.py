@@ -162,6 +162,35 @@ class RollingDistinct:
             self._last[key] = b
         return False
 
+    def see_current(self, v: list[float], key: str) -> None:
+        """`see` for the newest bucket, whose vector `v` the caller already holds (the hot path:
+        `RollingVector.vector(ts)` was just called for the same event)."""
+        vec = self._vec
+        b = vec._head
+        last = self._last.get(key)
+        if last == b:
+            return
+        ch = self._channel
+        if last is None or last <= b - vec._n:
+            v[ch] += 1
+            vec.tot[ch] += 1
+            self._last[key] = b
+            if len(self._last) > 2 * vec.tot[ch] + 64:
+                self._purge_bucket(b)
+            return
+        for ob, old in reversed(vec._ring):
+            if ob == last:
+                old[ch] -= 1
+                break
+        else:  # pragma: no cover - live bucket is always in the ring
+            vec.tot[ch] += 1
+        v[ch] += 1
+        self._last[key] = b
+
+    def _purge_bucket(self, b: int) -> None:
+        oldest = b - self._vec._n
+        self._last = {k: x for k, x in self._last.items() if x > oldest}
+
     def _purge(self, ts: int) -> None:
         live = self._vec.live
         self._last = {k: b for k, b in self._last.items() if live(b, ts)}

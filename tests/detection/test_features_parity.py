@@ -136,3 +136,15 @@ def test_table_shape_and_columns(stream: Synth) -> None:
     assert list(df.columns) == ["account", "ts", *FEATURE_NAMES]
     assert len(df) > 0 and df.ts.is_monotonic_increasing
     assert build_feature_table([]).shape == (0, 2 + len(FEATURE_NAMES))
+
+
+def test_fused_row_equals_each_operator(stream: Synth) -> None:
+    """The fused row function (what the worker and the table run) equals each operator evaluated alone."""
+    from detection.features import OPERATORS, FeatureEngine, feature_row
+
+    engine = FeatureEngine()
+    for i, ev in enumerate(stream.events):
+        for account in engine.apply(ev):
+            if account is not None and i % 7 == 0:
+                st = engine.accounts[account]
+                assert feature_row(st, engine, ev.ts) == [op.get(st, engine, ev.ts) for op in OPERATORS]
