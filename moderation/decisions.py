@@ -26,7 +26,7 @@ from sealguard.contracts import (
     new_decision_id,
     now_ms,
 )
-from sealguard.storage import AuditLogRow, Database, DecisionRow, LabelRow, NoticeRow, ReportRow
+from sealguard.storage import AuditLogRow, CaseRow, Database, DecisionRow, LabelRow, NoticeRow, ReportRow
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,10 @@ def notify_reporters(session: Session, account: str, decision_id: str, reason_co
     for reporter in sorted(reporters):
         session.add(NoticeRow(account=reporter, kind="report_actioned", decision_id=decision_id,
                               reason_code=reason_code.value, created_at=now))
+    # The reports are answered: their open case (if nobody holds it) closes with this decision.
+    for case in session.scalars(select(CaseRow).where(CaseRow.account == account, CaseRow.queue == "user_reports",
+                                                      CaseRow.status == "open")):
+        case.status, case.closed_at, case.decision_id = "closed", now, decision_id
     return len(reporters)
 
 

@@ -307,3 +307,17 @@ def test_account_page_and_figures(world: Any) -> None:
     assert world.client.get("/health").json()["status"] == "ok"
     metrics = world.client.get("/metrics").text
     assert "sealguard_api_requests_total" in metrics and "sealguard_queue_depth" in metrics
+
+
+def test_action_from_another_queue_answers_the_reports(world: Any) -> None:
+    reporter, account = world.account(), world.account()
+    with world.db.session() as s, s.begin():
+        s.add(ReportRow(reporter=reporter, reported=account, reason_code="scam", messages_named=2,
+                        messages_verified=2, ts=now_ms()))
+    assert len(world.get("/cases", "rita", queue="user_reports").json()) == 1
+    case_id = world.case(account, priority=0.9)
+    world.post(f"/cases/{case_id}/claim", "rita")
+    assert world.post("/decisions", "rita", account=account, action="ban", reason_code="scam",
+                      case_id=case_id).status_code == 200
+    assert world.get("/cases", "rita", queue="user_reports").json() == []
+    assert world.get("/stats", "rita").json()["queue_depth"]["user_reports"] == 0
