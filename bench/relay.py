@@ -176,6 +176,18 @@ class PySpy:
             log.warning("py-spy wrote no profile: %s", (err or "").strip()[-500:])
 
 
+def python_thread_names(pid: int) -> dict[str, str]:
+    """Native thread id → Python thread name (MainThread, the DB executor, signal-emitter...),
+    read with `py-spy dump`; empty when py-spy is missing or the process is not Python."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    try:
+        out = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {m.group(1): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]+)"', out, re.M)}
+
+
 def summarize_profile(path: Path, top: int = 25) -> str:
     """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
     self_n: dict[str, int] = {}
@@ -276,7 +288,13 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
                lost=args.messages - delivered, max_inflight=sum(r["max_inflight"] for r in replies),
                load_cpu_us_per_msg=sum(r["load_cpu_s"] for r in replies) * 1e6 / delivered if delivered else math.nan,
                load_busiest_pct=100 * max(r["load_cpu_s"] for r in replies) / wall if wall > 0 else math.nan)
-    per_thread = sorted(((name, (threads1[name] - threads0.get(name, 0.0)) * 1e6 / max(1, delivered))
+    names = python_thread_names(pid) if target == "relay" else {}
+
+    def label(key: str) -> str:
+        comm, _, tid = key.rpartition("/")
+        return f"{names[tid]}/{tid}" if tid in names else key
+
+    per_thread = sorted(((label(name), (threads1[name] - threads0.get(name, 0.0)) * 1e6 / max(1, delivered))
                          for name in threads1), key=lambda kv: -kv[1])
     out["thread_cpu_us_per_msg"] = {name: round(us, 2) for name, us in per_thread if us > 0}
 
