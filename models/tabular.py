@@ -32,7 +32,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from models.boosting import SEARCH_SPACE, Calibrator, auc, base_params, train_one
+from models.boosting import SEARCH_SPACE, Calibrator, auc, base_params, threads_for, train_one
 from models.errors import TableError
 
 log = logging.getLogger(__name__)
@@ -240,9 +240,7 @@ def cross_validate(table: PreparedTable, *, folds: int = 5, seed: int = 0, num_t
     y = table.y.astype(int)
     names = table.feature_names
     splits = _splitter(y, table.groups, folds, seed)
-    # On small tables OpenMP's thread start-up and spin-waiting cost more than the trees, and on a
-    # shared machine a busy second core makes it many times slower: one thread until it pays.
-    boost_threads = 1 if len(y) < 20_000 else num_threads
+    boost_threads = threads_for(len(y), num_threads)
     fold_auc, fold_f1, base_auc, base_f1, chosen = [], [], [], [], []
     for i, (tr, te) in enumerate(splits):
         groups = table.groups[tr] if table.groups is not None else None

@@ -108,7 +108,31 @@ def _train_table(path: Path, label: str | None, id_column: str | None, *, folds:
     print_figures("train", figures)
 
 
-def _train_dataset(path: Path, *, seed: int, threads: int) -> None:
-    from models.errors import DatasetError
+class _Bar:
+    """`models.training.Progress` on a rich progress bar: one task per stage."""
 
-    raise DatasetError("training from --dataset is not built yet")
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True))
+        self.task: Any = None
+
+    def stage(self, description: str, total: int | None) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[-1].total)
+        self.task = self.progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.update(self.task, advance=n)
+
+
+def _train_dataset(path: Path, *, seed: int, threads: int) -> None:
+    from models.training import train_dataset
+
+    bar = _Bar()
+    with bar.progress:
+        result = train_dataset(settings(), path, seed=seed, threads=threads, progress=bar)
+    log.info("%s registered as %s; served from %s", result.version, result.role, result.artifact)
+    print_figures("train", result.figures())
