@@ -11,6 +11,7 @@ media blob was fetched.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -276,43 +277,43 @@ def simulate(scenario: Scenario, seed: int | None = None) -> SimulationResult:
 
 
 # -- Parquet -----------------------------------------------------------------------------
-_INT_FIELDS = ("size_bucket", "messages_named", "messages_verified", "fetch_count")
-_BOOL_FIELDS = ("first_contact", "recipient_online", "member_is_contact")
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "type": pa.string(), "v": pa.int64(), "ts": pa.int64(), "id": pa.string(), "duration_s": pa.float64(),
+    "size_bucket": pa.int64(), "messages_named": pa.int64(), "messages_verified": pa.int64(),
+    "fetch_count": pa.int64(), "first_contact": pa.bool_(), "recipient_online": pa.bool_(),
+    "member_is_contact": pa.bool_(),
+}
+
+
+_ENUM_FIELDS = frozenset({"client_kind", "kind", "reason_code", "limit", "action"})
+
+
+def signals_table(events: list[Event]) -> pa.Table:
+    """One row per event: type, v, ts, id + the union of all signal fields (null where absent).
+
+    One pass over the events filling every column; enums become their string values.
+    """
+    types = {ev.type for ev in events}
+    names: list[str] = ["type", "v", "ts", "id"]
+    for etype in sorted(types):
+        names += [f for f in EVENTS_BY_NAME[etype].model_fields if f not in names]
+    names = names[:4] + sorted(names[4:])
+    n = len(events)
+    cols: dict[str, list[Any]] = {f: [None] * n for f in names}
+    for i, ev in enumerate(events):
+        for f, v in ev.__dict__.items():
+            cols[f][i] = v
+    arrays = {}
+    for f in names:
+        values = cols[f]
+        if any(isinstance(v, enum.Enum) for v in values[:1000]) or f in _ENUM_FIELDS:
+            values = [v.value if isinstance(v, enum.Enum) else v for v in values]
+        arrays[f] = pa.array(values, type=_ARROW_TYPES.get(f, pa.string()))
+    return pa.table(arrays)
 
 
 def signals_frame(events: list[Event]) -> pd.DataFrame:
-    """One row per event: type, v, ts, id + the union of all signal fields (null where absent)."""
-    by_type: dict[str, list[int]] = {}
-    for i, ev in enumerate(events):
-        by_type.setdefault(ev.type, []).append(i)
-    frames = []
-    for etype, rows in by_type.items():
-        cls = EVENTS_BY_NAME[etype]
-        names = list(cls.model_fields)
-        data: dict[str, Any] = {name: [getattr(events[i], name) for i in rows] for name in names}
-        for name, values in data.items():
-            if values and any(hasattr(v, "value") for v in values[:1]):
-                data[name] = [v.value if v is not None else None for v in values]
-        frame = pd.DataFrame(data)
-        frame["_row"] = rows
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame({"type": pd.Series([], dtype=object), "v": [], "ts": [], "id": []})
-    df = pd.concat(frames, ignore_index=True, sort=False).sort_values("_row", kind="stable")
-    df = df.drop(columns="_row").reset_index(drop=True)
-    front = ["type", "v", "ts", "id"]
-    df = df[front + sorted(c for c in df.columns if c not in front)]
-    for name in _INT_FIELDS:
-        if name in df:
-            df[name] = df[name].astype("Int64")
-    for name in _BOOL_FIELDS:
-        if name in df:
-            df[name] = df[name].astype("boolean")
-    if "duration_s" in df:
-        df["duration_s"] = df["duration_s"].astype("float64")
-    df["v"] = df["v"].astype("int64")
-    df["ts"] = df["ts"].astype("int64")
-    return df
+    return signals_table(events).to_pandas()
 
 
 def write_parquet(result: SimulationResult, out_dir: str | Path) -> tuple[Path, Path]:
@@ -320,7 +321,7 @@ def write_parquet(result: SimulationResult, out_dir: str | Path) -> tuple[Path, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     signals, labels = out / "signals.parquet", out / "labels.parquet"
-    pq.write_table(pa.Table.from_pandas(signals_frame(result.events), preserve_index=False), signals)
+    pq.write_table(signals_table(result.events), signals)
     pq.write_table(pa.Table.from_pandas(result.truth, preserve_index=False), labels)
     return signals, labels
 

@@ -238,8 +238,8 @@ class _Spam(_Model):
 
 class Blaster(_Spam):
     strategy: Literal["blaster"]
-    rate_per_hour: Dist = Dist(median=600.0, sigma=0.5)
-    duration_h: Range = Range(min=0.1, max=0.5)
+    rate_per_hour: Dist = Dist(median=1200.0, sigma=0.5)
+    duration_h: Range = Range(min=0.05, max=0.3)
 
 
 class SlowDrip(_Spam):
