@@ -10,7 +10,7 @@ groups, reports, media), enforce (ban/restrict/warn/lift, notices), limits (the 
 table), store (database work on the DB thread), connection (one slotted Protocol per client).
 """
 
-from relay.server.core import RelayConfig, RelayError, RelayServer, Refused
+from relay.server.core import Refused, RelayConfig, RelayError, RelayServer
 from relay.server.limits import LIMITS, RESTRICTED, Rate, RateLimiter
 
-__all__ = ["LIMITS", "RESTRICTED", "Rate", "RateLimiter", "RelayConfig", "RelayError", "RelayServer", "Refused"]
+__all__ = ["LIMITS", "RESTRICTED", "Rate", "RateLimiter", "Refused", "RelayConfig", "RelayError", "RelayServer"]

@@ -14,8 +14,19 @@ if TYPE_CHECKING:
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("server", "transport", "reader", "account", "account_b", "bucket", "peer", "nonce",
-                 "opened_at", "last_seen", "closed")
+    __slots__ = (
+        "account",
+        "account_b",
+        "bucket",
+        "closed",
+        "last_seen",
+        "nonce",
+        "opened_at",
+        "peer",
+        "reader",
+        "server",
+        "transport",
+    )
 
     def __init__(self, server: RelayServer) -> None:
         self.server = server

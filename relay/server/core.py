@@ -43,7 +43,7 @@ from relay.protocol import (
 )
 from relay.server.connection import Connection
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
-from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore, commitment
+from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore
 from relay.signals import SignalBook, net_bucket
 from sealguard.contracts import ClientKind, Limit, MessageKind, now_ms
 from sealguard.storage import Database
@@ -92,7 +92,7 @@ class RelayConfig:
 class Outgoing:
     """A SEND waiting to be acked: settled once every recipient acked or the message is queued."""
 
-    __slots__ = ("conn", "rid", "mid", "remaining", "queued", "refused")
+    __slots__ = ("conn", "mid", "queued", "refused", "remaining", "rid")
 
     def __init__(self, conn: Connection, rid: int, mid: bytes, remaining: int) -> None:
         self.conn = conn
@@ -106,7 +106,7 @@ class Outgoing:
 class Pending:
     """A message handed to an online recipient, waiting for its DELIVER_ACK."""
 
-    __slots__ = ("out", "sender", "group", "kind", "ts", "ciphertext", "deadline", "from_queue")
+    __slots__ = ("ciphertext", "deadline", "from_queue", "group", "kind", "out", "sender", "ts")
 
     def __init__(self, out: Outgoing | None, sender: str, group: str | None, kind: int, ts: int, ciphertext: bytes,
                  deadline: float, from_queue: bool) -> None:
@@ -123,9 +123,23 @@ class Pending:
 class Stats:
     """Plain counters read by the Prometheus collector at scrape time (no locks on the hot path)."""
 
-    __slots__ = ("frames_in", "frames_out", "sends", "acks_delivered", "acks_queued", "queued", "delivered",
-                 "errors", "protocol_errors", "limit_breaches", "withheld", "logins", "registrations", "timeouts",
-                 "enforcements")
+    __slots__ = (
+        "acks_delivered",
+        "acks_queued",
+        "delivered",
+        "enforcements",
+        "errors",
+        "frames_in",
+        "frames_out",
+        "limit_breaches",
+        "logins",
+        "protocol_errors",
+        "queued",
+        "registrations",
+        "sends",
+        "timeouts",
+        "withheld",
+    )
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -156,7 +170,7 @@ class RelayServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
         self._enqueue_batch: list[tuple[QueuedOut, Outgoing | None]] = []
         self._delete_batch: list[tuple[bytes, str]] = []
-        self._commit_batch: list[tuple[str, int]] = []
+        self._commit_batch: list[tuple[bytes, str, str, int]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Future[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -165,6 +179,7 @@ class RelayServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.host = ""
         self.port = 0
+        self._commit_ttl_ms = int(self.config.commitment_ttl_s * 1000)
         self._handlers: dict[int, Callable[[Connection, int, int, bytes], None]] = {
             FrameType.PING: self._on_ping,
             FrameType.PONG: lambda c, f, r, p: None,
@@ -201,7 +216,7 @@ class RelayServer:
         def tick() -> None:
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - a periodic job must not die silently
+            except Exception:
                 log.exception("periodic job failed")
             self._timers.append(loop.call_later(interval, tick))
 
@@ -458,7 +473,7 @@ class RelayServer:
         rconn = self.conns.get(recipient)
         ts = now_ms()
         self.listener.emit(self.book.message_sent(sender, recipient, len(ciphertext), _KINDS[kind], rconn is not None))
-        self._commit_batch.append((commitment(mid, sender, recipient), ts + int(self.config.commitment_ttl_s * 1000)))
+        self._commit_batch.append((mid, sender, recipient, ts + self._commit_ttl_ms))
         out = Outgoing(conn, rid, mid, 1)
         self.route(out, mid, sender, conn.account_b, recipient, None, kind, ts, ciphertext, rconn)
         self._schedule_flush()
@@ -542,7 +557,7 @@ class RelayServer:
         fut.add_done_callback(self._flushing.discard)
 
     async def _write(self, enq: list[tuple[QueuedOut, Outgoing | None]], dele: list[tuple[bytes, str]],
-                     com: list[tuple[str, int]]) -> None:
+                     com: list[tuple[bytes, str, str, int]]) -> None:
         def work() -> list[bool]:
             ok = self.store.enqueue([i for i, _ in enq], self.config.queue_quota) if enq else []
             if dele:
@@ -553,7 +568,7 @@ class RelayServer:
 
         try:
             oks = await self.run_db(work)
-        except Exception:  # noqa: BLE001 - never ack what is not committed; the senders will retry
+        except Exception:
             log.exception("database write failed; %d queued messages not acked", len(enq))
             for _, out in enq:
                 if out is not None and out.conn is not None:

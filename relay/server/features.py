@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from relay.protocol import (
     MAX_MEDIA_BYTES,
@@ -314,8 +315,6 @@ class Features:
         self.s.stats.sends += 1
         ts = now_ms()
         from relay.server.core import _KINDS
-        from relay.server.store import commitment
-
         self.s.listener.emit(self.s.book.group_message_sent(sender, gid, len(ciphertext), _KINDS[kind]))
         if not recipients:
             conn.send(encode_send_ack(rid, mid, DeliveryStatus.DELIVERED))
@@ -323,7 +322,7 @@ class Features:
         out = Outgoing(conn, rid, mid, len(recipients))
         ttl = int(self.s.config.commitment_ttl_s * 1000)
         for r in recipients:
-            self.s._commit_batch.append((commitment(mid, sender, r), ts + ttl))
+            self.s._commit_batch.append((mid, sender, r, ts + ttl))
             self.s.route(out, mid, sender, conn.account_b, r, gid, kind, ts, ciphertext, self.s.conns.get(r))
         self.s._schedule_flush()
 

@@ -58,7 +58,7 @@ def parse_overrides(specs: list[str]) -> dict[Limit, Rate]:
 class RateLimiter:
     """All buckets of one relay node, in memory (a node restart refills them)."""
 
-    __slots__ = ("_table", "_restricted", "_buckets", "_clock")
+    __slots__ = ("_buckets", "_clock", "_restricted", "_table")
 
     def __init__(self, overrides: Mapping[Limit, Rate] | None = None,
                  restricted: Mapping[Limit, Rate] | None = None) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,8 +14,8 @@ from sealguard.cli.app import app, settings, setup_logging
 
 @app.command()
 def relay(
-    host: Optional[str] = typer.Option(None, help="Listen address (default SEALGUARD_RELAY_HOST)."),
-    port: Optional[int] = typer.Option(None, help="Listen port (default SEALGUARD_RELAY_PORT; 0 = a free port)."),
+    host: str | None = typer.Option(None, help="Listen address (default SEALGUARD_RELAY_HOST)."),
+    port: int | None = typer.Option(None, help="Listen port (default SEALGUARD_RELAY_PORT; 0 = a free port)."),
     metrics_port: int = typer.Option(0, help="Port of the Prometheus /metrics endpoint (0 = a free port)."),
     limit: list[str] = typer.Option([], help="Override a rate limit: name=capacity:refill_per_s (repeatable)."),
     ack_timeout: float = typer.Option(5.0, help="Seconds an online recipient has to ack before the message is queued."),
@@ -78,7 +77,6 @@ def chat(
 ) -> None:
     """An interactive terminal client: handles, contacts, 1:1, groups, media, block, report, appeal."""
     import uvloop
-
     from relay.client.chat import run_chat
 
     setup_logging()

@@ -77,3 +77,18 @@ def test_signals_buffer_while_the_broker_is_down_and_drain_when_it_returns(tmp_p
         emitter.close()
     finally:
         broker.stop()
+
+
+def test_fast_encoding_matches_the_contract_encoder() -> None:
+    from relay.emitter import fast_encode
+    from sealguard.contracts import encode, key_of, new_group_id
+
+    book = SignalBook("relay-1")
+    a, b = new_account_id(), new_account_id()
+    for event in (book.message_sent(a, b, 100, MessageKind.text, True),
+                  book.message_sent(a, b, 5000, MessageKind.media, False),
+                  book.group_message_sent(a, new_group_id(), 70, MessageKind.control),
+                  book.contact_added(a, b)):
+        key, value = fast_encode(event)
+        assert key == key_of(event)
+        assert decode(value) == decode(encode(event)) == event

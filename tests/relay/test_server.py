@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from relay.client import Identity, RelayClient, RequestRefused
 from relay.protocol import DeliveryStatus, ErrorCode, FrameReader, FrameType, decode_payload, encode, encode_frame
 from relay.server.features import Features
-from sealguard.storage import NoticeRow, QueuedMessageRow
 from relay.testing import eventually, harness, next_address, run
+from sealguard.storage import NoticeRow, QueuedMessageRow
 
 pytestmark = pytest.mark.timeout(60)
 
