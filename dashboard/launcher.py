@@ -69,6 +69,11 @@ class Console:
         assert self.proc is not None
         return self.proc.wait()
 
+    def terminate(self) -> None:
+        """Ask Streamlit to stop without waiting (safe from a signal handler)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

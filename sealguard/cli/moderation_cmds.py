@@ -79,7 +79,8 @@ def console(port: int = typer.Option(None, help="Port (default SEALGUARD_CONSOLE
     if not url:
         _fail("the console needs the API's URL: --api-url or SEALGUARD_API_URL")
     c = Console(str(url), host=host, port=port or s.console_port, log_path=s.state_dir / "console.log")
-    signal.signal(signal.SIGTERM, lambda *_: c.stop())
+    # Only forward the signal: the main thread is inside Popen.wait(), which a nested wait would deadlock.
+    signal.signal(signal.SIGTERM, lambda *_: c.terminate())
     try:
         c.start()
     except ConsoleError as exc:
