@@ -362,6 +362,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def code_version() -> str:
+    """The commit the relay ran from, `+dirty` when relay/ had uncommitted changes: figures of a
+    relay under active development are only comparable with their code version."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "relay"], cwd=REPO, capture_output=True,
+                               text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def mosquitto_pid() -> int:
     try:
         out = subprocess.run(["pgrep", "-x", "mosquitto"], capture_output=True, text=True, check=False).stdout
@@ -377,6 +390,8 @@ def mosquitto_pid() -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_nofile()
     run_id = "m" + os.urandom(4).hex()
+    version = code_version()
+    log.info("relay code: %s", version)
     relay: dict[str, Any] = {}
     mosq: dict[str, Any] = {}
     signals_dropped: float | None = None
@@ -421,7 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mosquitto_half_load_p99_ms": mosq.get("half_p99_ms"),
     }
     if args.json is not None:
-        args.json.write_text(json.dumps({"figures": figures, "relay": relay, "mosquitto": mosq}, indent=2,
+        args.json.write_text(json.dumps({"figures": figures, "relay_code": version, "relay": relay, "mosquitto": mosq}, indent=2,
                                         default=str))
     _verdict(figures, mosq)
     return figures
