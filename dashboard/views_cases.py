@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard.api import ApiClient, ApiError
 
-QUEUES = ["model_review", "user_reports", "auto_ban_sample", "appeals"]
+QUEUES = ["model_review", "user_reports", "auto_ban_sample", "rule_review", "appeals"]
 REASONS = ["spam", "bulk_messaging", "automated_behaviour", "scam", "harassment", "impersonation",
            "fake_accounts", "group_spam", "rule_hit", "other_policy", "false_positive", "reviewer_lift"]
 ACTIONS = [("Warn", "warn"), ("Restrict", "restrict"), ("Ban", "ban"), ("Dismiss", "dismiss"), ("Lift", "lift")]

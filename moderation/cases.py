@@ -2,8 +2,9 @@
 
 Queues: `model_review` (the model's uncertain band, written by detection), `user_reports`
 (opened here from the reports table, whoever wrote the report: the relay or the HTTP intake),
-`auto_ban_sample` (a sample of automatic bans for quality review, written by detection) and
-`appeals` (opened when an appeal is filed). Each is worked highest priority first.
+`auto_ban_sample` (a sample of automatic bans for quality review, written by detection),
+`rule_review` (a detection rule asked for a human look) and `appeals` (opened when an appeal is
+filed). Each is worked highest priority first.
 
 A claim is a conditional UPDATE (`status = open`, or a claim older than the claim TTL), so of two
 reviewers racing for a case exactly one wins, on SQLite and PostgreSQL alike.
@@ -28,6 +29,7 @@ class Queue(str, enum.Enum):
     model_review = "model_review"
     user_reports = "user_reports"
     auto_ban_sample = "auto_ban_sample"
+    rule_review = "rule_review"
     appeals = "appeals"
 
 
