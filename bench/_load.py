@@ -94,8 +94,7 @@ class Load:
         clients[i].send(mine[int(random.random() * len(mine))].addr, _now() if ts is None else ts)
         self.sent += 1
         self.inflight += 1
-        if self.inflight > self.max_inflight:
-            self.max_inflight = self.inflight
+        self.max_inflight = max(self.max_inflight, self.inflight)
 
     # -- commands ------------------------------------------------------------------------
     async def connect(self, target: str, host: str, port: int, first: int, count: int, concurrency: int,
@@ -261,7 +260,7 @@ async def serve() -> None:
                 return
             else:
                 reply = {"error": f"unknown command {cmd!r}"}
-        except Exception as exc:  # noqa: BLE001 - report to the orchestrator, which fails the bench
+        except Exception as exc:  # reported to the orchestrator, which fails the bench naming it
             log.exception("load command %s failed", cmd)
             reply = {"error": f"{cmd}: {type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(reply) + "\n")

@@ -67,7 +67,7 @@ class MqttClient(asyncio.Protocol):
     """One user on the broker. `on_message(sent_ns)` is called with the send timestamp that the
     benchmark puts in the first 8 bytes of every payload."""
 
-    __slots__ = ("addr", "transport", "_buf", "_waiter", "on_message", "closed", "_pad", "_sock", "quickack")
+    __slots__ = ("_buf", "_pad", "_sock", "_waiter", "addr", "closed", "on_message", "quickack", "transport")
 
     def __init__(self, addr: bytes, on_message: Callable[[int], None], payload_size: int = 100,
                  quickack: bool = True) -> None:

@@ -183,12 +183,12 @@ class FuzzClient:
         from bench._wire import RelayClient
 
         class _Proto(RelayClient):
-            def __init__(inner) -> None:  # noqa: N805 - inner is the protocol, self the holder
+            def __init__(inner) -> None:  # `inner` is the protocol; `self` is the holder
                 super().__init__(0, on_message or (lambda _ts: None), lambda: None)
                 inner.synced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 inner.fuzzing = False
 
-            def data_received(inner, data: bytes) -> None:  # noqa: N805
+            def data_received(inner, data: bytes) -> None:
                 if not inner.fuzzing:
                     super().data_received(data)
                     return
@@ -226,8 +226,6 @@ class Live:
     batches: int = 0
 
     async def run(self) -> None:
-        import vodozemac
-
         from bench._wire import RelayClient
 
         loop = asyncio.get_running_loop()

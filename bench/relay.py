@@ -139,7 +139,7 @@ class RelayProcess:
         self.host, self.port, self.metrics_url = m.group(1), int(m.group(2)), m.group(3)
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:  # noqa: S310 - our own relay
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:
             return str(resp.read().decode())
 
     def stop(self) -> None:
@@ -185,7 +185,7 @@ def python_thread_names(pid: int) -> dict[str, str]:
                              check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    return {m.group(1): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]+)"', out, re.M)}
+    return {m.group(1): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]+)"', out, re.MULTILINE)}
 
 
 def summarize_profile(path: Path, top: int = 25) -> str:
@@ -291,7 +291,7 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     names = python_thread_names(pid) if target == "relay" else {}
 
     def label(key: str) -> str:
-        comm, _, tid = key.rpartition("/")
+        _comm, _, tid = key.rpartition("/")
         return f"{names[tid]}/{tid}" if tid in names else key
 
     per_thread = sorted(((label(name), (threads1[name] - threads0.get(name, 0.0)) * 1e6 / max(1, delivered))
