@@ -105,3 +105,17 @@ def test_account_deletion_keeps_only_the_audit_log(world_factory: Any, db_url: s
     again = world.client.delete(f"/accounts/{account}", headers=world.headers("ada"))
     assert again.status_code == 404
     assert world.get(f"/accounts/{account}", "rita").json()["account"]["deleted_at"] is not None
+
+
+def test_audit_log_is_append_only(world_factory: Any, db_url: str) -> None:
+    from sqlalchemy import delete, update
+    from sqlalchemy.exc import DatabaseError
+
+    world = world_factory(db_url)
+    account = world.account()
+    assert world.post("/decisions", "rita", account=account, action="warn", reason_code="spam",
+                      note="first warning").status_code == 200
+    for stmt in (update(AuditLogRow).values(note="rewritten"), delete(AuditLogRow)):
+        with pytest.raises(DatabaseError, match="append-only"), world.db.session() as s, s.begin():
+            s.execute(stmt)
+    assert n(world, AuditLogRow, AuditLogRow.note == "first warning") == 1
