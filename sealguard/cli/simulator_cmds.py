@@ -47,22 +47,25 @@ def simulate(
 
 
 def _live(spec: object, relay: str | None, duration: float, users: int | None) -> None:
-    import asyncio
+    import uvloop
 
     from sealguard.cli.app import settings as load_settings
+    from simulator.live import LiveError, run_live
 
-    try:
-        from simulator.live import run_live
-    except ImportError as exc:
-        typer.echo(f"error: live mode is not available: {exc}", err=True)
-        raise typer.Exit(2) from None
     s = load_settings()
     host, port = s.relay_host, s.relay_port
     if relay:
         host, _, p = relay.rpartition(":")
-        port = int(p)
+        try:
+            port = int(p)
+        except ValueError:
+            raise typer.BadParameter(f"{relay!r} is not HOST:PORT", param_hint="--relay") from None
     started = time.perf_counter()
-    result = asyncio.run(run_live(spec, host, port, duration, users=users))  # type: ignore[arg-type]
-    print_figures("simulate", {"accounts": len(result.accounts), "signals": result.sent,
-                               "seconds": time.perf_counter() - started, "acked": result.acked,
-                               "received": result.received, "banned": len(result.bans)})
+    try:
+        result = uvloop.run(run_live(spec, host or "127.0.0.1", port, duration, users=users))  # type: ignore[arg-type]
+    except LiveError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    figures = result.figures()
+    print_figures("simulate", {"accounts": figures.pop("accounts"), "signals": result.sent,
+                               "seconds": time.perf_counter() - started, **figures})
