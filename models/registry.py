@@ -136,6 +136,8 @@ class Registry:
             found = self.client.search_model_versions(f"name='{MODEL_NAME}'")
         except self._missing:
             return []
+        # search_model_versions does not fill aliases on every backend: ask for the two we use.
+        holders = {alias: self.alias(alias) for alias in ("champion", "challenger")}
         out = []
         for mv in found:
             try:
@@ -143,7 +145,7 @@ class Registry:
             except Exception:  # noqa: BLE001 - a listing shows what it can
                 metrics = {}
             out.append(VersionInfo(version=version_name(int(mv.version)), number=int(mv.version),
-                                   aliases=sorted(getattr(mv, "aliases", []) or []),
+                                   aliases=[a for a, v in holders.items() if v == version_name(int(mv.version))],
                                    created_ms=int(mv.creation_timestamp or 0), run_id=mv.run_id,
                                    source=str(mv.source), metrics=metrics))
         return sorted(out, key=lambda v: version_key(v.version))

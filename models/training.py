@@ -95,7 +95,8 @@ def read_labels(dataset: Path) -> pd.DataFrame:
     bad = ~labels.isin([0, 1])
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DatasetError(f"{path}: row {row}: label {frame['label'].iloc[row]!r} is not 0 or 1")
+        value = frame["label"].iloc[[row]].tolist()[0]
+        raise DatasetError(f"{path}: row {row}: label {value!r} is not 0 or 1")
     out = pd.DataFrame({"account": frame["account"].astype(str), "label": labels.astype(int)})
     out["first_spam_ts"] = pd.to_numeric(frame["first_spam_ts"], errors="coerce") if "first_spam_ts" in frame \
         else np.nan

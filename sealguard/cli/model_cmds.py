@@ -136,3 +136,66 @@ def _train_dataset(path: Path, *, seed: int, threads: int) -> None:
         result = train_dataset(settings(), path, seed=seed, threads=threads, progress=bar)
     log.info("%s registered as %s; served from %s", result.version, result.role, result.artifact)
     print_figures("train", result.figures())
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered versions with their aliases and training figures."""
+    setup_logging(logging.WARNING)
+    with _refusals():
+        from models.registry import Registry
+
+        registry = Registry(settings())
+        versions = registry.versions()
+        champion, challenger = registry.alias("champion"), registry.alias("challenger")
+        for info in versions:
+            m = info.metrics
+            sys.stdout.write(f"{info.version:<10} {','.join(info.aliases) or '-':<20} "
+                             f"pr_auc={_fmt(m.get('pr_auc'))} auc={_fmt(m.get('auc'))} "
+                             f"baseline_pr_auc={_fmt(m.get('baseline_pr_auc'))} signals={m.get('signals', 'nan')} "
+                             f"run={info.run_id or '-'}\n")
+    print_figures("models", {"versions": len(versions), "champion": champion, "challenger": challenger})
+
+
+def _fmt(value: Any) -> str:
+    from sealguard.cli.app import figure
+
+    return figure(float(value)) if isinstance(value, (int, float)) else "nan"
+
+
+@models_app.command("promote")
+def models_promote(
+    version: str = typer.Argument(..., help="The version to promote, e.g. lgbm-3."),
+    force: bool = typer.Option(False, "--force", help="Promote even if it is worse on the held-out scenarios."),
+    challenger: bool = typer.Option(False, "--challenger", help="Make it the challenger (shadow) instead."),
+    heldout: Path | None = typer.Option(None, help="Held-out scenario directory (default data/scenarios/heldout)."),
+) -> None:
+    """Make V the champion — refused (exit 2) if its false-ban rate or recall is worse than the champion's."""
+    setup_logging()
+    with _refusals():
+        if challenger:
+            from models.registry import Registry
+
+            registry = Registry(settings())
+            registry.version(version)
+            registry.set_challenger(version)
+            print_figures("promote", {"version": version, "alias": "challenger"})
+            return
+        from models.promotion import HELDOUT_DIR, promote
+
+        result = promote(settings(), version, force=force, heldout=heldout or HELDOUT_DIR,
+                         on_scenario=lambda name: log.info("evaluated held-out %s", name))
+        for reason in result.reasons:
+            sys.stderr.write(f"warning: forced over: {reason}\n")
+    print_figures("promote", result.figures())
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Return the champion to the previous one (MLflow alias and the served pointer)."""
+    setup_logging()
+    with _refusals():
+        from models.registry import Registry
+
+        old, new = Registry(settings()).rollback()
+    print_figures("rollback", {"from": old, "to": new})
