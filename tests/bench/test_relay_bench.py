@@ -96,3 +96,12 @@ def test_helpers() -> None:
             "sealguard_relay_signals_dropped_created 1.7e9\nother 5\n")
     assert metric_sum(text, "signals_dropped") == 3.0
     assert metric_sum(text, "missing") is None
+
+
+def test_the_protocol_floor_runs_under_the_benchmark() -> None:
+    """bench/_floor_relay.py (message path only) speaks enough of the protocol for the load."""
+    line, err = _bench(["--users", "10", "--messages", "200", "--half-messages", "100", "--inflight", "20",
+                        "--skip-mosquitto", "--relay-cmd", f"{sys.executable} -m bench._floor_relay"])
+    f = _figures(line)
+    assert f["server_cpu_us_per_msg"] >= 0 and math.isnan(f["signals_dropped"])
+    assert "timed out" not in err, err[-2000:]
