@@ -48,12 +48,14 @@ log = logging.getLogger(__name__)
 class WorkerConfig:
     group: str = "sg-detect"
     batch: int = 5000  # records per poll
-    poll_timeout_s: float = 0.05
-    checkpoint_interval_s: float = 5.0
+    poll_timeout_s: float = 0.01  # consume() waits this long to fill a batch; short keeps latency low
+    checkpoint_interval_s: float = 10.0
     refresh_interval_s: float = 2.0  # rules and model pointers are re-read this often
     store_interval_ms: int = 60_000  # a score is stored per account at most this often ...
     store_delta: float = 0.1  # ... unless it moved this much (or a verdict was made)
     top_contributions: int = 5
+    explain_above: float = 0.2  # stored scores at or above this carry their top contributions (pred_contrib
+    # costs ~10x a prediction; low scores explain nothing a reviewer needs)
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 0  # 0 → a free port; None → no /metrics server
     rules_path: Path | None = None  # None → detection/rules/default.yaml
@@ -118,8 +120,11 @@ class Worker:
             port = self.cfg.metrics_port or free_port(self.cfg.metrics_host)
             self._server, _ = start_http_server(port, self.cfg.metrics_host, registry=self.metrics.registry)
             self.metrics_url = f"http://{self.cfg.metrics_host}:{port}/metrics"
-        self.consumed = 0
+        self.consumed = 0  # records of both topics, malformed ones included
+        self.n_signals = 0
+        self.n_inbound = 0
         self.bad = 0
+        self.applied: dict[str, int] = {}  # account -> ts of the relay's latest enforcement.applied
         self.score_latencies_ms: deque[int] = deque(maxlen=500_000)
         self._last_checkpoint = time.monotonic()
         self._last_refresh = time.monotonic()
@@ -204,10 +209,12 @@ class Worker:
                     if other is not None:
                         produce(inbound, key=other, value=raw)
                         rekeyed += 1
-                    if ev.type == "enforcement.applied" and ev.action.value == "lift":
-                        st0 = shard.engine.accounts.get(ev.account)
-                        if st0 is not None:
-                            st0.action = None
+                    if ev.type == "enforcement.applied":
+                        self.applied[ev.account] = ev.ts
+                        if ev.action.value == "lift":  # a reviewer lifted it: the account is scored again
+                            st0 = shard.engine.accounts.get(ev.account)
+                            if st0 is not None:
+                                st0.action = None
                 else:
                     n_in += 1
                     account = shard.engine.apply_inbound(ev)
@@ -223,6 +230,8 @@ class Worker:
                     pending.append((account, st, shard, ts, row(st, shard.engine, ts)))
         self.producer.poll(0)
         self.consumed += len(msgs)
+        self.n_signals += n_sig
+        self.n_inbound += n_in
         if n_sig:
             self.metrics.records.labels(signals).inc(n_sig)
         if n_in:
@@ -282,9 +291,10 @@ class Worker:
             sel = [r for r in records if r[4] is shadow]
             if not sel or model is None:
                 continue
-            explained = model.explain(matrix[[r[0] for r in sel]], top=self.cfg.top_contributions)
-            out += [ScoreRecord(pending[r[0]][0], r[2], r[1], r[3], contrib, shadow)
-                    for r, contrib in zip(sel, explained)]
+            worth = [r for r in sel if r[3] >= self.cfg.explain_above]
+            explained = dict(zip((r[0] for r in worth),
+                                 model.explain(matrix[[r[0] for r in worth]], top=self.cfg.top_contributions)))
+            out += [ScoreRecord(pending[r[0]][0], r[2], r[1], r[3], explained.get(r[0], []), shadow) for r in sel]
         try:
             self.sink.scores(out)
         except Exception as exc:  # noqa: BLE001 - a lost score row is not worth stopping detection

@@ -67,24 +67,6 @@ class AccountState:
         self.action: str | None = None  # the policy's standing decision on this account (ban/restrict)
         self.cases: int = 0  # bit set of case queues already opened (see detection.policy)
 
-    def __getstate__(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__slots__ if k not in ("vecs", "dists")}
-        d["vecs"] = [v.state() for v in self.vecs]
-        d["dists"] = [x.state() for x in self.dists]
-        return d
-
-    def __setstate__(self, d: dict[str, Any]) -> None:
-        self.__init__(d["first_ts"])  # type: ignore[misc]
-        for k, v in d.items():
-            if k == "vecs":
-                for vec, st in zip(self.vecs, v):
-                    vec.restore(st)
-            elif k == "dists":
-                for dist, st in zip(self.dists, v):
-                    dist.restore(st)
-            else:
-                setattr(self, k, v)
-
 
 class NetBook:
     """Registrations per network bucket, over each window (farms register in bursts from one bucket)."""
@@ -107,17 +89,6 @@ class NetBook:
         vecs = self.buckets.get(bucket)
         return float(vecs[w].totals(ts)[0]) if vecs is not None else 0.0
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {b: [v.state() for v in vecs] for b, vecs in self.buckets.items()}
-
-    def __setstate__(self, d: dict[str, Any]) -> None:
-        self.buckets = {}
-        for b, states in d.items():
-            vecs = tuple(RollingVector(w, 1) for w in WINDOWS)
-            for v, st in zip(vecs, states):
-                v.restore(st)
-            self.buckets[b] = vecs
-
 
 class NetView:
     """The sum of several partitions' NetBooks: registrations are keyed by account, so one bucket's
@@ -130,7 +101,14 @@ class NetView:
         raise TypeError("register through a partition's NetBook")
 
     def count(self, bucket: str | None, w: int, ts: int) -> float:
-        return sum(b.count(bucket, w, ts) for b in self.books)
+        if bucket is None:
+            return 0.0
+        n = 0.0
+        for book in self.books:
+            vecs = book.buckets.get(bucket)
+            if vecs is not None:
+                n += vecs[w].totals(ts)[0]
+        return n
 
 
 class FeatureEngine:

@@ -1,0 +1,62 @@
+"""The action policy: minimum evidence before a model ban, cases once per account, rules, samples."""
+
+from __future__ import annotations
+
+from detection.features import FEATURE_INDEX, FEATURE_NAMES, AccountState
+from detection.policy import Policy
+from detection.rules import parse_rules
+from sealguard.contracts import Action
+
+A = "a" + "1" * 20
+
+
+def row(**values: float) -> list[float]:
+    r = [0.0] * len(FEATURE_NAMES)
+    for k, v in values.items():
+        r[FEATURE_INDEX[k]] = v
+    return r
+
+
+def test_high_score_without_evidence_does_not_ban() -> None:
+    p, st = Policy(), AccountState(0)
+    out = p.decide(A, st, row(sends_total=1, recipients_24h=1), 1, 0.99, "lgbm-1", [])
+    assert not any(v.action is Action.ban for v in out)
+    assert [v.queue for v in out] == ["model_review"], "it goes to review instead"
+
+
+def test_ban_with_evidence_records_what_produced_it_and_never_twice() -> None:
+    p, st = Policy(), AccountState(0)
+    out = p.decide(A, st, row(sends_total=5, recipients_24h=5), 1, 0.99, "lgbm-1", [])
+    ban = out[0]
+    assert ban.action is Action.ban and ban.actor == "lgbm-1"
+    assert ban.evidence == {"rules": [], "score": 0.99, "model_version": "lgbm-1"}
+    assert st.action == "ban"
+    assert p.decide(A, st, row(sends_total=9, recipients_24h=9), 2, 0.999, "lgbm-1", []) == []
+
+
+def test_review_case_priority_is_score_times_reach_and_opens_once() -> None:
+    p, st = Policy(), AccountState(0)
+    (case,) = p.decide(A, st, row(sends_total=5, recipients_24h=9), 1, 0.6, "lgbm-1", [])
+    assert case.queue == "model_review" and abs(case.priority - 0.6 * 10) < 1e-9
+    assert p.decide(A, st, row(sends_total=6, recipients_24h=9), 2, 0.7, "lgbm-1", []) == []
+
+
+def test_restrict_rule_and_user_reports_case() -> None:
+    rules = parse_rules("""
+rules:
+  - {id: r1, description: x, action: restrict, when: {sends_1m: {gte: 10}}}
+""")
+    p, st = Policy(), AccountState(0)
+    r = row(sends_1m=12, verified_reports_total=1, reports_total=3)
+    out = p.decide(A, st, r, 1, 0.1, "lgbm-1", [x for x in rules if x.matches(r)])
+    assert [(v.action, v.queue) for v in out] == [(Action.restrict, None), (None, "user_reports")]
+    assert out[0].actor == "rule:r1" and out[0].rule_ids == ("r1",)
+    assert p.decide(A, st, r, 2, 0.1, "lgbm-1", [x for x in rules if x.matches(r)]) == []
+
+
+def test_auto_ban_sample_is_stable_per_account() -> None:
+    p = Policy(sample_per_mille=1000)
+    st = AccountState(0)
+    out = p.decide(A, st, row(sends_total=5, recipients_24h=5), 1, 0.99, "lgbm-1", [])
+    assert [v.queue for v in out] == [None, "auto_ban_sample"]
+    assert Policy(sample_per_mille=0).sampled(A) is False

@@ -1,0 +1,74 @@
+"""Rules: the YAML format, clear errors naming the rule and the problem, hot reload that keeps the
+previous rules when an edit is broken."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from detection.features import FEATURE_INDEX, FEATURE_NAMES
+from detection.rules import DEFAULT_RULES, RuleBook, RulesError, load_rules, parse_rules
+
+GOOD = """
+rules:
+  - id: fast_new
+    description: New and fast.
+    action: restrict
+    when:
+      account_age_s: {lt: 600}
+      sends_1m: {gte: 30}
+"""
+
+
+def test_default_rules_load_and_describe_themselves() -> None:
+    rules = load_rules(DEFAULT_RULES)
+    assert rules and all(r.description for r in rules)
+
+
+def test_a_rule_matches_on_all_its_conditions() -> None:
+    (rule,) = parse_rules(GOOD)
+    row = [0.0] * len(FEATURE_NAMES)
+    row[FEATURE_INDEX["account_age_s"]] = 100
+    row[FEATURE_INDEX["sends_1m"]] = 30
+    assert rule.matches(row) and rule.actor == "rule:fast_new"
+    row[FEATURE_INDEX["account_age_s"]] = 601
+    assert not rule.matches(row)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("rules: [", "not valid YAML"),
+    ("{}", "top-level 'rules:' list"),
+    (GOOD.replace("sends_1m", "sends_2m"), "unknown feature 'sends_2m'"),
+    (GOOD.replace("description: New and fast.", ""), "needs a description"),
+    (GOOD.replace("restrict", "explode"), "action must be one of"),
+    (GOOD.replace("lt: 600", "lt: soon"), "must be a number"),
+    (GOOD.replace("lt: 600", "under: 600"), "unknown comparison 'under'"),
+    (GOOD.replace("fast_new", "Fast New"), "'id' must match"),
+])
+def test_broken_rules_name_what_is_wrong(text: str, needle: str) -> None:
+    with pytest.raises(RulesError, match=needle):
+        parse_rules(text, "r.yaml")
+
+
+def test_hot_reload_keeps_previous_rules_on_a_broken_edit(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(GOOD)
+    book = RuleBook(path)
+    assert [r.id for r in book.rules] == ["fast_new"]
+    path.write_text(GOOD.replace("sends_1m", "nope_1m"))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert book.refresh() is False and book.errors == 1
+    assert [r.id for r in book.rules] == ["fast_new"], "the old rules still serve"
+    path.write_text(GOOD.replace("fast_new", "faster_new"))
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    assert book.refresh() is True and [r.id for r in book.rules] == ["faster_new"]
+
+
+def test_a_broken_file_at_start_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules: 3")
+    with pytest.raises(RulesError, match="rules.yaml"):
+        RuleBook(path)
