@@ -25,6 +25,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         level=level, stream=sys.stderr,
         format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    for chatty in ("alembic", "mlflow", "httpx", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def settings() -> Settings:

@@ -41,13 +41,19 @@ class Service:
         self.ready: dict[str, str] = {}
         self._ready_event = threading.Event()
 
-    def start(self, timeout: float = 60.0) -> dict[str, str]:
+    def spawn(self) -> Service:
+        """Start the process without waiting for it to be ready."""
         logfile = open(self.log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(
             self.argv, env=self.env, stdout=subprocess.PIPE, stderr=logfile, stdin=subprocess.DEVNULL,
             text=True, bufsize=1, preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         threading.Thread(target=self._pump, args=(logfile,), name=f"{self.name}-stdout", daemon=True).start()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, str]:
+        """Block until the service printed its ready line; raise ServiceError if it died or timed out."""
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while not self._ready_event.wait(0.2):
             if self.proc.poll() is not None:
@@ -93,10 +99,14 @@ class Supervisor:
         self.env = dict(os.environ if env is None else env)
         self.services: list[Service] = []
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, str]:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Service:
+        """Start `sealguard ARGS...` as the service `name`; call `wait_ready()` on the result."""
         service = Service(name, [sys.executable, "-m", "sealguard", *args], {**self.env, **(env or {})}, self.log_dir)
         self.services.append(service)
-        return service.start(timeout)
+        return service.spawn()
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, str]:
+        return self.spawn(name, *args, env=env).wait_ready(timeout)
 
     def check(self) -> None:
         for s in self.services:

@@ -70,9 +70,9 @@ def up(
         version = ensure_model(s)
         log.info("model %s is champion (ready in %.1fs)", version, time.monotonic() - t0)
 
-        relay = sup.start("relay", "relay")
-        sup.start("detect", "detect")
-        api = sup.start("api", "api")
+        # Independent services start side by side; each is ready when it prints its line.
+        pending = [sup.spawn("relay", "relay"), sup.spawn("detect", "detect"), sup.spawn("api", "api")]
+        relay, _, api = (service.wait_ready(90) for service in pending)
         urls = {"api": api.get("listening", "nan"), "relay": relay["listening"], "broker": bootstrap}
         if not headless:
             console = sup.start("console", "console", env={"SEALGUARD_API_URL": urls["api"]})
