@@ -100,7 +100,8 @@ def read_labels(dataset: Path) -> pd.DataFrame:
     out = pd.DataFrame({"account": frame["account"].astype(str), "label": labels.astype(int)})
     out["first_spam_ts"] = pd.to_numeric(frame["first_spam_ts"], errors="coerce") if "first_spam_ts" in frame \
         else np.nan
-    out["role"] = frame["role"].astype(str) if "role" in frame else np.where(out.label == 1, "spam", "legit")
+    fallback = pd.Series(np.where(out.label == 1, "spam", "legit"), index=out.index)
+    out["role"] = frame["role"].where(frame["role"].notna(), fallback).astype(str) if "role" in frame else fallback
     if out.account.duplicated().any():
         dup = out.account[out.account.duplicated()].iloc[0]
         raise DatasetError(f"{path}: account {dup} has more than one label row (build the dataset with "

@@ -199,3 +199,40 @@ def models_rollback() -> None:
 
         old, new = Registry(settings()).rollback()
     print_figures("rollback", {"from": old, "to": new})
+
+
+@dataset_app.command("build")
+def dataset_build(
+    out: Path = typer.Option(..., help="The dataset directory to write."),
+    parquet: Path | None = typer.Option(None, help="Signals from a simulator Parquet directory (or file)."),
+    stream: bool = typer.Option(False, "--stream", help="Signals from the recorded signals topic, from the start."),
+    truth: Path | None = typer.Option(None, help="Simulator truth (labels.parquet); default: the one beside --parquet."),
+    db: bool = typer.Option(True, "--db/--no-db", help="Add reviewer and appeal labels from the database."),
+    idle: float = typer.Option(5.0, help="--stream: stop after this many seconds without a record."),
+) -> None:
+    """Write signals.parquet + labels.parquet + manifest.json (schema: docs/datasets.md)."""
+    setup_logging()
+    with _refusals():
+        from models.datasets import build_dataset
+        from models.errors import DatasetError
+
+        s = settings()
+        source: tuple[str, str] | None = None
+        if stream:
+            if not s.kafka:
+                raise DatasetError("--stream needs SEALGUARD_KAFKA (the broker `sealguard up` or `broker` printed)")
+            source = (s.kafka, s.signals_topic)
+        database = None
+        if db:
+            from sealguard.storage import Database
+
+            database = Database(s.database_url)
+        try:
+            with _progress("records" if stream else "signals", None) as advance:
+                result = build_dataset(out, parquet=parquet, stream=source, truth=truth, db=database, idle_s=idle,
+                                       on_records=lambda n: advance(n))
+        finally:
+            if database is not None:
+                database.dispose()
+    log.info("dataset written to %s", result.out)
+    print_figures("dataset", result.figures())
