@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from relay.client import Identity, RelayClient
 from sealguard.contracts import ClientKind
@@ -28,6 +29,12 @@ from simulator.scenario import STRATEGIES, Scenario
 log = logging.getLogger(__name__)
 
 LEGIT_HARD = ("small_business", "teacher", "community_admin", "new_user_onboarding")
+
+
+class StopFlag(Protocol):
+    """asyncio.Event and threading.Event both fit."""
+
+    def is_set(self) -> bool: ...
 
 
 class LiveError(SimulatorError):
@@ -67,6 +74,12 @@ class LiveResult:
         for account, role in self.roles.items():
             out.setdefault(role, []).append(account)
         return out
+
+    def undelivered(self) -> set[str]:
+        """Acked ids nobody received (subtract what the relay withheld from banned senders)."""
+        acked = set().union(*self.acked_ids.values()) if self.acked_ids else set()
+        received = set().union(*self.received_ids.values()) if self.received_ids else set()
+        return acked - received
 
     def spammers(self) -> list[str]:
         return [a for a, label in self.labels.items() if label == 1]
@@ -109,8 +122,14 @@ def _address(i: int, farm: int | None) -> str:
 
 async def run_live(scenario: Scenario, relay_host: str, relay_port: int, duration_s: float | None = 60.0,
                    users: int | None = None, spam_share: float | None = None,
-                   stop_event: asyncio.Event | None = None, seed: int | None = None) -> LiveResult:
-    """Run the live population until `duration_s` passes or `stop_event` is set (None: until set)."""
+                   stop_event: StopFlag | None = None, seed: int | None = None,
+                   drain_s: float = 5.0) -> LiveResult:
+    """Run the live population until `duration_s` passes or `stop_event` is set (None: until set).
+
+    `stop_event` may be an asyncio.Event or a threading.Event (for a caller in another thread).
+    After the traffic stops, clients stay connected for up to `drain_s` seconds so messages in
+    flight arrive (it ends early once nothing is outstanding or nothing moves for 3 s).
+    """
     rng = random.Random(scenario.seed if seed is None else seed)
     if users is None:
         users = min(200, scenario.population.normal + scenario.spammers +
@@ -119,7 +138,7 @@ async def run_live(scenario: Scenario, relay_host: str, relay_port: int, duratio
     rng.shuffle(roles)
     result = LiveResult(started_ms=int(time.time() * 1000))
     pop = Population(scenario, rng, result, relay_host, relay_port)
-    stop = stop_event or asyncio.Event()
+    stop = asyncio.Event()  # stops the traffic; the external flag is watched into it
     started = time.monotonic()
 
     farm_of: dict[int, int] = {}
@@ -138,31 +157,64 @@ async def run_live(scenario: Scenario, relay_host: str, relay_port: int, duratio
     except OSError as exc:
         await pop.close()
         raise LiveError(f"cannot reach the relay at {relay_host}:{relay_port}: {exc}") from None
+    registered = time.monotonic() - started
+    # Spammers do not wait for the social graph (they target strangers); everyone else does.
+    first = [a for a in agents if a.spammer and a.role != "hijacked"]
+    tasks = [asyncio.create_task(inbox_loop(pop, a, stop)) for a in agents]
+    tasks += [asyncio.create_task(behave(pop, a, stop, relay_host, relay_port)) for a in first]
     await pop.befriend(relay_host, relay_port)
-    log.info("live: %d accounts up in %.1fs (%s)", len(early), time.monotonic() - started,
+    log.info("live: %d accounts registered in %.1fs, befriended in %.1fs (%s)", len(early), registered,
+             time.monotonic() - started - registered,
              ", ".join(f"{r}={roles.count(r)}" for r in sorted(set(roles))))
-
-    tasks = [asyncio.create_task(behave(pop, a, stop, relay_host, relay_port)) for a in agents]
-    tasks += [asyncio.create_task(inbox_loop(pop, a, stop)) for a in agents]
+    tasks += [asyncio.create_task(behave(pop, a, stop, relay_host, relay_port)) for a in agents if a not in first]
     tasks.append(asyncio.create_task(brigade(pop, stop)))
+    watcher = asyncio.create_task(_watch(stop_event, stop))
     try:
-        if duration_s is None or duration_s <= 0:
-            await stop.wait()
-        else:
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, duration_s - (time.monotonic() - started)))
-            except TimeoutError:
-                pass
+        timeout = None if duration_s is None or duration_s <= 0 else \
+            max(0.0, duration_s - (time.monotonic() - started))
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
     finally:
         stop.set()
-        await asyncio.sleep(0.5)  # let in-flight sends settle
+        pop.halted = True
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if not (stop_event is not None and stop_event.is_set()):
+            await _drain(pop, drain_s)
+        watcher.cancel()
         pop.collect()
         await pop.close()
     result.seconds = time.monotonic() - started
+    log.info("live: %s", " ".join(f"{k}={v}" for k, v in result.figures().items()))
     return result
+
+
+async def _watch(flag: StopFlag | None, stop: asyncio.Event) -> None:
+    while flag is not None and not stop.is_set():
+        if flag.is_set():
+            stop.set()
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _drain(pop: Population, drain_s: float) -> None:
+    """Wait until what was acked has arrived, nothing moves any more, or `drain_s` passes."""
+    deadline = time.monotonic() + drain_s
+    last, still_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        acked = set().union(*(a.client.acked_ids for a in pop.agents if a.client is not None))
+        received = set().union(*(a.client.received_ids for a in pop.agents if a.client is not None))
+        outstanding = len(acked - received)
+        if outstanding == 0:
+            return
+        if outstanding != last:
+            last, still_since = outstanding, time.monotonic()
+        elif time.monotonic() - still_since > 3.0:
+            return
+        await asyncio.sleep(0.25)
 
 
 def _kind(role: str, rng: random.Random) -> ClientKind:

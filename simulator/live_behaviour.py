@@ -65,6 +65,8 @@ class Population:
         self.agents: list[Agent] = []
         self.by_account: dict[str, Agent] = {}
         self.ring_queue: list[int] = []
+        self.reactions: set[asyncio.Future[None]] = set()
+        self.halted = False  # set when the traffic stops: no new requests, only draining
         self._ring_pos = 0
 
     # -- setup ------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ class Population:
         agent.client = client
         await client.connect()
         agent.account = await client.register(client_kind=kind)
-        await client.upload_prekeys(30)
+        await client.upload_prekeys(12)
         self.by_account[agent.account] = agent
         self.result.roles[agent.account] = agent.role
         self.result.labels[agent.account] = 1 if agent.spammer else 0
@@ -112,6 +114,10 @@ class Population:
         """Run one request; failures are counted, a ban is remembered."""
         if call is None:
             return None
+        if self.halted:
+            if asyncio.iscoroutine(call):
+                call.close()
+            return None
         try:
             return await call
         except Banned:
@@ -122,7 +128,7 @@ class Population:
             return None
 
     async def send(self, agent: Agent, target: Agent, spam: bool = False) -> str | None:
-        if not agent.usable or target.account is None:
+        if self.halted or not agent.usable or target.account is None:
             return None
         assert agent.client is not None and agent.account is not None
         if spam and agent.account not in self.result.first_spam_ms:
@@ -161,6 +167,8 @@ class Population:
                 self.result.bans[a.account] = a.client.banned
 
     async def close(self) -> None:
+        for task in list(self.reactions):
+            task.cancel()
         for a in self.agents or []:
             if a.client is not None:
                 with contextlib.suppress(Exception):
@@ -182,7 +190,11 @@ async def chat(pop: Population, a: Agent, stop: asyncio.Event, until: float | No
     someone new, added as a contact first."""
     rng = pop.rng
     while not stop.is_set() and (until is None or time.monotonic() < until):
-        if await _sleep(stop, rng.expovariate(1.0 / a.gap_s)):
+        pause = rng.expovariate(1.0 / a.gap_s)
+        if until is not None and time.monotonic() + pause >= until:
+            await _sleep(stop, until - time.monotonic())
+            return
+        if await _sleep(stop, pause):
             return
         if not a.usable:
             return
@@ -215,7 +227,7 @@ async def behave(pop: Population, a: Agent, stop: asyncio.Event, host: str, port
     role = a.role
     try:
         if role == "farm" or role == "new_user_onboarding":
-            await _sleep(stop, rng.uniform(3.0, 6.0) if role == "farm" else rng.uniform(5.0, 20.0))
+            await _sleep(stop, rng.uniform(1.0, 3.0) if role == "farm" else rng.uniform(5.0, 20.0))
             if stop.is_set():
                 return
             kind = ClientKind.mobile if role == "new_user_onboarding" else ClientKind.sdk
@@ -224,22 +236,22 @@ async def behave(pop: Population, a: Agent, stop: asyncio.Event, host: str, port
         if role == "normal":
             await chat(pop, a, stop)
         elif role == "hijacked":
-            takeover = time.monotonic() + rng.uniform(6.0, 12.0)
+            takeover = time.monotonic() + rng.uniform(2.0, 6.0)
             await chat(pop, a, stop, until=takeover)
             known = [pop.agents[i] for i in a.contacts]
             await spam_to(pop, a, stop, 1.0, known + pop.strangers(a, 200))
         elif role == "blaster":
-            await _sleep(stop, rng.uniform(1.0, 6.0))
+            await _sleep(stop, rng.uniform(0.5, 3.0))
             await spam_to(pop, a, stop, 0.25, pop.strangers(a, 400))
         elif role == "slow_drip":
-            await _sleep(stop, rng.uniform(2.0, 8.0))
+            await _sleep(stop, rng.uniform(1.0, 4.0))
             await spam_to(pop, a, stop, 3.0, pop.strangers(a, 400))
         elif role == "farm":
             await spam_to(pop, a, stop, 1.5, pop.strangers(a, 400))
         elif role == "ring":
             await _ring(pop, a, stop)
         elif role == "conversational_scam":
-            await _sleep(stop, rng.uniform(2.0, 8.0))
+            await _sleep(stop, rng.uniform(1.0, 4.0))
             await spam_to(pop, a, stop, 3.0, pop.strangers(a, 400))
         elif role == "group_spam":
             await _group_spam(pop, a, stop)
@@ -265,7 +277,7 @@ async def _ring(pop: Population, a: Agent, stop: asyncio.Event) -> None:
     for m in mates:
         await pop.act(a, a.client.add_contact(m.account))  # type: ignore[union-attr]
         a.contacts.add(m.index)
-    await _sleep(stop, rng.uniform(2.0, 8.0))
+    await _sleep(stop, rng.uniform(1.0, 4.0))
     while not stop.is_set() and a.usable:
         if mates and rng.random() < 0.15:
             await pop.send(a, rng.choice(mates))  # chatter among members
@@ -279,7 +291,7 @@ async def _ring(pop: Population, a: Agent, stop: asyncio.Event) -> None:
 
 async def _group_spam(pop: Population, a: Agent, stop: asyncio.Event) -> None:
     rng = pop.rng
-    await _sleep(stop, rng.uniform(2.0, 8.0))
+    await _sleep(stop, rng.uniform(1.0, 4.0))
     while not stop.is_set() and a.usable:
         members = pop.strangers(a, 15)
         gid = await pop.act(a, a.client.create_group([m.account for m in members]))  # type: ignore[union-attr]
@@ -379,12 +391,16 @@ async def inbox_loop(pop: Population, a: Agent, stop: asyncio.Event) -> None:
         sender = pop.by_account.get(r.sender)
         if sender is None:
             continue
-        asyncio.ensure_future(_react(pop, a, sender, r))
+        task = asyncio.ensure_future(_react(pop, a, sender, r, stop))
+        pop.reactions.add(task)
+        task.add_done_callback(pop.reactions.discard)
 
 
-async def _react(pop: Population, a: Agent, sender: Agent, r: Received) -> None:
+async def _react(pop: Population, a: Agent, sender: Agent, r: Received, stop: asyncio.Event) -> None:
     rng = pop.rng
     try:
+        if stop.is_set():
+            return
         if a.spammer:
             if a.role == "conversational_scam" and r.group is None:
                 await asyncio.sleep(rng.uniform(1.0, 3.0))
