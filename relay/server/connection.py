@@ -1,5 +1,10 @@
 """One client connection: an `asyncio.Protocol` (no per-connection task, no stream objects), so
-an idle authenticated client costs one small slotted object, its transport and its reader."""
+an idle authenticated client costs one small slotted object, its transport and its reader.
+
+Writes are coalesced: `send` only collects frames; the server writes each connection's frames
+once per event-loop iteration (`RelayServer.flush_writes`). A write is a syscall — the largest
+single cost per message — and one iteration often has a DELIVER and a SEND_ACK for the same
+client."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class Connection(asyncio.Protocol):
         "last_seen",
         "nonce",
         "opened_at",
+        "out",
         "peer",
         "reader",
         "server",
@@ -39,6 +45,7 @@ class Connection(asyncio.Protocol):
         self.nonce: bytes | None = None
         self.opened_at = self.last_seen = time.monotonic()
         self.closed = False
+        self.out: bytes | list[bytes] | None = None  # frames waiting for this iteration's write
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,11 +67,25 @@ class Connection(asyncio.Protocol):
 
     # -- sending --------------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        if self.closed:
+            return
+        out = self.out
+        if out is None:
+            self.out = data
+            self.server.mark_dirty(self)
+        elif type(out) is list:
+            out.append(data)
+        else:
+            self.out = [out, data]  # type: ignore[list-item]
+
+    def flush(self) -> None:
+        out, self.out = self.out, None
+        if out is not None and not self.closed and self.transport is not None:
+            self.transport.write(out if type(out) is bytes else b"".join(out))  # type: ignore[arg-type]
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.flush()
             self.closed = True
             self.transport.close()
             # connection_lost still runs and tells the server.

@@ -51,6 +51,7 @@ from sealguard.storage import Database
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _KINDS = tuple(MessageKind(k) for k in KIND_NAMES)
+_time_ns = time.time_ns
 _CLIENT_KINDS = {k.value: k for k in ClientKind}
 
 
@@ -81,7 +82,8 @@ class RelayConfig:
     queue_quota: int = 1000  # per recipient
     commitment_ttl_s: float = 30 * 86400.0
     media_ttl_s: float = 7 * 86400.0
-    flush_interval_s: float = 0.002  # batching window for DB writes
+    flush_interval_s: float = 0.002  # batching window for queue writes (a sender waits on them)
+    commitment_flush_s: float = 0.25  # report commitments wait longer: nobody waits on them
     notice_poll_s: float = 1.0
     sweep_interval_s: float = 0.5
     purge_interval_s: float = 30.0
@@ -180,6 +182,7 @@ class RelayServer:
         self.host = ""
         self.port = 0
         self._commit_ttl_ms = int(self.config.commitment_ttl_s * 1000)
+        self._dirty: list[Connection] = []
         self._handlers: dict[int, Callable[[Connection, int, int, bytes], None]] = {
             FrameType.PING: self._on_ping,
             FrameType.PONG: lambda c, f, r, p: None,
@@ -205,6 +208,7 @@ class RelayServer:
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = sock[0], sock[1]
         self._every(self.config.sweep_interval_s, self._sweep)
+        self._every(self.config.commitment_flush_s, lambda: self._commit_batch and self._schedule_flush())
         self._every(self.config.purge_interval_s, lambda: self.spawn(self._purge()))
         self._every(self.config.notice_poll_s, lambda: self.spawn(self.enforcer.poll_notices()))
         log.info("relay %s listening on %s:%d", self.config.node, self.host, self.port)
@@ -255,6 +259,18 @@ class RelayServer:
         return await self._loop.run_in_executor(self._executor, fn, *args)
 
     # -- connections -----------------------------------------------------------------------------
+    def mark_dirty(self, conn: Connection) -> None:
+        """`conn` has frames to write: write them (all at once) at the end of this loop iteration."""
+        dirty = self._dirty
+        if not dirty and self._loop is not None:
+            self._loop.call_soon(self.flush_writes)
+        dirty.append(conn)
+
+    def flush_writes(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
     def on_connect(self, conn: Connection) -> None:
         conn.bucket = net_bucket(conn.peer, self.config.net_salt)
         self.all_conns.add(conn)
@@ -471,12 +487,12 @@ class RelayServer:
             raise Refused(ErrorCode.BLOCKED, "the recipient blocked this account")
         self.stats.sends += 1
         rconn = self.conns.get(recipient)
-        ts = now_ms()
-        self.listener.emit(self.book.message_sent(sender, recipient, len(ciphertext), _KINDS[kind], rconn is not None))
+        ts = _time_ns() // 1_000_000
+        self.listener.emit(self.book.message_sent(sender, recipient, len(ciphertext), _KINDS[kind], rconn is not None,
+                                                  ts))
         self._commit_batch.append((mid, sender, recipient, ts + self._commit_ttl_ms))
-        out = Outgoing(conn, rid, mid, 1)
-        self.route(out, mid, sender, conn.account_b, recipient, None, kind, ts, ciphertext, rconn)
-        self._schedule_flush()
+        self.route(Outgoing(conn, rid, mid, 1), mid, sender, conn.account_b, recipient, None, kind, ts, ciphertext,
+                   rconn)
 
     def route(self, out: Outgoing, mid: bytes, sender: str, sender_b: bytes, recipient: str, group: str | None,
               kind: int, ts: int, ciphertext: bytes, rconn: Connection | None) -> None:
@@ -493,21 +509,24 @@ class RelayServer:
     def _on_deliver_ack(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
         account = conn.account
         assert account is not None
+        deletes = self._delete_batch
+        n = len(deletes)
         for mid in decode_message_ids(FrameType.DELIVER_ACK, payload):
             pending = self.inflight.pop((mid, account), None)
             if pending is None:
                 # Acked late (after a timeout queued it) or after a reconnect: drop the queued copy.
-                self._delete_batch.append((mid, account))
+                deletes.append((mid, account))
                 continue
             self.stats.delivered += 1
             if pending.from_queue:
-                self._delete_batch.append((mid, account))
+                deletes.append((mid, account))
                 sconn = self.conns.get(pending.sender)
                 if sconn is not None:
                     sconn.send(encode(FrameType.RECEIPT, 0, mid, account, DeliveryStatus.DELIVERED))
             elif pending.out is not None:
                 self._settle(pending.out, queued=False)
-        self._schedule_flush()
+        if len(deletes) > n:
+            self._schedule_flush()
 
     def _settle(self, out: Outgoing, *, queued: bool, refused: bool = False) -> None:
         if queued:

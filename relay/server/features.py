@@ -324,7 +324,6 @@ class Features:
         for r in recipients:
             self.s._commit_batch.append((mid, sender, r, ts + ttl))
             self.s.route(out, mid, sender, conn.account_b, r, gid, kind, ts, ciphertext, self.s.conns.get(r))
-        self.s._schedule_flush()
 
     # -- media --------------------------------------------------------------------------------------
     def blob_signal_id(self, blob_id: str) -> str:
