@@ -174,7 +174,7 @@ async def run_live(scenario: Scenario, relay_host: str, relay_port: int, duratio
             max(0.0, duration_s - (time.monotonic() - started))
         try:
             await asyncio.wait_for(stop.wait(), timeout=timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
     finally:
         stop.set()
