@@ -3,12 +3,14 @@ distinct source addresses, the truth and the delivery books a caller needs."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from relay.testing import harness, run
+from relay.testing import Harness, harness, run
+from sealguard.contracts import Action, DecisionSource, Enforcement, ReasonCode, new_decision_id, now_ms
 from simulator.live import LiveError, LiveResult, run_live
 from simulator.scenario import Scenario, load_scenario
 
@@ -18,9 +20,26 @@ SPINE = Path(__file__).resolve().parents[2] / "data" / "scenarios" / "spine.yaml
 def test_live_population_through_a_real_relay(tmp_path: Path) -> None:
     scenario = load_scenario(SPINE)
 
+    banned: list[tuple[str, int]] = []
+
+    async def ban_the_loudest(h: Harness) -> None:
+        """What detection would do: ban the account sending the most first contacts so far."""
+        await asyncio.sleep(8.0)
+        firsts = Counter(e.sender for e in h.listener.events if e.type == "message.sent" and e.first_contact)
+        account = firsts.most_common(1)[0][0]
+        banned.append((account, now_ms()))
+        h.server.enforcer.on_enforcement(Enforcement(
+            decision_id=new_decision_id(), account=account, action=Action.ban, reason_code=ReasonCode.spam,
+            source=DecisionSource.auto, actor="test"))
+
     async def main() -> tuple[LiveResult, Counter[str], set[str], set[str]]:
         async with harness(tmp_path) as h:
+            enforcer = asyncio.create_task(ban_the_loudest(h))
             result = await run_live(scenario, h.server.host, h.server.port, duration_s=14.0, users=70)
+            await enforcer
+            after_ban = [e for e in h.listener.events if e.type == "message.sent" and e.sender == banned[0][0]
+                         and e.ts > banned[0][1] + 500]
+            assert not after_ban  # a banned client's sends are refused
             types = Counter(e.type for e in h.listener.events)
             buckets = {e.net_bucket for e in h.listener.events if e.type == "account.registered"}
             farm = {e.net_bucket for e in h.listener.events if e.type == "account.registered"
@@ -46,7 +65,9 @@ def test_live_population_through_a_real_relay(tmp_path: Path) -> None:
     received = set().union(*result.received_ids.values())
     assert result.acked >= 200
     assert len(acked - received) <= 0.02 * len(acked)
-    assert not result.bans
+    # The SDK client observed its ban; it was a spammer (the loudest first-contact sender).
+    assert set(result.bans) == {banned[0][0]}
+    assert result.labels[banned[0][0]] == 1
 
 
 def test_unreachable_relay_is_a_clear_error() -> None:
