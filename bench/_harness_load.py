@@ -51,6 +51,19 @@ class User:
         return not (self.banned or self.retiring) and self.client.connected
 
 
+class _Undecryptable(logging.Handler):
+    """Counts the SDK's "dropping undecryptable message" warnings: each is a message the relay
+    delivered and the application never saw (acked to the relay, so it is gone)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("dropping undecryptable message"):
+            self.count += 1
+
+
 def address(i: int) -> str:
     """A distinct /24 per user: 127.(20 + i // 250).(i % 250).1"""
     return f"127.{20 + i // 250}.{i % 250}.1"
@@ -75,6 +88,8 @@ class Load:
         self._seq = 0
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.undecryptable = _Undecryptable()
+        logging.getLogger("relay.client.client").addHandler(self.undecryptable)
 
     # -- setup --------------------------------------------------------------------------------------
     async def setup(self, concurrency: int = 20) -> None:
@@ -219,6 +234,7 @@ class Load:
             await asyncio.sleep(0.1)
 
     async def close(self) -> None:
+        logging.getLogger("relay.client.client").removeHandler(self.undecryptable)
         self._stopping = True
         for u in self.users:
             u.client.abort()

@@ -33,11 +33,11 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._harness import Platform, create_pg_database, drop_pg_database
+from bench._harness import HarnessError, Platform, create_pg_database, drop_pg_database
 from bench._harness_load import Load, User
 from sealguard.cli.app import print_figures
 
@@ -60,6 +60,8 @@ class FaultsConfig:
     state_dir: Path | None = None
     max_seconds: float | None = None  # stop driving after this even if `messages` is not reached
     settle_s: float = 60.0
+    stall_s: float = 120.0
+    details: dict[str, Any] = field(default_factory=dict)  # filled by the run: what stderr shows
 
 
 class AppliedWatcher:
@@ -190,10 +192,19 @@ async def _run(cfg: FaultsConfig, platform: Platform) -> dict[str, Any]:
         fault_task = asyncio.ensure_future(faults())
 
         async def until_enough() -> None:
-            # Load runs until the messages are in *and* every fault has happened under it.
+            # Load runs until the messages are in *and* every fault has happened under it; a run in
+            # which nothing is acked for `stall_s` is a broken platform, not a figure.
+            last, last_t = -1, time.monotonic()
             while (len(load.acked) < cfg.messages or not fault_task.done()) and \
                     time.monotonic() - start < planned * 3 + 600:
                 await asyncio.sleep(0.5)
+                if len(load.acked) != last:
+                    last, last_t = len(load.acked), time.monotonic()
+                elif time.monotonic() - last_t > cfg.stall_s:
+                    stop.set()
+                    fault_task.cancel()
+                    raise HarnessError(f"nothing acked for {cfg.stall_s:.0f}s (acked {last}); see the logs in "
+                                       f"{platform.logs}")
             stop.set()
 
         await asyncio.gather(load.drive(cfg.rate, planned * 3 + 600, stop=stop), until_enough())
@@ -214,7 +225,8 @@ async def _run(cfg: FaultsConfig, platform: Platform) -> dict[str, Any]:
             await load.settle(cfg.settle_s / 2, held)
         lost = load.missing(held)
         if lost:
-            log.error("lost: %s", lost[:20])
+            log.error("lost %d, e.g. %s", len(lost), lost[:10])
+        stuck_status = {str(_ack_status(load, m)) for m in stuck}
         bans_intact = await _check_bans(load, active_bans) and len(active_bans) >= counts["ban"]
         await asyncio.sleep(1.0)  # let the watcher read the last signals
         figures = {
@@ -224,17 +236,28 @@ async def _run(cfg: FaultsConfig, platform: Platform) -> dict[str, Any]:
             "relay_kills": counts["relay"], "broker_restarts": counts["broker"],
             "detector_restarts": counts["detect"], "db_disconnects": db_killed, "bans_intact": bans_intact,
         }
-        log.info("details: sent=%d failed=%d skipped=%d stuck_until_relogin=%d held_for_banned_recipient=%d "
-                 "bans_by_bench=%d active_bans=%d reconnects=%d decisions_seen_applied=%d wall_s=%.0f",
-                 load.sent, load.failed, load.skipped, len(stuck), sum(1 for m in load.acked if m in to_banned),
-                 counts["ban"], len(active_bans), sum(u.reconnects for u in load.users), len(watcher.seen),
-                 time.monotonic() - start)
+        details = {
+            "sent": load.sent, "failed": load.failed, "skipped": load.skipped, "stuck_until_relogin": len(stuck),
+            "stuck_ack_status": ",".join(sorted(stuck_status)) or "none",
+            "lost_all_stuck": int(set(lost) <= set(stuck)), "undecryptable": load.undecryptable.count,
+            "held_for_banned_recipient": sum(1 for m in load.acked if m in to_banned), "bans_by_bench": counts["ban"],
+            "active_bans": len(active_bans), "reconnects": sum(u.reconnects for u in load.users),
+            "decisions_seen_applied": len(watcher.seen), "wall_s": round(time.monotonic() - start),
+        }
+        log.info("details: %s", " ".join(f"{k}={v}" for k, v in details.items()))
+        cfg.details = details
         return figures
     finally:
         await load.close()
         watcher.stop()
         publisher.flush(5)
         db.dispose()
+
+
+def _ack_status(load: Load, mid: str) -> str:
+    sender = load.users[load.acked[mid][0]].client
+    status = sender.ack_status.get(mid)
+    return status.name if status is not None else "unknown"
 
 
 def _database_books(db: Any, accounts: set[str]) -> tuple[set[str], set[str], set[str], int]:
