@@ -59,6 +59,12 @@ class KafkaEnforcementPublisher:
     def flush(self, timeout: float = 10.0) -> int:
         return int(self._producer.flush(timeout))
 
+    def close(self, timeout: float = 10.0) -> int:
+        """Flush, then let the producer go (it stops retrying a broker that has gone away)."""
+        left = self.flush(timeout)
+        del self._producer
+        return left
+
 
 @dataclass(frozen=True)
 class DecisionRequest:

@@ -62,7 +62,7 @@ def api(host: str = typer.Option(None, help="Address to bind (default SEALGUARD_
     finally:
         server.stop()
         if publisher is not None:
-            publisher.flush(5)
+            publisher.close(5)
         db.dispose()
 
 

@@ -121,5 +121,5 @@ def platform(tmp_path_factory: pytest.TempPathFactory, broker_bootstrap: str) ->
                 browser.close()
     finally:
         relay.stop()
-        publisher.flush(5)
+        publisher.close(5)
         db.dispose()

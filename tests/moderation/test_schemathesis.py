@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import requests as requests_lib
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -57,6 +58,7 @@ def test_no_server_errors_for_any_role(settings: Settings, capsys: pytest.Captur
             r = httpx.post(f"{api.url}/auth/login", json={"username": name, "password": PASSWORD})
             tokens[name] = r.json()["token"]
         schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
+        session = requests_lib.Session()  # keep-alive: one connection for the whole run
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) >= 20
         def exercise(op: Any, who: str) -> None:
@@ -72,7 +74,7 @@ def test_no_server_errors_for_any_role(settings: Settings, capsys: pytest.Captur
                 nonlocal requests
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    response = case.call(base_url=api.url, headers=headers, timeout=30)
+                    response = case.call(base_url=api.url, headers=headers, timeout=30, session=session)
                 requests += 1
                 if response.status_code >= 500:
                     failures.append(f"{op.method.upper()} {op.path} as {who}: {response.status_code} "
