@@ -8,6 +8,7 @@ reconnecting over the real Kafka enforcement path in test_ban_holds.py.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from relay.client import Identity, RequestRefused
 from relay.protocol import ErrorCode, FrameType, encode_deliver, encode_deliver_ack
 from relay.testing import eventually, harness, run
 from sealguard.contracts import now_ms
+from sealguard.settings import Settings
 
 
 def test_log_in_without_the_key_is_refused(tmp_path: Path) -> None:
@@ -249,3 +251,69 @@ def _dummy(ftype: FrameType) -> tuple[object, ...]:
             raise KeyError(kind)
         out.append(sample[kind])
     return tuple(out)
+
+
+def test_a_banned_account_reconnecting_on_a_new_connection_is_refused(topics: Settings) -> None:
+    """The real enforcement path: `do_decide` (database, then sg.enforcement.v1) → the relay's consumer;
+    then the banned key tries again on a new connection from another network, and after a relay restart."""
+    from moderation.decisions import DecisionRequest, KafkaEnforcementPublisher, do_decide
+    from relay.client import Banned, RelayClient
+    from relay.service import RelayService
+    from sealguard.contracts import Action, DecisionSource, ReasonCode
+    from sealguard.storage import Database
+
+    assert topics.kafka is not None
+
+    async def client(port: int, ident: Identity, addr: str, register: bool) -> RelayClient:
+        c = RelayClient("127.0.0.1", port, ident, bind_address=addr, request_timeout=10)
+        await c.connect()
+        if register:
+            await c.register()
+            await c.upload_prekeys(5)
+        return c
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        service = RelayService(topics, metrics=False)
+        await service.start()
+        db = Database(topics.database_url, migrate=False)
+        publisher = KafkaEnforcementPublisher(topics.kafka, topics.enforcement_topic)
+        try:
+            port = service.address[1]
+            spammer = await client(port, Identity.generate(), "127.61.0.1", True)
+            friend = await client(port, Identity.generate(), "127.61.1.1", True)
+            assert spammer.account_id and friend.account_id
+            await spammer.send(friend.account_id, b"before the ban")
+            row = await loop.run_in_executor(None, lambda: do_decide(db, publisher, DecisionRequest(
+                account=spammer.account_id, action=Action.ban, reason_code=ReasonCode.spam,
+                source=DecisionSource.reviewer, actor="r:attack-test")))
+            await eventually(lambda: spammer.banned is not None and not spammer.connected, 30)
+            assert spammer.banned == (row.id, "spam")
+            # A new connection, the same key, another network: refused with the decision to appeal.
+            again = await client(port, spammer.identity, "127.62.0.1", False)
+            with pytest.raises(Banned) as err:
+                await again.login()
+            assert err.value.decision_id == row.id
+            await eventually(lambda: not again.connected)
+            # Unauthenticated, it can do nothing (and registering the same key again is refused).
+            third = await client(port, spammer.identity, "127.63.0.1", False)
+            with pytest.raises(RequestRefused) as refused:
+                await third.send_raw(friend.account_id, b"x")
+            assert refused.value.code is ErrorCode.NOT_AUTHENTICATED
+            with pytest.raises(RequestRefused) as refused:
+                await third.register()
+            assert refused.value.code is ErrorCode.ALREADY_REGISTERED
+            await third.close()
+            # The relay restarts: the ban comes back from the database.
+            await service.stop()
+            service = RelayService(topics, metrics=False)
+            await service.start()
+            fourth = await client(service.address[1], spammer.identity, "127.64.0.1", False)
+            with pytest.raises(Banned):
+                await fourth.login()
+        finally:
+            await service.stop()
+            publisher.flush(5)
+            db.dispose()
+
+    run(main())
