@@ -55,10 +55,19 @@ _VALUES: dict[str, Callable[[random.Random], object]] = {
 }
 
 
-def valid_frame(rng: random.Random, ftype: FrameType | None = None) -> bytes:
-    """A well-formed frame of `ftype` (random when None) with random field values."""
+def valid_frame(rng: random.Random, ftype: FrameType | None = None, accounts: list[str] | None = None) -> bytes:
+    """A well-formed frame of `ftype` (random when None) with random field values. With
+    `accounts`, most account fields name one of them, so frames get past "no such account" into
+    the handlers' deeper paths (sends, groups, blocks, reports between real accounts)."""
     ft = ftype if ftype is not None else rng.choice(list(FrameType))
-    values = [_VALUES[kind](rng) for _, kind in SCHEMAS[ft]]
+    values = []
+    for _, kind in SCHEMAS[ft]:
+        if accounts and kind == "acct" and rng.random() < 0.7:
+            values.append(rng.choice(accounts))
+        elif accounts and kind == "accts" and rng.random() < 0.7:
+            values.append(rng.sample(accounts, rng.randint(0, min(4, len(accounts)))))
+        else:
+            values.append(_VALUES[kind](rng))
     return encode(ft, rng.randint(0, 2**32 - 1), *values, flags=rng.choice((0, 0, 0, 1, rng.randint(0, 255))))
 
 
@@ -72,22 +81,27 @@ class Mutator:
     """`next()` returns one fuzz frame. `corpus_size` valid frames are drawn up front, then each
     call mutates one (or splices two)."""
 
-    def __init__(self, seed: int = 0, corpus_size: int = 2000) -> None:
+    def __init__(self, seed: int = 0, corpus_size: int = 2000, accounts: list[str] | None = None) -> None:
         self.rng = random.Random(seed)
-        self.corpus = [valid_frame(self.rng) for _ in range(corpus_size)]
+        self.corpus = [valid_frame(self.rng, accounts=accounts) for _ in range(corpus_size)]
         # (operator, weight): header-preserving operators carry about three quarters of the weight.
         ops: list[tuple[Callable[[bytearray], bytearray], int]] = [
             (self._flip_bits, 16), (self._set_bytes, 16), (self._truncate, 12), (self._extend, 10),
-            (self._retype, 12), (self._splice, 6), (self._valid, 3),
+            (self._retype, 12), (self._splice, 6), (self._valid, 12),
             (self._length, 8), (self._version, 5), (self._unknown_type, 5), (self._noise, 7),
         ]
         self._ops = [op for op, _ in ops]
         self._weights = [w for _, w in ops]
+        self._deep_ops = self._ops[:7]  # the header-preserving ones
+        self._deep_weights = self._weights[:7]
 
-    def next(self) -> bytes:
+    def next(self, deep: bool = False) -> bytes:
+        """One fuzz frame; `deep` keeps the header valid (for all but the last frame of a batch
+        on a live connection, which a broken header would close before the rest is read)."""
         rng = self.rng
         frame = bytearray(rng.choice(self.corpus))
-        for op in rng.choices(self._ops, self._weights, k=1 if rng.random() < 0.7 else 2):
+        ops, weights = (self._deep_ops, self._deep_weights) if deep else (self._ops, self._weights)
+        for op in rng.choices(ops, weights, k=1 if rng.random() < 0.7 else 2):
             frame = op(frame)
         return bytes(frame)
 

@@ -157,6 +157,25 @@ def fuzz_parser(n: int, seed: int, fig: Figures, crash_dir: Path) -> None:
 
 # -- the live relay --------------------------------------------------------------------------------
 
+def reached_in_stream(frames: list[bytes], max_len: int) -> int:
+    """How many of these frames, sent in a row on one connection, the server reads past the
+    header check: it stops at the first broken header or malformed payload (it closes us)."""
+    reader = FrameReader(max_len)
+    reached = 0
+    for frame in frames:
+        try:
+            got = reader.feed(frame)
+        except PeerProtocolError:
+            return reached
+        for ftype, _flags, _rid, payload in got:
+            reached += 1
+            try:
+                decode_payload(ftype, payload)
+            except PeerProtocolError:
+                return reached
+    return reached
+
+
 def predict(sent: bytes, max_len: int) -> tuple[str, int]:
     """What the server's reader makes of everything we sent on a connection: ('error', 0) when it
     must close us, ('pending', n) when it waits for n more bytes, ('clean', 0) when in step."""
@@ -260,7 +279,9 @@ class Live:
         t0 = time.monotonic()
         side = [asyncio.create_task(self._slowloris(loop, 20)), asyncio.create_task(self._silent(loop, 20)),
                 asyncio.create_task(self._half_close(loop, 20))]
-        await asyncio.gather(*(self._worker(loop, w, random.Random(rng.random()), accounts[w])
+        # Fuzz frames name the workers' accounts (never the pair's, which must stay unharmed).
+        known = [acct for acct, _ in accounts]
+        await asyncio.gather(*(self._worker(loop, w, random.Random(rng.random()), accounts[w], known)
                                for w in range(self.workers)))
         log.info("live: %d frames in %d batches over %.1fs: %d answered the sync PING, %d closed by the relay, "
                  "%d abandoned (a pending body over 64 KiB)", self.frames - self.left, self.batches,
@@ -312,8 +333,8 @@ class Live:
         return account_id, ident
 
     async def _worker(self, loop: asyncio.AbstractEventLoop, w: int, rng: random.Random,
-                      account: tuple[str, Any]) -> None:
-        mut = Mutator(rng.randrange(2**31), corpus_size=500)
+                      account: tuple[str, Any], known: list[str]) -> None:
+        mut = Mutator(rng.randrange(2**31), corpus_size=500, accounts=known)
         holder = FuzzClient()
         while self.left > 0:
             authed = rng.random() < 0.5
@@ -332,14 +353,10 @@ class Live:
             self.left -= k
             self.batches += 1
             sent = bytearray()
-            for _ in range(k):
-                frame = mut.next()
-                self.fig.frames += 1
-                try:
-                    if FrameReader(max_len).feed(frame):
-                        self.fig.decoder_reached += 1
-                except PeerProtocolError:
-                    pass
+            frames = [mut.next(deep=i < k - 1) for i in range(k)]
+            self.fig.frames += k
+            self.fig.decoder_reached += reached_in_stream(frames, max_len)
+            for frame in frames:
                 sent += frame
                 conn._write(frame)
             state, need = predict(bytes(sent), max_len)
