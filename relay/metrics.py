@@ -54,6 +54,8 @@ class RelayCollector(Collector):
             "online_accounts": (len(s.conns), "Authenticated connections"),
             "inflight": (len(s.inflight), "Deliveries waiting for the recipient's ack"),
             "queue_write_batch": (len(s._enqueue_batch), "Messages waiting for the next queue write"),
+            "offline_queue_depth": (s.queue_depth, "Messages in the offline queue (refreshed every purge interval)"),
+            "withheld_messages": (s.withheld_depth, "Withheld messages kept in the queue table"),
             "bans": (len(s.enforcer.bans), "Active bans held in memory"),
             "restrictions": (len(s.enforcer.restricted), "Active restrictions held in memory"),
         }

@@ -183,6 +183,8 @@ class RelayServer:
         self.port = 0
         self._commit_ttl_ms = int(self.config.commitment_ttl_s * 1000)
         self._dirty: list[Connection] = []
+        self.queue_depth = 0  # offline queue rows, refreshed by the purge job
+        self.withheld_depth = 0
         self._handlers: dict[int, Callable[[Connection, int, int, bytes], None]] = {
             FrameType.PING: self._on_ping,
             FrameType.PONG: lambda c, f, r, p: None,
@@ -629,6 +631,7 @@ class RelayServer:
 
     async def _purge(self) -> None:
         _, _, blobs = await self.run_db(self.store.purge_expired, now_ms())
+        self.queue_depth, self.withheld_depth = await self.run_db(self.store.queue_depth)
         for blob_id in blobs:
             try:
                 os.unlink(self.config.media_dir / blob_id)

@@ -265,6 +265,13 @@ class RelayStore:
                                                                 QueuedMessageRow.withheld.is_(not withheld))
                                  .values(withheld=withheld)).rowcount)
 
+    def queue_depth(self) -> tuple[int, int]:
+        """(messages waiting in the offline queue, withheld messages) — for /metrics."""
+        with self.db.session() as s:
+            rows = dict(s.execute(select(QueuedMessageRow.withheld, func.count())
+                                  .group_by(QueuedMessageRow.withheld)).all())
+        return int(rows.get(False, 0)), int(rows.get(True, 0))
+
     def count_withheld(self) -> int:
         with self.db.session() as s:
             return int(s.scalar(select(func.count()).select_from(QueuedMessageRow)
