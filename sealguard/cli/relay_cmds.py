@@ -82,6 +82,7 @@ def chat(
 ) -> None:
     """An interactive terminal client: handles, contacts, 1:1, groups, media, block, report, appeal."""
     import uvloop
+
     from relay.client.chat import run_chat
 
     setup_logging()

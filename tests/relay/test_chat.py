@@ -15,10 +15,10 @@ def test_two_people_chat_with_handles_groups_media_block_and_report(tmp: Path) -
         async with harness(tmp) as h:
             outs: dict[str, list[str]] = {"ann": [], "bob": []}
             chats = {}
-            for name in outs:
+            for name, out in outs.items():
                 client = RelayClient(h.server.host, h.server.port, Identity.generate(), bind_address=next_address())
                 h.clients.append(client)
-                chats[name] = Chat(client, tmp / f"{name}.json", "pw", "http://127.0.0.1:1", outs[name].append)
+                chats[name] = Chat(client, tmp / f"{name}.json", "pw", "http://127.0.0.1:1", out.append)
                 await chats[name].start()
             ann, bob = chats["ann"], chats["bob"]
             pumps = [asyncio.create_task(c.pump()) for c in chats.values()]

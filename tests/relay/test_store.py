@@ -51,7 +51,7 @@ def test_relay_store_on_both_backends(db_url: str) -> None:
         # expiry keeps withheld rows
         store.enqueue([QueuedOut(os.urandom(16), b, a, None, 0, b"x", now, now - 1)], quota=10)
         store.set_withheld(a, True)
-        q, c, blobs = store.purge_expired(now)
+        q, _, blobs = store.purge_expired(now)
         assert (q, blobs) == (0, []) and store.queue_depth()[1] == 2
         # notices and applications
         store.add_notice(a, "warned", "d" + "1" * 32, "spam")
