@@ -132,6 +132,16 @@ def metrics_page(client: ApiClient) -> None:
         st.dataframe(pd.DataFrame([{"source:action": k, "count": v} for k, v in by_action.items()]), hide_index=True)
 
 
+def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def models_page(client: ApiClient) -> None:
     st.header("Models: champion vs challenger")
     m = client.get("/models")
@@ -139,17 +149,35 @@ def models_page(client: ApiClient) -> None:
     for col, name in ((c1, "champion"), (c2, "challenger")):
         with col:
             st.subheader(name.capitalize())
-            pointer = m[name]
-            if pointer:
-                st.metric("Version", str(pointer.get("version")))
-                st.json(pointer, expanded=False)
+            card = m[name]
+            if card:
+                st.metric("Version", str(card.get("version")))
+                st.caption(f"trained {when(card.get('trained_at'))} · {card.get('features', '?')} features · "
+                           f"{'calibrated' if card.get('calibrated') else 'uncalibrated'}")
             else:
                 st.caption(f"No {name} registered.")
+    cards = {name: _flat((m[name] or {}).get("metrics") or {}) for name in ("champion", "challenger")}
+    keys = sorted(set(cards["champion"]) | set(cards["challenger"]))
+    if keys:
+        st.subheader("Evaluation metrics")
+        st.dataframe(pd.DataFrame([{"metric": k, "champion": cards["champion"].get(k),
+                                    "challenger": cards["challenger"].get(k)} for k in keys]).astype(
+            {"champion": "string", "challenger": "string"}), hide_index=True, width="stretch")
     st.subheader("Shadow agreement")
-    if m["shadow_agreement"] is None:
+    agreement = m["shadow_agreement"]
+    if not agreement:
         st.caption("No shadow scoring yet.")
+    elif "error" in agreement:
+        st.warning(f"Shadow agreement unavailable: {agreement['error']}")
     else:
-        st.json(m["shadow_agreement"])
+        shown = [("ban_agreement", "Ban agreement"), ("review_agreement", "Review agreement"),
+                 ("spearman", "Spearman"), ("mean_abs_diff", "Mean |Δscore|"), ("pairs", "Score pairs")]
+        cols = st.columns(len(shown))
+        for col, (key, label) in zip(cols, shown, strict=True):
+            value = agreement.get(key)
+            col.metric(label, "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else value))
+        with st.expander("All agreement figures"):
+            st.json(agreement)
     if m["scores_by_version"]:
         st.subheader("Scores by model version")
         st.dataframe(pd.DataFrame(m["scores_by_version"]), hide_index=True)

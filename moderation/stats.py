@@ -115,6 +115,25 @@ def _pointer(state_dir: Path, name: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _card(state_dir: Path, pointer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pointer plus what its artifact's meta.json says: training time, metrics, feature count."""
+    if pointer is None:
+        return None
+    card = dict(pointer)
+    version = str(pointer.get("version", ""))
+    model_dir = Path(str(pointer.get("path") or state_dir / "models" / version))
+    try:
+        meta = json.loads((model_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return card
+    if isinstance(meta, dict):
+        features = meta.get("features") or []
+        card.update(trained_at=meta.get("trained_at"), metrics=meta.get("metrics") or {},
+                    features=len(features) if isinstance(features, list) else None,
+                    calibrated=meta.get("calibration") is not None)
+    return card
+
+
 def _agreement(db: Database) -> Any:
     try:
         from models.shadow import agreement  # type: ignore[import-not-found]
@@ -127,7 +146,8 @@ def _agreement(db: Database) -> Any:
 
 
 def models_page(db: Database, state_dir: Path) -> dict[str, Any]:
-    champion, challenger = _pointer(state_dir, "champion"), _pointer(state_dir, "challenger")
+    champion = _card(state_dir, _pointer(state_dir, "champion"))
+    challenger = _card(state_dir, _pointer(state_dir, "challenger"))
     with db.session() as s:
         counts = {str(v): int(n) for v, n in s.execute(select(ScoreRow.model_version, func.count())
                                                         .group_by(ScoreRow.model_version)).all()}

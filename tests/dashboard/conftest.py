@@ -78,6 +78,26 @@ class RelayThread:
         self._thread.join(20)
 
 
+def register_models(state_dir: Path) -> None:
+    """A champion and a challenger as real (tiny) LightGBM artifacts behind the models pointers."""
+    import lightgbm as lgb
+    import numpy as np
+
+    from models.artifacts import write_artifact, write_pointer
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(300, 3))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0.3).astype(int)
+    features = ["first_contact_sends_1m", "reply_ratio_1h", "contacts_added_24h"]
+    for version, auc, rounds in (("lgbm-v1", 0.962, 8), ("lgbm-v2", 0.971, 16)):
+        booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1, "min_data_in_leaf": 5},
+                            lgb.Dataset(x, y, feature_name=features), num_boost_round=rounds)
+        write_artifact(state_dir / "models" / version, booster, version, features, None,
+                       {"auc": auc, "precision_at_ban": 0.99 if version == "lgbm-v1" else 0.985})
+    write_pointer(state_dir, "champion", "lgbm-v1")
+    write_pointer(state_dir, "challenger", "lgbm-v2")
+
+
 @dataclass
 class Platform:
     settings: Settings
@@ -102,6 +122,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, broker_bootstrap: str) ->
                         enforcement_topic=f"b{suffix}.enforcement", scores_topic=f"b{suffix}.scores",
                         partitions=2, node_id="relay-b")
     settings.ensure_state_dir()
+    register_models(settings.state_dir)
     ensure_topics(broker_bootstrap, settings.topics, settings.partitions)
     db = Database(settings.database_url)
     for username, role in (("rita", Role.reviewer), ("lena", Role.lead), ("ada", Role.admin)):

@@ -122,12 +122,13 @@ def test_ban_refused_by_relay_then_appeal_overturned(platform: Any) -> None:
     assert spammer is not None
     # What detection writes for it: scores with contributions and a model-review case.
     with platform.db.session() as s, s.begin():
-        for k in range(6):
-            s.add(ScoreRow(account=spammer, model_version="lgbm-test", score=0.55 + 0.07 * k, ts=now_ms() - (6 - k) * 30_000,
-                           contributions=[{"feature": "first_contact_sends_1m", "value": 1.8},
-                                          {"feature": "reply_ratio_1h", "value": 0.6},
-                                          {"feature": "contacts_added_24h", "value": -0.3}]))
-        s.add(CaseRow(account=spammer, queue="model_review", priority=0.97, score=0.9, model_version="lgbm-test",
+        for k in range(6):  # the champion's scores, and the challenger's in shadow at the same moments
+            ts = now_ms() - (6 - k) * 30_000
+            s.add(ScoreRow(account=spammer, model_version="lgbm-v1", score=0.55 + 0.07 * k, ts=ts,
+                           contributions=[["first_contact_sends_1m", 1.8], ["reply_ratio_1h", 0.6],
+                                          ["contacts_added_24h", -0.3]]))
+            s.add(ScoreRow(account=spammer, model_version="lgbm-v2", score=0.5 + 0.09 * k, ts=ts, shadow=True))
+        s.add(CaseRow(account=spammer, queue="model_review", priority=0.97, score=0.9, model_version="lgbm-v1",
                       rule_ids=["first_contact_burst"], status="open", created_at=now_ms()))
 
     page = open_page(platform)
