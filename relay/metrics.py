@@ -35,6 +35,7 @@ COUNTERS = {
     "registrations": "Accounts registered",
     "timeouts": "Ack timeouts and idle connections closed",
     "enforcements": "Decisions applied on this node",
+    "slow_consumers": "Connections dropped for not reading what the relay sent",
 }
 
 

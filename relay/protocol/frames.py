@@ -118,6 +118,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_FRAME = 102
     MALFORMED = 103
     TIMEOUT = 104
+    FLOOD = 105
     NOT_AUTHENTICATED = 200
     BAD_SIGNATURE = 201
     NO_CHALLENGE = 202

@@ -14,6 +14,15 @@ from typing import TYPE_CHECKING
 
 from relay.protocol import MAX_FRAME_UNAUTHENTICATED, FrameReader
 
+# Frames a connection may send before it logs in (a login takes 3), and per sweep interval after
+# (a PING costs PING_COST): a flood is closed before it costs the loop more than a few ms.
+PRE_AUTH_BUDGET = 32
+FRAME_BUDGET = 5000
+PING_COST = 100
+# Pause reading a client once this much output waits for it; drop it past MAX_WRITE_BUFFER.
+WRITE_HIGH_WATER = 256 * 1024
+MAX_WRITE_BUFFER = 8 * 1024 * 1024
+
 if TYPE_CHECKING:
     from relay.server.core import RelayServer
 
@@ -23,6 +32,7 @@ class Connection(asyncio.Protocol):
         "account",
         "account_b",
         "bucket",
+        "budget",
         "closed",
         "last_seen",
         "nonce",
@@ -46,10 +56,12 @@ class Connection(asyncio.Protocol):
         self.opened_at = self.last_seen = time.monotonic()
         self.closed = False
         self.out: bytes | list[bytes] | None = None  # frames waiting for this iteration's write
+        self.budget = PRE_AUTH_BUDGET  # frames it may still send (refilled each sweep once logged in)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "0.0.0.0"
         self.server.on_connect(self)
@@ -60,6 +72,16 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False  # half-closed → close
+
+    # Backpressure: a client that does not read what we send stops being read from, so it can
+    # make the relay neither buffer without bound nor spend the loop on its requests.
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -80,8 +102,14 @@ class Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         out, self.out = self.out, None
-        if out is not None and not self.closed and self.transport is not None:
-            self.transport.write(out if type(out) is bytes else b"".join(out))  # type: ignore[arg-type]
+        transport = self.transport
+        if out is not None and not self.closed and transport is not None:
+            transport.write(out if type(out) is bytes else b"".join(out))  # type: ignore[arg-type]
+            if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                # It reads nothing we send: drop it (what it was handed and did not ack is requeued).
+                self.server.stats.slow_consumers += 1
+                self.closed = True
+                transport.abort()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:

@@ -41,7 +41,7 @@ from relay.protocol import (
     encode_error,
     encode_send_ack,
 )
-from relay.server.connection import Connection
+from relay.server.connection import FRAME_BUDGET, PING_COST, Connection
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
 from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore
 from relay.signals import SignalBook, net_bucket
@@ -138,6 +138,7 @@ class Stats:
         "protocol_errors",
         "queued",
         "registrations",
+        "slow_consumers",
         "sends",
         "timeouts",
         "withheld",
@@ -296,6 +297,10 @@ class RelayServer:
             self._peer_error(conn, 0, exc.code, exc.message)
             return
         handlers = self._handlers
+        conn.budget -= len(frames)
+        if conn.budget < 0:
+            self._peer_error(conn, 0, ErrorCode.FLOOD, "too many frames; slow down")
+            return
         for ftype, flags, rid, payload in frames:
             if conn.closed:
                 return
@@ -347,6 +352,9 @@ class RelayServer:
 
     # -- auth -------------------------------------------------------------------------------------
     def _on_ping(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
+        conn.budget -= PING_COST
+        if conn.budget < 0:
+            raise PeerProtocolError(ErrorCode.FLOOD, "too many PINGs; one every few seconds keeps a connection")
         conn.send(encode(FrameType.PONG, rid))
 
     def _on_challenge(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
@@ -441,6 +449,7 @@ class RelayServer:
         await self.enforcer.deliver_notices(account)
 
     def _authenticated(self, conn: Connection, account: str) -> None:
+        conn.budget = FRAME_BUDGET
         conn.account = account
         conn.account_b = account.encode()
         conn.reader.max_len = MAX_FRAME
@@ -623,6 +632,8 @@ class RelayServer:
                 self._requeue(key)
         idle, handshake = now - self.config.idle_timeout_s, now - self.config.handshake_timeout_s
         for conn in list(self.all_conns):
+            if conn.account is not None:
+                conn.budget = FRAME_BUDGET
             if (conn.account is None and conn.opened_at < handshake) or conn.last_seen < idle:
                 self.stats.timeouts += 1
                 conn.send(encode_error(0, ErrorCode.TIMEOUT, "idle or unauthenticated for too long"))

@@ -407,3 +407,22 @@ def test_client_over_plain_identity_pickle(tmp: Path) -> None:
             assert again.account_id == a.account_id
 
     run(main())
+
+
+def test_a_ping_flood_is_closed_and_others_are_unharmed(tmp: Path) -> None:
+    async def main() -> None:
+        async with harness(tmp) as h:
+            a, b = await h.user(), await h.user()
+            reader, writer = await asyncio.open_connection(h.server.host, h.server.port)
+            writer.write(encode(FrameType.PING, 1) * 100)  # before login: 32 frames at most
+            data = await asyncio.wait_for(reader.read(), 5)
+            ftype, _, _, payload = FrameReader().feed(data)[-1]
+            assert ftype == FrameType.ERROR and decode_payload(ftype, payload)[0] == ErrorCode.FLOOD
+            writer.close()
+            a._write(encode(FrameType.PING, 0) * 200)  # logged in: 50 PINGs per sweep interval
+            await asyncio.wait_for(a.closed.wait(), 5)
+            c = await h.user()
+            await c.send(b.account_id, b"fine")
+            assert (await asyncio.wait_for(b.inbox.get(), 5)).plaintext == b"fine"
+
+    run(main())
