@@ -39,6 +39,7 @@ class User:
     partners: list[int] = field(default_factory=list)
     banned: bool = False
     retiring: bool = False  # about to be banned: nobody starts new messages to or from it
+    online: bool = False  # logged in on the current connection (a bare TCP connection is not enough)
     reconnects: int = 0
 
     @property
@@ -48,7 +49,7 @@ class User:
 
     @property
     def usable(self) -> bool:
-        return not (self.banned or self.retiring) and self.client.connected
+        return self.online and not (self.banned or self.retiring) and self.client.connected
 
 
 class _Undecryptable(logging.Handler):
@@ -103,7 +104,7 @@ class Load:
                 await c.connect()
                 await c.register()
                 await c.upload_prekeys(3 * self.k + 5)
-                return User(i, c)
+                return User(i, c, online=True)
 
         self.users = list(await asyncio.gather(*(make(i) for i in range(self.n))))
         for u in self.users:
@@ -130,6 +131,7 @@ class Load:
         """Reconnect and log in again after any disconnect, as a phone would; stop once banned."""
         while not self._stopping:
             await u.client.closed.wait()
+            u.online = False
             if self._stopping:
                 return
             if u.client.banned is not None:
@@ -140,6 +142,7 @@ class Load:
                 try:
                     await u.client.connect()
                     await u.client.login()
+                    u.online = True
                     u.reconnects += 1
                     break
                 except Banned:

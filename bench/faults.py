@@ -29,6 +29,8 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -341,6 +343,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--pg", action="store_true", help=f"a fresh PostgreSQL database (created via {PG_ADMIN})")
     ap.add_argument("--state-dir", type=Path, default=None, help="keep state and logs here")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops every child we started
     db_url = os.environ.get("SEALGUARD_DB_URL")
     created = None
     if args.pg and not (db_url or "").startswith("postgresql"):

@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -128,6 +130,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--state-dir", type=Path, default=None, help="keep state and logs here")
     ap.add_argument("--json", type=Path, default=None, help="write the RSS series and figures here")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops every child we started
     cfg = SoakConfig(minutes=args.minutes, rate=args.rate, users=args.users, sample_s=args.sample_s,
                      db_url=os.environ.get("SEALGUARD_DB_URL"), state_dir=args.state_dir)
     figures = run_soak(cfg)
