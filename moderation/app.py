@@ -28,6 +28,7 @@ from moderation import stats
 from moderation.actions import ActionRequest, ReviewAction, actionable, do_bulk_action, do_review_action
 from moderation.appeals import AppealFiling, do_file_appeal, do_resolve_appeal, list_appeals
 from moderation.auth import (
+    LoginThrottle,
     Principal,
     Role,
     TokenSigner,
@@ -113,6 +114,7 @@ def create_app(settings: Settings, db: Database, publisher: EnforcementPublisher
                   description=__doc__)
     signer = TokenSigner(load_secret(settings.ensure_state_dir()), settings.token_ttl_s)
     app.state.auth = (db, signer)
+    throttle = LoginThrottle()
 
     registry = CollectorRegistry()
     requests = Counter("sealguard_api_requests", "API requests", ["method", "route", "status"], registry=registry)
@@ -150,7 +152,7 @@ def create_app(settings: Settings, db: Database, publisher: EnforcementPublisher
     # -- auth ---------------------------------------------------------------------------------
     @app.post("/auth/login", tags=["auth"])
     def login(body: LoginBody) -> dict[str, Any]:
-        token, expires_at, p = do_login(db, signer, body.username, body.password)
+        token, expires_at, p = do_login(db, signer, body.username, body.password, throttle)
         return {"token": token, "expires_at": expires_at, **principal_json(p)}
 
     @app.get("/auth/me", tags=["auth"])

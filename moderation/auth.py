@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,15 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from moderation.errors import Conflict, ErrorCode, Forbidden, ModerationError, NotFound, Unauthenticated
+from moderation.errors import (
+    Conflict,
+    ErrorCode,
+    Forbidden,
+    ModerationError,
+    NotFound,
+    TooManyAttempts,
+    Unauthenticated,
+)
 from sealguard.contracts import now_ms
 from sealguard.storage import AuditLogRow, Database, ReviewerRow
 
@@ -129,12 +138,48 @@ def principal_for(db: Database, signer: TokenSigner, token: str | None) -> Princ
     return Principal(reviewer_id=row.id, username=row.username, role=Role(row.role))
 
 
-def do_login(db: Database, signer: TokenSigner, username: str, password: str) -> tuple[str, int, Principal]:
+class LoginThrottle:
+    """At most `limit` failed logins per username per `window_s`; then 429 until the window passes.
+    In memory, per API process: it slows guessing, the argon2 cost does the rest."""
+
+    def __init__(self, limit: int = 10, window_s: float = 300.0) -> None:
+        self.limit, self.window_ms = limit, int(window_s * 1000)
+        self._failures: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, username: str) -> None:
+        now = now_ms()
+        with self._lock:
+            recent = [t for t in self._failures.get(username, []) if t > now - self.window_ms]
+            self._failures[username] = recent
+            if len(recent) >= self.limit:
+                raise TooManyAttempts(f"too many failed logins for {username}: try again in "
+                                      f"{(recent[0] + self.window_ms - now) // 1000 + 1} s")
+
+    def failed(self, username: str) -> None:
+        with self._lock:
+            if len(self._failures) > 100_000:  # bounded memory under a username spray
+                self._failures.clear()
+            self._failures.setdefault(username, []).append(now_ms())
+
+    def succeeded(self, username: str) -> None:
+        with self._lock:
+            self._failures.pop(username, None)
+
+
+def do_login(db: Database, signer: TokenSigner, username: str, password: str,
+             throttle: LoginThrottle | None = None) -> tuple[str, int, Principal]:
     """A token for the right password; the same answer for an unknown user and a wrong password."""
+    if throttle is not None:
+        throttle.check(username)
     with db.session() as s:
         row = s.scalars(select(ReviewerRow).where(ReviewerRow.username == username)).first()
     if row is None or row.disabled or not verify_password(row.password_hash, password):
+        if throttle is not None:
+            throttle.failed(username)
         raise Unauthenticated("unknown username or wrong password")
+    if throttle is not None:
+        throttle.succeeded(username)
     token, expires_at = signer.issue(row)
     with db.session() as s, s.begin():
         s.add(AuditLogRow(ts=now_ms(), actor=row.id, action="reviewer.login", target=row.id))

@@ -9,7 +9,8 @@ The tree (every error the API answers with, besides FastAPI's own 422 for malfor
     ├── DecisionRejected (409)                   a double decision, lifting what is not there
     ├── Conflict (409)                           claimed by someone else, stale claim, duplicate appeal,
     │                                            a bulk preview that no longer matches
-    └── BadSignature (422)                       malformed or wrong appeal/report signature, stale timestamp
+    ├── BadSignature (422)                       malformed or wrong appeal/report signature, stale timestamp
+    └── TooManyAttempts (429)                    repeated failed logins for one username
 
 The API turns each into `{"error": code, "detail": message}` with the error's status, so the
 console and `sealguard chat` can show the reason without parsing prose.
@@ -37,6 +38,7 @@ class ErrorCode(str, enum.Enum):
     preview_mismatch = "preview_mismatch"
     bad_signature = "bad_signature"
     stale_timestamp = "stale_timestamp"
+    too_many_attempts = "too_many_attempts"
 
 
 class ModerationError(Exception):
@@ -82,3 +84,8 @@ class Conflict(ModerationError):
 class BadSignature(ModerationError):
     status = 422
     default_code = ErrorCode.bad_signature
+
+
+class TooManyAttempts(ModerationError):
+    status = 429
+    default_code = ErrorCode.too_many_attempts

@@ -31,7 +31,9 @@ def _fail(message: str) -> None:
 
 @app.command()
 def api(host: str = typer.Option(None, help="Address to bind (default SEALGUARD_API_HOST)."),
-        port: int = typer.Option(None, help="Port (default SEALGUARD_API_PORT; 0 = a free port).")) -> None:
+        port: int = typer.Option(None, help="Port (default SEALGUARD_API_PORT; 0 = a free port)."),
+        claim_ttl_s: int = typer.Option(15 * 60, min=10, max=86_400,
+                                        help="A claim older than this may be taken over by another reviewer.")) -> None:
     """Run the moderation API (FastAPI) until Ctrl-C / SIGTERM; prints `api: listening=URL`."""
     from moderation.decisions import KafkaEnforcementPublisher, republish_unpublished
     from moderation.server import ApiServer
@@ -49,7 +51,7 @@ def api(host: str = typer.Option(None, help="Address to bind (default SEALGUARD_
     else:
         log.warning("SEALGUARD_KAFKA is unset: decisions are written to the database only; the relay loads "
                     "them at its next start")
-    server = ApiServer(s, db, publisher, host=host, port=port)
+    server = ApiServer(s, db, publisher, host=host, port=port, claim_ttl_s=claim_ttl_s)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()

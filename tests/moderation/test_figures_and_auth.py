@@ -32,6 +32,15 @@ def test_tampered_token_is_refused() -> None:
         TokenSigner(b"x" * 32, 60).subject(token)
 
 
+def test_repeated_failed_logins_are_throttled(world: Any) -> None:
+    for _ in range(10):
+        assert world.client.post("/auth/login", json={"username": "ray", "password": "guess-guess"}).status_code == 401
+    r = world.client.post("/auth/login", json={"username": "ray", "password": "correct horse battery"})
+    assert r.status_code == 429 and r.json()["error"] == "too_many_attempts"
+    assert world.client.post("/auth/login", json={"username": "rita",
+                                                  "password": "correct horse battery"}).status_code == 200
+
+
 def test_default_reviewers_log_in_and_are_stable(world: Any, settings: Any) -> None:
     first = ensure_default_reviewers(world.db, settings.state_dir)
     assert [(u, r) for u, _p, r in first] == [("reviewer", "reviewer"), ("lead", "lead"), ("admin", "admin")]
