@@ -148,7 +148,7 @@ class Load:
                 except Banned:
                     u.banned = True
                     return
-                except (OSError, ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError, ClientError) as exc:
                     log.debug("user %d reconnect failed: %s", u.index, exc)
                     u.client.abort()
                     await asyncio.sleep(backoff + self.rng.random() * backoff)
@@ -171,7 +171,7 @@ class Load:
             u.banned = True
             self.failed += 1
             return
-        except (ClientError, OSError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, ClientError, OSError, ValueError):
             self.failed += 1  # never acked: not in the books (the sender would retry)
             return
         finally:

@@ -299,7 +299,7 @@ async def _check_bans(load: Load, active_bans: set[str]) -> bool:
                 ok = False
             except Banned:
                 pass
-            except (ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ClientError, OSError) as exc:
                 log.error("ban probe of %s failed oddly: %s", u.account, exc)
                 ok = False
             finally:
