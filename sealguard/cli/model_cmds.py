@@ -236,3 +236,37 @@ def dataset_build(
                 database.dispose()
     log.info("dataset written to %s", result.out)
     print_figures("dataset", result.figures())
+
+
+@app.command()
+def replay(
+    model: str = typer.Option(..., help="The version to replay, e.g. lgbm-3."),
+    dataset: Path = typer.Option(..., help="A dataset directory (signals.parquet + labels.parquet)."),
+    against: str | None = typer.Option(None, help="Compare with this version instead of the champion."),
+) -> None:
+    """What V would have done with the production policy code, against the champion."""
+    setup_logging()
+    with _refusals():
+        from models.replay import replay as run_replay
+
+        result = run_replay(settings(), model, dataset, against=against)
+        log.info("%s: precision %.4f recall %.4f; %s: precision %.4f recall %.4f", result.version, result.precision,
+                 result.recall, result.champion, result.champion_precision, result.champion_recall)
+    print_figures("replay", result.figures())
+
+
+@models_app.command("report")
+def models_report(
+    version: str = typer.Argument(..., help="The version to report on, e.g. lgbm-3."),
+    out: Path = typer.Option(..., help="The HTML file to write."),
+    dataset: Path | None = typer.Option(None, help="Evaluate scores on this dataset (default: a held-out scenario)."),
+    heldout: Path | None = typer.Option(None, help="Held-out scenario directory (default data/scenarios/heldout)."),
+) -> None:
+    """HTML: PR/ROC, calibration, thresholds, recall per strategy, false bans per case, importance, SHAP."""
+    setup_logging()
+    with _refusals():
+        from models.report import build_report
+
+        figures = build_report(settings(), version, out, dataset=dataset, heldout=heldout)
+    log.info("report written to %s", out)
+    print_figures("report", figures)

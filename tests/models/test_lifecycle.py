@@ -158,6 +158,31 @@ def test_promotion_refuses_a_worse_model_unless_forced_and_rollback_returns(lab:
     assert code == 2 and "nothing to roll back to" in err
 
 
+def test_replay_compares_bans_with_the_champion(lab: dict[str, Path]) -> None:
+    code, out, err = run(lab, "replay", "--model", "lgbm-3", "--dataset", str(lab["dataset"]))
+    assert code == 0, err
+    figs = figures(out, "replay")
+    assert list(figs) == ["new_bans", "lost_bans", "unchanged", "precision_delta", "recall_delta"]
+    assert int(figs["new_bans"]) > 0  # the reckless copy bans everyone with minimum evidence
+    assert int(figs["lost_bans"]) == 0
+    code, _, err = run(lab, "replay", "--model", "lgbm-42", "--dataset", str(lab["dataset"]))
+    assert code == 2 and "no model 'lgbm-42'" in err
+
+
+def test_report_is_a_self_contained_html_page(lab: dict[str, Path]) -> None:
+    out = lab["root"] / "report.html"
+    code, stdout, err = run(lab, "models", "report", "lgbm-2", "--out", str(out), "--dataset", str(lab["dataset"]),
+                            "--heldout", str(lab["heldout"]))
+    assert code == 0, err
+    figs = figures(stdout, "report")
+    assert figs["version"] == "lgbm-2" and figs["champion"] == "lgbm-1"
+    page = out.read_text()
+    for heading in ("Scores on dataset", "Threshold table — lgbm-2", "Threshold table — lgbm-1", "Recall per strategy",
+                    "False bans per case", "Feature importance", "SHAP summary"):
+        assert heading in page, heading
+    assert page.count("data:image/png;base64,") == 4 and "Not available" not in page
+
+
 def test_promote_unknown_version_is_exit_2(lab: dict[str, Path]) -> None:
     code, _, err = run(lab, "models", "promote", "lgbm-99", "--heldout", str(lab["heldout"]))
     assert code == 2 and "no registered version 'lgbm-99'" in err
