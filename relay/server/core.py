@@ -184,6 +184,7 @@ class RelayServer:
         self.port = 0
         self._commit_ttl_ms = int(self.config.commitment_ttl_s * 1000)
         self._dirty: list[Connection] = []
+        self._ack_deadline = time.monotonic() + self.config.ack_timeout_s
         self.queue_depth = 0  # offline queue rows, refreshed by the purge job
         self.withheld_depth = 0
         self._handlers: dict[int, Callable[[Connection, int, int, bytes], None]] = {
@@ -510,7 +511,7 @@ class RelayServer:
         """Hand a message to its online recipient (awaiting the client's ack) or to the queue."""
         if rconn is not None and not rconn.closed:
             self.inflight[(mid, recipient)] = Pending(out, sender, group, kind, ts, ciphertext,
-                                                      time.monotonic() + self.config.ack_timeout_s, False)
+                                                      self._ack_deadline, False)
             rconn.send(encode_deliver(mid, sender_b, group.encode() if group else b"", kind, ts, ciphertext))
             self.stats.frames_out += 1
         else:
@@ -522,7 +523,9 @@ class RelayServer:
         assert account is not None
         deletes = self._delete_batch
         n = len(deletes)
-        for mid in decode_message_ids(FrameType.DELIVER_ACK, payload):
+        mids = [payload[2:18]] if len(payload) == 18 and payload[:2] == b"\x00\x01" else \
+            decode_message_ids(FrameType.DELIVER_ACK, payload)
+        for mid in mids:
             pending = self.inflight.pop((mid, account), None)
             if pending is None:
                 # Acked late (after a timeout queued it) or after a reconnect: drop the queued copy.
@@ -540,6 +543,11 @@ class RelayServer:
             self._schedule_flush()
 
     def _settle(self, out: Outgoing, *, queued: bool, refused: bool = False) -> None:
+        if out.remaining == 1 and not (queued or refused or out.queued or out.refused):  # 1:1, delivered
+            out.remaining = 0
+            self.stats.acks_delivered += 1
+            out.conn.send(encode_send_ack(out.rid, out.mid, DeliveryStatus.DELIVERED))
+            return
         if queued:
             out.queued = True
         if refused:
@@ -621,6 +629,9 @@ class RelayServer:
     # -- periodic ---------------------------------------------------------------------------------------
     def _sweep(self) -> None:
         now = time.monotonic()
+        # Deadlines are set from this (one clock read per sweep, not per message): an ack may
+        # get up to one sweep interval more than ack_timeout_s.
+        self._ack_deadline = now + self.config.ack_timeout_s
         expired = []
         for key, pending in self.inflight.items():
             if pending.deadline <= now:
