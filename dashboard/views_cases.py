@@ -216,6 +216,11 @@ def account_page(client: ApiClient) -> None:
         if data["neighbourhood"]["edges"]:
             st.graphviz_chart(neighbourhood_dot(data["neighbourhood"]))
             st.caption("yellow: this account · red: banned · boxes: groups")
+            for group in [n["id"] for n in data["neighbourhood"]["nodes"] if n["kind"] == "group"][:5]:
+                if st.button(f"Group action on {group}", key=f"group_{group}"):
+                    st.session_state.update(group_id=group, goto="Bulk actions")
+                    st.session_state.pop("group_preview", None)
+                    st.rerun()
         else:
             st.info("No contacts, recipients, blocks, reports or groups recorded.")
         st.subheader("Reports received")

@@ -144,6 +144,7 @@ def do_decide(db: Database, publisher: EnforcementPublisher | None, req: Decisio
                           evidence={"decision_id": decision_id, **req.evidence}))
         if req.action in (Action.ban, Action.restrict, Action.warn):
             notify_reporters(s, req.account, decision_id, req.reason_code, now)
+            close_answered_cases(s, req.account, req.action, decision_id, now)
         if req.action in NOTICE_KIND:
             s.add(NoticeRow(account=req.account, kind=NOTICE_KIND[req.action], decision_id=decision_id,
                             reason_code=req.reason_code.value, created_at=now))
@@ -171,11 +172,23 @@ def notify_reporters(session: Session, account: str, decision_id: str, reason_co
     for reporter in sorted(reporters):
         session.add(NoticeRow(account=reporter, kind="report_actioned", decision_id=decision_id,
                               reason_code=reason_code.value, created_at=now))
-    # The reports are answered: their open case (if nobody holds it) closes with this decision.
-    for case in session.scalars(select(CaseRow).where(CaseRow.account == account, CaseRow.queue == "user_reports",
+    return len(reporters)
+
+
+# Queues a decision answers: any action answers the reports; a ban also answers "should we act?".
+ANSWERS = {Action.warn: ("user_reports",), Action.restrict: ("user_reports",),
+           Action.ban: ("user_reports", "model_review", "rule_review")}
+
+
+def close_answered_cases(session: Session, account: str, action: Action, decision_id: str, now: int) -> None:
+    """Open (unclaimed) cases the decision answers close with it; claimed ones stay with their reviewer,
+    and the auto-ban sample and appeals are questions about the decision itself, so they stay open."""
+    queues = ANSWERS.get(action, ())
+    if not queues:
+        return
+    for case in session.scalars(select(CaseRow).where(CaseRow.account == account, CaseRow.queue.in_(queues),
                                                       CaseRow.status == "open")):
         case.status, case.closed_at, case.decision_id = "closed", now, decision_id
-    return len(reporters)
 
 
 def to_enforcement(row: DecisionRow) -> Enforcement:

@@ -321,3 +321,16 @@ def test_action_from_another_queue_answers_the_reports(world: Any) -> None:
                       case_id=case_id).status_code == 200
     assert world.get("/cases", "rita", queue="user_reports").json() == []
     assert world.get("/stats", "rita").json()["queue_depth"]["user_reports"] == 0
+
+
+def test_a_ban_closes_the_questions_it_answers(world: Any) -> None:
+    account = world.account()
+    review = world.case(account, Queue.model_review)
+    sample = world.case(account, Queue.auto_ban_sample)
+    held = world.case(account, Queue.rule_review)
+    world.post(f"/cases/{held}/claim", "ray")
+    assert world.post("/clusters/action", "lena", kind="net_bucket", seed=account, action="ban",
+                      reason_code="spam", expected_count=1).status_code == 200
+    with world.db.session() as s:
+        status = {c.id: c.status for c in s.scalars(select(CaseRow))}
+    assert status == {review: "closed", sample: "open", held: "claimed"}
