@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 SHORT_RELAY = [sys.executable, str(Path(__file__).with_name("_short_relay.py"))]
 LINE = re.compile(r"^fuzz: frames=(\d+) decoder_reached=(\d+) crashes=(\d+) hangs=(\d+) other_clients_ok=([01])$")
@@ -42,19 +40,11 @@ def test_parser_only(tmp_path: Path) -> None:
 
 
 def test_live_relay_with_a_pair_talking(broker_bootstrap: str, tmp_path: Path) -> None:
-    f, err = _fuzz(["--frames", "10000", "--live-frames", "3000", "--slow-readers", "0", "--handshake-timeout", "3",
+    """Fuzz frames, slow-loris, silent, half-closed and slow-reader connections: no crash, no
+    hang, and the pair talking throughout is unharmed."""
+    f, err = _fuzz(["--frames", "10000", "--live-frames", "3000", "--slow-readers", "2", "--handshake-timeout", "3",
                     "--relay-cmd", " ".join(SHORT_RELAY)], broker_bootstrap, tmp_path)
     assert f["frames"] == 10000 and f["decoder_reached"] >= 5000
     assert f["crashes"] == 0, err[-4000:]
     assert f["hangs"] == 0, err[-4000:]
     assert f["other_clients_ok"] == 1, err[-4000:]
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(reason="the relay answers an unbounded pre-login PING flood and buffers PONGs for a peer that "
-                          "does not read them; the well-behaved pair stalls for seconds (see docs/benchmarks.md)",
-                   strict=False)
-def test_slow_readers_do_not_starve_the_pair(broker_bootstrap: str, tmp_path: Path) -> None:
-    f, err = _fuzz(["--frames", "1000", "--live-frames", "500", "--slow-readers", "2", "--handshake-timeout", "3",
-                    "--relay-cmd", " ".join(SHORT_RELAY)], broker_bootstrap, tmp_path)
-    assert f["hangs"] == 0 and f["other_clients_ok"] == 1, err[-3000:]
