@@ -98,7 +98,7 @@ def build_plan(scenario: Scenario, rng: np.random.Generator) -> tuple[World, dic
     reg = historical_reg_ts(world, n_normal)
     fresh = rng.random(n_normal) < pop.new_accounts_share
     reg[fresh] = world.start + (rng.random(int(fresh.sum())) * (world.end - world.start) * 0.8).astype(np.int64)
-    normals = world.alloc("normal", n_normal, 0, reg)
+    world.alloc("normal", n_normal, 0, reg)
     hij = world.alloc("hijacked", n_hijacked, 1, historical_reg_ts(world, n_hijacked))
     hard_accounts: dict[str, np.ndarray] = {}
     for role in ("small_business", "teacher", "community_admin"):
@@ -119,10 +119,8 @@ def build_plan(scenario: Scenario, rng: np.random.Generator) -> tuple[World, dic
             STRATEGIES[spec.strategy](world, plan, spec)
     for b in scenario.brigades:
         reactions.brigade(world, plan, b)
-    del normals
 
-    cols = plan.columns()
-    sessions.generate(world, plan, cols)
+    sessions.generate(world, plan, plan.raw())
     return world, plan.columns()
 
 

@@ -70,6 +70,13 @@ class Plan:
                 raise ValueError(f"plan column {name} has {arr.size} values for {n} actions")
         self._parts.append(part)
 
+    def raw(self) -> dict[str, np.ndarray]:
+        """All actions, unsorted (cheaper when order does not matter)."""
+        names = ("ts", "kind", "a", "b", "x", "y", "spam", "blob")
+        if not self._parts:
+            return {n: np.zeros(0, dtype=np.int64) for n in names}
+        return {n: np.concatenate([p[n] for p in self._parts]) for n in names}
+
     def columns(self) -> dict[str, np.ndarray]:
         """All actions sorted by (ts, kind), stable within equal keys."""
         names = ("ts", "kind", "a", "b", "x", "y", "spam", "blob")

@@ -18,7 +18,7 @@ _ACTOR_KINDS = (Act.REGISTER, Act.CONTACT, Act.GROUP_CREATE, Act.GROUP_ADD, Act.
 
 
 def generate(world: World, plan: Plan, cols: dict[str, np.ndarray]) -> None:
-    """Add SESSION_OPEN/CLOSE to `plan` for the actions in `cols` (already sorted plan columns)."""
+    """Add SESSION_OPEN/CLOSE to `plan` for the actions in `cols` (plan columns, any order)."""
     rng, act = world.rng, world.scenario.population.activity
     sel = np.isin(cols["kind"], np.array([int(k) for k in _ACTOR_KINDS])) & (cols["ts"] >= world.start)
     acc, t = cols["a"][sel], cols["ts"][sel]
