@@ -44,7 +44,7 @@ def fast_encode(event: Event) -> tuple[str, bytes]:
 
 class KafkaEmitter:
     def __init__(self, bootstrap: str, topic: str, *, max_buffer: int = 200_000, producer_buffer: int = 100_000,
-                 linger_ms: int = 5, idle_wait_s: float = 0.005) -> None:
+                 linger_ms: int = 20, idle_wait_s: float = 0.005) -> None:
         from sealguard.stream import producer
 
         self.topic = topic

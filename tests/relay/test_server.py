@@ -426,3 +426,22 @@ def test_a_ping_flood_is_closed_and_others_are_unharmed(tmp: Path) -> None:
             assert (await asyncio.wait_for(b.inbox.get(), 5)).plaintext == b"fine"
 
     run(main())
+
+
+def test_remove_contact_and_server_frames_sent_by_a_client(tmp: Path) -> None:
+    async def main() -> None:
+        async with harness(tmp) as h:
+            a, b = await h.user(), await h.user()
+            await a.add_contact(b.account_id)
+            assert b.account_id in h.server.book.contacts_of(a.account_id)
+            await a.remove_contact(b.account_id)
+            assert b.account_id not in h.server.book.contacts_of(a.account_id)
+            await a.close()
+            await asyncio.sleep(0.2)
+            assert a.account_id not in b.presence  # no longer a's contact: told nothing
+            with pytest.raises(RequestRefused) as err:
+                await b.request(FrameType.SEND_ACK, os.urandom(16), 1)
+            assert err.value.code is ErrorCode.INVALID and "server-to-client" in err.value.detail
+            await b.ping()
+
+    run(main())
