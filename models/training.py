@@ -225,6 +225,8 @@ def train_table(settings: Any, table: pd.DataFrame, labels: pd.DataFrame, *, sou
     progress = progress or _Quiet()
     n_signals = signals
     feature_seconds = time.perf_counter() - started
+    feature_cpu = time.process_time()  # this process's CPU so far: reading + features (+ imports)
+    stamps: dict[str, float] = {}
     table, y = labelled_rows(table, labels)
     if len(np.unique(y)) < 2:
         raise DatasetError(f"{source}: the labelled rows hold one class only ({int(y.sum())} positive of "
@@ -237,6 +239,7 @@ def train_table(settings: Any, table: pd.DataFrame, labels: pd.DataFrame, *, sou
             raise DatasetError(f"{source}: the {name} part has one class only; the dataset is too small "
                                f"({int(y.sum())} positive rows of {len(y)})")
     progress.stage("search", 4)
+    stamps["search"] = time.perf_counter()
     sub = parts.train.copy()
     sub[parts.train] = _sample_accounts(table.account[parts.train], SEARCH_ROWS, seed)
     boost_threads = threads_for(int(parts.train.sum()), threads)
@@ -255,6 +258,7 @@ def train_table(settings: Any, table: pd.DataFrame, labels: pd.DataFrame, *, sou
     test_p = calibrator.apply(booster.predict(X[parts.test], num_iteration=booster.best_iteration))
     acc_y, acc_s = per_account(table.account[parts.test], y[parts.test], test_p)
     progress.stage("baseline", 1)
+    stamps["baseline"] = time.perf_counter()
     base_rows = parts.train.copy()
     base_rows[parts.train] = _sample_accounts(table.account[parts.train], BASELINE_ROWS, seed + 7)
     base_p = baseline(X[base_rows], y[base_rows], X[parts.test], seed)
@@ -267,7 +271,9 @@ def train_table(settings: Any, table: pd.DataFrame, labels: pd.DataFrame, *, sou
         "valid_pr_auc": found.score, "signals": n_signals, "rows": len(y), "train_rows": int(parts.train.sum()),
         "valid_rows": int(parts.valid.sum()), "test_rows": int(parts.test.sum()), "test_accounts": len(acc_y),
         "test_positive_accounts": int(acc_y.sum()), "best_iteration": int(booster.best_iteration or 0),
-        "feature_seconds": feature_seconds,
+        "feature_seconds": feature_seconds, "feature_cpu_seconds": feature_cpu,
+        "search_seconds": stamps["baseline"] - stamps["search"],
+        "baseline_seconds": time.perf_counter() - stamps["baseline"],
     }
     progress.stage("registry", 1)
     registry = Registry(settings)
