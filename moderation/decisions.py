@@ -156,7 +156,10 @@ def do_decide(db: Database, publisher: EnforcementPublisher | None, req: Decisio
             s.flush()
             also(s, row)
     if publisher is not None:
-        publish_decision(db, publisher, row)
+        try:
+            publish_decision(db, publisher, row)
+        except Exception:  # the decision stands; republish_unpublished sends it later
+            log.exception("decision %s is written but not yet published; it will be republished", row.id)
     return row
 
 

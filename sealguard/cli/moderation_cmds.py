@@ -57,8 +57,15 @@ def api(host: str = typer.Option(None, help="Address to bind (default SEALGUARD_
     server.start()
     print(f"api: listening={server.url}", flush=True)
     try:
+        ticks = 0
         while not stop.wait(0.5) and server._thread is not None and server._thread.is_alive():
-            pass
+            ticks += 1
+            if publisher is not None and ticks % 60 == 0:  # every 30 s: what a broker outage held back
+                try:
+                    if (n := republish_unpublished(db, publisher)):
+                        log.info("republished %d decisions", n)
+                except Exception:  # keep serving; the next round retries
+                    log.exception("republishing decisions failed")
     except KeyboardInterrupt:
         pass
     finally:

@@ -334,3 +334,21 @@ def test_a_ban_closes_the_questions_it_answers(world: Any) -> None:
     with world.db.session() as s:
         status = {c.id: c.status for c in s.scalars(select(CaseRow))}
     assert status == {review: "closed", sample: "open", held: "claimed"}
+
+
+def test_a_failed_publish_leaves_the_decision_standing(world: Any) -> None:
+    from moderation.decisions import republish_unpublished
+
+    class Down:
+        def publish(self, enforcement: Any) -> None:
+            raise BufferError("broker unreachable")
+
+    account = world.account()
+    world.publisher.publish, real = Down().publish, world.publisher.publish  # type: ignore[method-assign]
+    r = world.post("/decisions", "rita", account=account, action="ban", reason_code="spam")
+    assert r.status_code == 200
+    with world.db.session() as s:
+        assert s.get(DecisionRow, r.json()["decision_id"]).published_at is None  # type: ignore[union-attr]
+    world.publisher.publish = real  # type: ignore[method-assign]
+    assert republish_unpublished(world.db, world.publisher) == 1
+    assert [e.decision_id for e in world.publisher.published] == [r.json()["decision_id"]]
