@@ -79,6 +79,14 @@ def load_shard(db: Database, group: str, state_topic: str, topics: list[str], pa
     return shard
 
 
+def load_offsets(db: Database, group: str, topics: list[str], partition: int) -> dict[str, int]:
+    with db.session() as s:
+        rows = s.execute(select(DetectionCheckpointRow.topic, DetectionCheckpointRow.next_offset).where(
+            DetectionCheckpointRow.consumer_group == group, DetectionCheckpointRow.partition == partition,
+            DetectionCheckpointRow.topic.in_(topics))).all()
+    return {t: int(o) for t, o in rows if o >= 0}
+
+
 def save_shards(db: Database, group: str, state_topic: str, shards: list[Shard]) -> int:
     """Write each shard's state and next offsets, all in one transaction; returns bytes of state written.
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import zlib
 import threading
 import time
 from collections import deque
@@ -31,7 +32,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from detection.checkpoint import Shard, load_shard, save_shards
+from detection.checkpoint import Shard, load_offsets, load_shard, save_shards
 from detection.features import NetView, ScoreSchedule, feature_row
 from detection.model import ModelSlots
 from detection.policy import Policy
@@ -50,6 +51,8 @@ class WorkerConfig:
     batch: int = 5000  # records per poll
     poll_timeout_s: float = 0.01  # consume() waits this long to fill a batch; short keeps latency low
     checkpoint_interval_s: float = 10.0
+    max_poll_interval_ms: int = 15_000
+    align_slack_ms: int = 5_000  # signals partitions may drift this far apart in event time (see _align)
     refresh_interval_s: float = 2.0  # rules and model pointers are re-read this often
     store_interval_ms: int = 60_000  # a score is stored per account at most this often ...
     store_delta: float = 0.1  # ... unless it moved this much (or a verdict was made)
@@ -62,6 +65,10 @@ class WorkerConfig:
     model_dir: Path | None = None  # a fixed model; None → follow champion/challenger pointers
     policy: Policy = field(default_factory=Policy)
     schedule: ScoreSchedule = field(default_factory=ScoreSchedule)
+
+
+def _by_time(item: tuple[Any, ...]) -> tuple[int, int]:
+    return item[0], item[1]
 
 
 class Metrics:
@@ -106,8 +113,22 @@ class Worker:
         self.producer = producer(settings.kafka)
         self.sink = Sink(self.db, KafkaEnforcementPublisher(settings.kafka, settings.enforcement_topic),
                          self.producer, settings.scores_topic)
-        self.consumer = consumer(settings.kafka, self.cfg.group, **{"partition.assignment.strategy": "range"})
+        # A longer poll interval than the kernel's default: a batch plus a checkpoint of a large
+        # shard must fit in it under load (Tansu's group joins then take as long; tests shorten it).
+        self.consumer = consumer(settings.kafka, self.cfg.group, **{
+            "partition.assignment.strategy": "range", "max.poll.interval.ms": self.cfg.max_poll_interval_ms,
+            "session.timeout.ms": min(10_000, self.cfg.max_poll_interval_ms)})
         self.shards: dict[int, Shard] = {}
+        self._parked: dict[int, Shard] = {}  # revoked shards kept in case they come back unchanged
+        meta = self.consumer.list_topics(self.signals_topic, timeout=10).topics.get(self.signals_topic)
+        self._nparts = len(meta.partitions) if meta is not None and meta.partitions else 0
+        self._local_ok = self._nparts > 0
+        self._check_partitioner = True
+        self._checked = 0
+        self._part_ts: dict[int, int] = {}
+        self._part_seen: dict[int, float] = {}
+        self._paused: set[int] = set()
+        self.n_local = 0  # counterpart sides applied in-process (no round trip through the inbound topic)
         self._books: list[Any] = []
         self.net = NetView(self._books)
         self.consumer.subscribe([self.signals_topic, self.inbound_topic], on_assign=self._on_assign,
@@ -136,6 +157,12 @@ class Worker:
         for tp in partitions:
             shard = self.shards.get(tp.partition)
             if shard is None:
+                shard = self._parked.pop(tp.partition, None)
+                if shard is not None and not self._still_ours(shard):
+                    shard = None
+                if shard is not None:
+                    self.shards[tp.partition] = shard
+            if shard is None:
                 shard = self.shards[tp.partition] = load_shard(
                     self.db, self.cfg.group, self.signals_topic, [self.signals_topic, self.inbound_topic], tp.partition)
                 shard.engine.net = self.net
@@ -143,16 +170,27 @@ class Worker:
                          shard.offsets or "from the beginning")
             tp.offset = shard.offsets.get(tp.topic, OFFSET_BEGINNING)
         self._books[:] = [s.engine.book for s in self.shards.values()]
+        self._paused.clear()
+        self._part_ts.clear()
         consumer.assign(partitions)
         self.assigned.set()
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Checkpoint what is being taken away; keep it parked in memory, since with eager
+        rebalancing most partitions come straight back and reloading them costs seconds."""
         gone = {tp.partition for tp in partitions}
         if gone:
-            self.checkpoint()
+            self.checkpoint(all_dirty=True)
         for p in gone:
-            self.shards.pop(p, None)
+            shard = self.shards.pop(p, None)
+            if shard is not None and not shard.dirty:
+                self._parked[p] = shard
         self._books[:] = [s.engine.book for s in self.shards.values()]
+
+    def _still_ours(self, shard: Shard) -> bool:
+        """A parked shard may be reused only if nobody checkpointed the partition since we did."""
+        saved = load_offsets(self.db, self.cfg.group, [self.signals_topic, self.inbound_topic], shard.partition)
+        return saved == shard.offsets
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -181,12 +219,15 @@ class Worker:
         return n
 
     def _process(self, msgs: list[Any]) -> int:
-        signals, inbound = self.signals_topic, self.inbound_topic
-        shards, schedule, produce = self.shards, self.schedule, self.producer.produce
+        """Decode the batch, then apply it in event-time order (partitions arrive in chunks; a
+        reply must come after the message it answers, as in `build_feature_table`)."""
+        signals = self.signals_topic
+        shards = self.shards
         pending: list[tuple[str, Any, Shard, int, list[float]]] = []
-        row = feature_row
-        n_sig = n_in = rekeyed = 0
-        for m in msgs:
+        ahead: dict[int, int] = {}  # signals partition -> newest event time in this batch
+        batch: list[tuple[int, int, Any, Shard, bool, bytes]] = []
+        n_sig = n_in = 0
+        for i, m in enumerate(msgs):
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
@@ -201,33 +242,35 @@ class Worker:
             shard.dirty = True
             try:
                 ev = decode(raw)
-                if topic == signals:
-                    n_sig += 1
-                    account = shard.engine.apply_outbound(ev)
-                    received = False
-                    other = counterpart_of(ev)
-                    if other is not None:
-                        produce(inbound, key=other, value=raw)
-                        rekeyed += 1
-                    if ev.type == "enforcement.applied":
-                        self.applied[ev.account] = ev.ts
-                        if ev.action.value == "lift":  # a reviewer lifted it: the account is scored again
-                            st0 = shard.engine.accounts.get(ev.account)
-                            if st0 is not None:
-                                st0.action = None
-                else:
-                    n_in += 1
-                    account = shard.engine.apply_inbound(ev)
-                    received = True
-            except (ContractError, ValueError, TypeError, AttributeError) as exc:
+            except ContractError as exc:
                 self._bad(topic, m, exc)
                 continue
-            if account is not None:
-                st = shard.engine.accounts[account]
-                ts = ev.ts
-                if st.action != "ban" and schedule.due(st, ts, received=received):
-                    schedule.mark(st, ts)
-                    pending.append((account, st, shard, ts, row(st, shard.engine, ts)))
+            is_signal = topic == signals
+            if is_signal:
+                n_sig += 1
+                ahead[m.partition()] = ev.ts
+                if self._check_partitioner and m.key() is not None:
+                    self._verify_partitioner(m)
+            else:
+                n_in += 1
+            batch.append((ev.ts, i, ev, shard, is_signal, raw))
+        batch.sort(key=_by_time)
+        for _, i, ev, shard, is_signal, raw in batch:
+            try:
+                if is_signal:
+                    self._due(shard, shard.engine.apply_outbound(ev), ev.ts, False, pending)
+                    other = counterpart_of(ev)
+                    if other is not None:
+                        self._rekey(other, ev, raw, pending)
+                    if ev.type == "enforcement.applied":
+                        self._on_applied(shard, ev)
+                else:
+                    self._due(shard, shard.engine.apply_inbound(ev), ev.ts, True, pending)
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                m = msgs[i]
+                self._bad(m.topic(), m, exc)
+        if ahead:
+            self._align(ahead)
         self.producer.poll(0)
         self.consumed += len(msgs)
         self.n_signals += n_sig
@@ -235,12 +278,90 @@ class Worker:
         if n_sig:
             self.metrics.records.labels(signals).inc(n_sig)
         if n_in:
-            self.metrics.records.labels(inbound).inc(n_in)
-        if rekeyed:
-            self.metrics.rekeyed.inc(rekeyed)
+            self.metrics.records.labels(self.inbound_topic).inc(n_in)
         if pending:
             self._score(pending)
         return len(msgs)
+
+    def _align(self, ahead: dict[int, int]) -> None:
+        """Keep the signals partitions close in event time while a backlog is caught up.
+
+        A reply only counts as one if the message it answers (often on another partition) was
+        seen first; live, partitions are milliseconds apart, but catching up a backlog they can
+        drift by hours. A partition more than `align_slack_ms` ahead of the slowest partition that
+        still delivers records is paused until that one catches up (idle partitions do not hold
+        anyone back)."""
+        now = time.monotonic()
+        for p, ts in ahead.items():
+            self._part_ts[p] = ts
+            self._part_seen[p] = now
+        active = {p: ts for p, ts in self._part_ts.items() if now - self._part_seen[p] < 0.5 and p in self.shards}
+        if len(active) < 2 and not self._paused:
+            return
+        floor = min(active.values()) if active else 0
+        pause, resume = [], []
+        for p in list(self.shards):
+            ts = self._part_ts.get(p)
+            far = ts is not None and len(active) >= 2 and ts > floor + self.cfg.align_slack_ms
+            if far and p not in self._paused:
+                self._paused.add(p)
+                pause.append(TopicPartition(self.signals_topic, p))
+            elif not far and p in self._paused:
+                self._paused.discard(p)
+                resume.append(TopicPartition(self.signals_topic, p))
+        if pause:
+            self.consumer.pause(pause)
+        if resume:
+            self.consumer.resume(resume)
+        # A paused partition's own records stop arriving: keep it "active" so it is not forgotten.
+        for p in self._paused:
+            self._part_seen[p] = now
+
+    def _due(self, shard: Shard, account: str | None, ts: int, received: bool,
+             pending: list[tuple[str, Any, Shard, int, list[float]]]) -> None:
+        if account is None:
+            return
+        st = shard.engine.accounts[account]
+        if st.action != "ban" and self.schedule.due(st, ts, received=received):
+            self.schedule.mark(st, ts)
+            pending.append((account, st, shard, ts, feature_row(st, shard.engine, ts)))
+
+    def _rekey(self, other: str, ev: Any, raw: bytes, pending: list[tuple[str, Any, Shard, int, list[float]]]) -> None:
+        """The counterpart's side of a signal. When this worker holds the counterpart's partition it
+        applies it at once — the same order `build_feature_table` sees (a reply is recognised even
+        while a backlog of signals is being caught up); otherwise it republishes the raw record to
+        the inbound topic for the worker that does."""
+        q = zlib.crc32(other.encode()) % self._nparts if self._nparts else -1
+        local = self.shards.get(q) if self._local_ok else None
+        if local is not None:
+            local.dirty = True
+            self._due(local, local.engine.apply_inbound(ev), ev.ts, True, pending)
+            self.n_local += 1
+            return
+        if self._local_ok and q >= 0:
+            self.producer.produce(self.inbound_topic, key=other, value=raw, partition=q)
+        else:
+            self.producer.produce(self.inbound_topic, key=other, value=raw)
+        self.metrics.rekeyed.inc()
+
+    def _verify_partitioner(self, m: Any) -> None:
+        """Local application relies on librdkafka's default partitioner (CRC32 of the key mod the
+        partition count, what the relay's producer uses); a signal placed otherwise turns it off."""
+        self._checked += 1
+        if zlib.crc32(m.key()) % self._nparts != m.partition():
+            self._local_ok = False
+            self._check_partitioner = False
+            log.warning("signals are not partitioned by CRC32(key): re-keyed signals go through %s only",
+                        self.inbound_topic)
+        elif self._checked >= 1000:
+            self._check_partitioner = False
+
+    def _on_applied(self, shard: Shard, ev: Any) -> None:
+        self.applied[ev.account] = ev.ts
+        if ev.action.value == "lift":  # a reviewer lifted it: the account is scored again
+            st = shard.engine.accounts.get(ev.account)
+            if st is not None:
+                st.action = None
 
     def _bad(self, topic: str, m: Any, exc: Exception) -> None:
         self.bad += 1
@@ -301,10 +422,14 @@ class Worker:
             log.error("could not store %d scores: %s", len(out), type(exc).__name__)
 
     # -- durability ------------------------------------------------------------------------
-    def checkpoint(self) -> None:
-        """Flush re-keyed records first (they must not be lost), then save state + offsets together."""
+    def checkpoint(self, all_dirty: bool = False) -> None:
+        """Flush re-keyed records first (they must not be lost), then save state + offsets together.
+
+        Every dirty shard goes in the same transaction: a signal applied in-process to two shards
+        (its sender's and its counterpart's) is then saved in both or in neither."""
+        del all_dirty
         self._last_checkpoint = time.monotonic()
-        shards = [s for s in self.shards.values() if s.dirty]
+        shards = [s for _, s in sorted(self.shards.items()) if s.dirty]
         if not shards:
             return
         t0 = time.perf_counter()
@@ -333,7 +458,7 @@ class Worker:
 
     def close(self) -> None:
         try:
-            self.checkpoint()
+            self.checkpoint(all_dirty=True)
         finally:
             try:
                 self.consumer.close()

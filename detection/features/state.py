@@ -67,6 +67,17 @@ class AccountState:
         self.action: str | None = None  # the policy's standing decision on this account (ban/restrict)
         self.cases: int = 0  # bit set of case queues already opened (see detection.policy)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A tuple of builtins pickles in C (checkpoints of 100k accounts must fit between polls).
+        return (_restore_account, tuple(getattr(self, k) for k in AccountState.__slots__))
+
+
+def _restore_account(*values: Any) -> AccountState:
+    st = AccountState.__new__(AccountState)
+    for k, v in zip(AccountState.__slots__, values):
+        setattr(st, k, v)
+    return st
+
 
 class NetBook:
     """Registrations per network bucket, over each window (farms register in bursts from one bucket)."""
