@@ -229,7 +229,8 @@ def history(world: World, plan: Plan, graph_members: np.ndarray) -> tuple[np.nda
     past = t_known < world.start
     span = np.maximum(world.start - t_known, 1)
     fresh = t_known + (lognormal(rng, Dist(median=5 * MIN_MS, sigma=1.5, max=DAY_MS), lo.size)).astype(np.int64)
-    t_add = np.where(past, t_known + (rng.random(lo.size) * span * 0.95).astype(np.int64), fresh)
+    # Most friendships are made early (the address book at sign-up), a tail over the years.
+    t_add = np.where(past, t_known + (rng.random(lo.size) ** 3 * span * 0.95).astype(np.int64), fresh)
     mutual = rng.random(lo.size) < pop.mutual_contacts
     flip = rng.random(lo.size) < 0.5
     first, second = np.where(flip, hi, lo), np.where(flip, lo, hi)
