@@ -123,12 +123,14 @@ def _address(i: int, farm: int | None) -> str:
 async def run_live(scenario: Scenario, relay_host: str, relay_port: int, duration_s: float | None = 60.0,
                    users: int | None = None, spam_share: float | None = None,
                    stop_event: StopFlag | None = None, seed: int | None = None,
-                   drain_s: float = 5.0) -> LiveResult:
+                   drain_s: float = 5.0, wave_s: float | None = 60.0) -> LiveResult:
     """Run the live population until `duration_s` passes or `stop_event` is set (None: until set).
 
     `stop_event` may be an asyncio.Event or a threading.Event (for a caller in another thread).
     After the traffic stops, clients stay connected for up to `drain_s` seconds so messages in
-    flight arrive (it ends early once nothing is outstanding or nothing moves for 3 s).
+    flight arrive (it ends early once nothing is outstanding or nothing moves for 3 s). Every
+    `wave_s` seconds a fresh wave of spam accounts registers (as spam never stops in real life;
+    None or 0: no waves).
     """
     rng = random.Random(scenario.seed if seed is None else seed)
     if users is None:
@@ -168,6 +170,8 @@ async def run_live(scenario: Scenario, relay_host: str, relay_port: int, duratio
              ", ".join(f"{r}={roles.count(r)}" for r in sorted(set(roles))))
     tasks += [asyncio.create_task(behave(pop, a, stop, relay_host, relay_port)) for a in agents if a not in first]
     tasks.append(asyncio.create_task(brigade(pop, stop)))
+    if wave_s and wave_s > 0:
+        tasks.append(asyncio.create_task(_waves(pop, stop, tasks, wave_s, relay_host, relay_port)))
     watcher = asyncio.create_task(_watch(stop_event, stop))
     try:
         timeout = None if duration_s is None or duration_s <= 0 else \
@@ -179,7 +183,7 @@ async def run_live(scenario: Scenario, relay_host: str, relay_port: int, duratio
     finally:
         stop.set()
         pop.halted = True
-        for t in tasks:
+        for t in list(tasks):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if not (stop_event is not None and stop_event.is_set()):
@@ -190,6 +194,37 @@ async def run_live(scenario: Scenario, relay_host: str, relay_port: int, duratio
     result.seconds = time.monotonic() - started
     log.info("live: %s", " ".join(f"{k}={v}" for k, v in result.figures().items()))
     return result
+
+
+async def _waves(pop: Population, stop: asyncio.Event, tasks: list[asyncio.Task[None]], wave_s: float,
+                 host: str, port: int) -> None:
+    """New spam accounts every `wave_s` seconds, in the strategies the run already has."""
+    strategies = sorted({a.role for a in pop.agents if a.spammer and a.role not in ("hijacked", "ring")})
+    if not strategies:
+        return
+    size = max(2, len([a for a in pop.agents if a.spammer]) // 3)
+    wave = 0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=wave_s)
+            return
+        except TimeoutError:
+            pass
+        wave += 1
+        farm = 100 + wave % 150
+        newcomers = []
+        for k in range(size):
+            role = strategies[(wave + k) % len(strategies)]
+            i = len(pop.agents)
+            agent = Agent(i, role, _address(i, farm if role == "farm" else None), farm if role == "farm" else None)
+            pop.agents.append(agent)
+            newcomers.append(agent)
+            if role != "farm":
+                await pop.act(agent, pop.join(agent, ClientKind.mobile))
+        log.info("live: spam wave %d: %s", wave, ", ".join(a.role for a in newcomers))
+        for agent in newcomers:
+            tasks.append(asyncio.create_task(inbox_loop(pop, agent, stop)))
+            tasks.append(asyncio.create_task(behave(pop, agent, stop, host, port)))
 
 
 async def _watch(flag: StopFlag | None, stop: asyncio.Event) -> None:
