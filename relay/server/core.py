@@ -298,14 +298,15 @@ class RelayServer:
             self._peer_error(conn, 0, exc.code, exc.message)
             return
         handlers = self._handlers
-        conn.budget -= len(frames)
+        n = len(frames)
+        conn.budget -= n
+        self.stats.frames_in += n
         if conn.budget < 0:
             self._peer_error(conn, 0, ErrorCode.FLOOD, "too many frames; slow down")
             return
         for ftype, flags, rid, payload in frames:
             if conn.closed:
                 return
-            self.stats.frames_in += 1
             if conn.account is None and ftype not in PRE_AUTH_TYPES:
                 self.reply_error(conn, rid, ErrorCode.NOT_AUTHENTICATED, f"{FrameType(ftype).name} needs a login")
                 continue
@@ -437,7 +438,8 @@ class RelayServer:
             old.close()
             self.on_disconnect(old)
         contacts, queued = await asyncio.gather(self.run_db(self.store.contacts_of, account),
-                                                self.run_db(self.store.load_queue, account))
+                                                self.run_db(self.store.load_queue, account,
+                                                            self.config.queue_quota))
         if conn.closed:
             return
         self.book.set_contacts(account, set(contacts))
