@@ -138,8 +138,8 @@ class Stats:
         "protocol_errors",
         "queued",
         "registrations",
-        "slow_consumers",
         "sends",
+        "slow_consumers",
         "timeouts",
         "withheld",
     )
