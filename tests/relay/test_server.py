@@ -445,3 +445,20 @@ def test_remove_contact_and_server_frames_sent_by_a_client(tmp: Path) -> None:
             await b.ping()
 
     run(main())
+
+
+def test_an_offline_group_member_gets_the_key_and_the_message_at_login(tmp: Path) -> None:
+    async def main() -> None:
+        async with harness(tmp) as h:
+            a, b = await h.user(), await h.user()
+            gid = await a.create_group([b.account_id])
+            await b.close()
+            await eventually(lambda: b.account_id not in h.server.conns)
+            mid = await a.send_group(gid, b"while you were away")
+            assert a.ack_status[mid] is DeliveryStatus.QUEUED
+            await b.connect()
+            assert await b.login() == 2  # the Megolm key (over Olm) and the group message
+            got = await asyncio.wait_for(b.inbox.get(), 5)
+            assert (got.group, got.plaintext, got.message_id) == (gid, b"while you were away", mid)
+
+    run(main())
