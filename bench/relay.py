@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from bench._proc import cpu_seconds, metric_sum, percentile, raise_nofile, rss_bytes, thread_cpu
 from sealguard.cli.app import print_figures
+from sealguard.process import die_with_parent
 
 log = logging.getLogger("bench.relay")
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +65,8 @@ class Loader:
     def __init__(self, index: int) -> None:
         self.index = index
         self.proc = subprocess.Popen([sys.executable, "-m", "bench._load"], cwd=REPO, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
+                                     preexec_fn=die_with_parent)  # noqa: PLW1509 - only a prctl; no orphans
 
     def send(self, **cmd: Any) -> None:
         assert self.proc.stdin is not None
@@ -111,7 +113,8 @@ class RelayProcess:
         self.log_path = state_dir / "relay.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(command or [sys.executable, "-m", "sealguard", "relay"], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True,
+                                     preexec_fn=die_with_parent)  # noqa: PLW1509 - only a prctl; no orphans
         self.host = ""
         self.port = 0
         self.metrics_url = ""
