@@ -266,3 +266,21 @@ def build_dataset(out: Path, *, parquet: Path | None = None, stream: tuple[str, 
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return BuildResult(out=out, signals=n, accounts=len(labels), positives=int(labels.label.sum()), sources=sources,
                        seconds=time.perf_counter() - started, bad_records=bad)
+
+
+# -- an account table, for `train --table` and outside tools ---------------------------------
+def account_table(dataset: Path) -> pd.DataFrame:
+    """One row per labelled account: each feature's highest value over the account's scoring
+    moments (a spammer's from its first spam on), then `label` — the shape of a bring-your-own
+    table, so a scenario can be exported to CSV and trained with `--table`. The role is left out
+    on purpose: it names the spam strategy, i.e. it *is* the label."""
+    from detection.features import FEATURE_NAMES, build_feature_table
+
+    from models.signals_io import iter_events
+    from models.training import labelled_rows, read_labels
+
+    labels = read_labels(Path(dataset))
+    table, _ = labelled_rows(build_feature_table(iter_events(Path(dataset))), labels)
+    per_account = table.groupby("account")[list(FEATURE_NAMES)].max()
+    meta = labels.set_index("account")[["label"]]
+    return per_account.join(meta, how="inner").reset_index()

@@ -270,3 +270,20 @@ def models_report(
         figures = build_report(settings(), version, out, dataset=dataset, heldout=heldout)
     log.info("report written to %s", out)
     print_figures("report", figures)
+
+
+@dataset_app.command("export")
+def dataset_export(
+    dataset: Path = typer.Option(..., help="A dataset directory (signals.parquet + labels.parquet)."),
+    out: Path = typer.Option(..., help="The CSV file to write (one row per labelled account)."),
+) -> None:
+    """An account-feature CSV (highest value of each feature, and the label) for `train --table`."""
+    setup_logging()
+    with _refusals():
+        from models.datasets import account_table
+
+        table = account_table(dataset)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+    print_figures("export", {"accounts": len(table), "positives": int(table.label.sum()),
+                             "features": table.shape[1] - 2})

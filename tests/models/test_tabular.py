@@ -96,3 +96,21 @@ def test_bad_tables_exit_2_naming_the_problem(tmp_path: Path, content: str, args
 def test_missing_file_is_a_table_error(tmp_path: Path) -> None:
     with pytest.raises(TableError, match="does not exist"):
         load_table(tmp_path / "nope.csv")
+
+
+@pytest.mark.slow
+def test_heldout_scenario_exported_as_csv_meets_the_forest(tmp_path: Path) -> None:
+    """A held-out population (never trained on), exported per account and trained as a plain table."""
+    from models.promotion import HELDOUT_DIR
+    from simulator.offline import simulate, write_parquet
+    from simulator.scenario import load_scenario
+
+    write_parquet(simulate(load_scenario(HELDOUT_DIR / "heldout_a.yaml")), tmp_path / "ds")
+    csv = tmp_path / "heldout_a.csv"
+    runner = CliRunner()
+    result = runner.invoke(app, ["dataset", "export", "--dataset", str(tmp_path / "ds"), "--out", str(csv)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--table", str(csv), "--label", "label", "--id", "account"])
+    assert result.exit_code == 0, result.output
+    figures = _figures(result.stdout.strip().splitlines()[-1])
+    assert figures["cv_auc"] >= figures["baseline_cv_auc"] - TOLERANCE, figures
