@@ -53,11 +53,10 @@ def _pct(values: list[float], q: float) -> float:
 
 def _signals(n: int, first_seed: int) -> tuple[list[tuple[str, bytes]], list[str]]:
     """At least n encoded signals (key, value) in ts order from seeded simulations, and normal account ids."""
-    from simulator.offline import simulate
-    from simulator.scenario import load_scenario
-
     from sealguard.contracts import encode, key_of
     from sealguard.settings import REPO_ROOT
+    from simulator.offline import simulate
+    from simulator.scenario import load_scenario
 
     sc = load_scenario(REPO_ROOT / "data" / "scenarios" / "train_small.yaml")
     events: list[Any] = []
@@ -73,12 +72,11 @@ def _signals(n: int, first_seed: int) -> tuple[list[tuple[str, bytes]], list[str
 
 
 def _model(state_dir: Path) -> str:
-    from simulator.offline import simulate
-    from simulator.scenario import load_scenario
-
     from detection.model import write_pointer
     from detection.quick_model import labelled_table, train_quick_model
     from sealguard.settings import REPO_ROOT
+    from simulator.offline import simulate
+    from simulator.scenario import load_scenario
 
     r = simulate(load_scenario(REPO_ROOT / "data" / "scenarios" / "train_small.yaml"), 1)
     table, y = labelled_table(r.events, r.truth)

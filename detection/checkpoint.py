@@ -18,10 +18,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from detection.features import FeatureEngine, NetBook
 from sealguard.contracts import now_ms
 from sealguard.storage import Database, DetectionCheckpointRow
-
-from detection.features import FeatureEngine, NetBook
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +36,16 @@ class Shard:
     offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to consume
     stored: dict[str, tuple[int, float]] = field(default_factory=dict)  # account -> (ts, score) last stored
     dirty: bool = False
+    last: dict[str, bytes] = field(default_factory=dict)  # topic -> the last record consumed (raw)
+    marks: dict[str, int] = field(default_factory=dict)  # topic -> CRC32 of the record at offset - 1
 
     def dump(self) -> bytes:
+        """The state blob; also fixes `marks`, the fingerprint of the last record consumed per topic,
+        so a resume can tell the same log from a new one (see Worker._verify_log)."""
+        for topic, raw in self.last.items():
+            self.marks[topic] = zlib.crc32(raw)
         payload = {"v": STATE_VERSION, "accounts": self.engine.accounts, "book": self.engine.book,
-                   "stored": self.stored}
+                   "stored": self.stored, "marks": self.marks}
         return zlib.compress(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
     @classmethod
@@ -49,7 +54,7 @@ class Shard:
         if not blob:
             return shard
         try:
-            payload: dict[str, Any] = pickle.loads(zlib.decompress(blob))  # noqa: S301 - our own table
+            payload: dict[str, Any] = pickle.loads(zlib.decompress(blob))
         except (zlib.error, pickle.UnpicklingError, EOFError, AttributeError, TypeError) as exc:
             log.error("partition %d: checkpointed state unreadable (%s); starting it empty", partition, exc)
             return shard
@@ -61,6 +66,7 @@ class Shard:
         shard.engine = FeatureEngine(net=book)
         shard.engine.accounts = payload["accounts"]
         shard.stored = payload["stored"]
+        shard.marks = dict(payload.get("marks", {}))
         return shard
 
 

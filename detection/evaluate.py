@@ -192,5 +192,12 @@ def evaluate_scenario(scenario: str | Path | Any, model_dir: str | Path | None =
     return figs
 
 
-__all__ = ["EvaluationError", "FEATURE_NAMES", "Outcome", "evaluate_events", "evaluate_scenario", "figures",
-           "replay_policy"]
+__all__ = [
+    "FEATURE_NAMES",
+    "EvaluationError",
+    "Outcome",
+    "evaluate_events",
+    "evaluate_scenario",
+    "figures",
+    "replay_policy",
+]

@@ -49,6 +49,6 @@ def train_quick_model(table: pd.DataFrame, y: np.ndarray, out_dir: Path, version
     booster.save_model(str(out / "model.txt"))
     meta = {"version": version, "features": list(FEATURE_NAMES),
             "calibration": {"x": knots_x.tolist(), "y": knots_y.tolist()} if len(knots_x) >= 2 else None,
-            "trained_at": int(time.time() * 1000), "metrics": {"rows": int(len(y)), "positives": int(y.sum())}}
+            "trained_at": int(time.time() * 1000), "metrics": {"rows": len(y), "positives": int(y.sum())}}
     (out / "meta.json").write_text(json.dumps(meta))
     return out

@@ -19,8 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from detection.features import AccountState
 from detection.policy import QUEUE_BITS, Verdict, queue_of
 from moderation.decisions import DecisionRequest, EnforcementPublisher, active_decision, do_decide
-from sealguard.contracts import Action, Contribution, DecisionSource, Score, encode, new_event_id, now_ms
 from moderation.errors import DecisionRejected
+from sealguard.contracts import Action, Contribution, DecisionSource, Score, encode, new_event_id, now_ms
 from sealguard.storage import CaseRow, Database, ScoreRow
 
 log = logging.getLogger(__name__)

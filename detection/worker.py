@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import gc
 import logging
-import zlib
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,7 @@ class WorkerConfig:
     poll_timeout_s: float = 0.01  # consume() waits this long to fill a batch; short keeps latency low
     checkpoint_interval_s: float = 10.0
     max_poll_interval_ms: int = 15_000
+    verify_timeout_s: float = 3.0  # how long a resume waits to read back the last checkpointed record
     align_slack_ms: int = 5_000  # signals partitions may drift this far apart in event time (see _align)
     refresh_interval_s: float = 2.0  # rules and model pointers are re-read this often
     store_interval_ms: int = 60_000  # a score is stored per account at most this often ...
@@ -168,6 +169,7 @@ class Worker:
                 shard.engine.net = self.net
                 log.info("partition %d: resumed %d accounts, offsets %s", tp.partition, len(shard.engine.accounts),
                          shard.offsets or "from the beginning")
+                self._verify_log(shard)
             tp.offset = shard.offsets.get(tp.topic, OFFSET_BEGINNING)
         self._books[:] = [s.engine.book for s in self.shards.values()]
         self._paused.clear()
@@ -186,6 +188,38 @@ class Worker:
             if shard is not None and not shard.dirty:
                 self._parked[p] = shard
         self._books[:] = [s.engine.book for s in self.shards.values()]
+
+    def _verify_log(self, shard: Shard) -> None:
+        """After a broker reset the checkpointed offsets point into a log that no longer exists.
+        Apache Kafka answers OFFSET_OUT_OF_RANGE (→ `auto.offset.reset` = earliest); Tansu just
+        returns nothing. So read back the record before each checkpointed offset and compare its
+        fingerprint: absent or different means a new log, consumed from its earliest offset."""
+        from confluent_kafka import Consumer
+
+        for topic, offset in list(shard.offsets.items()):
+            mark = shard.marks.get(topic)
+            if offset <= 0 or mark is None:
+                continue
+            probe = Consumer({"bootstrap.servers": self.settings.kafka, "group.id": f"{self.cfg.group}-probe",
+                              "enable.auto.commit": False, "auto.offset.reset": "error"})
+            try:
+                probe.assign([TopicPartition(topic, shard.partition, offset - 1)])
+                same = False
+                deadline = time.monotonic() + self.cfg.verify_timeout_s
+                while time.monotonic() < deadline:
+                    msgs = probe.consume(num_messages=1, timeout=0.2)
+                    if msgs:
+                        m = msgs[0]
+                        same = m.error() is None and m.offset() == offset - 1 and zlib.crc32(m.value()) == mark
+                        break
+            finally:
+                probe.close()
+            if not same:
+                log.warning("partition %d of %s: the log before offset %d is gone or different (broker reset); "
+                            "resuming at its earliest offset with the checkpointed state", shard.partition, topic,
+                            offset)
+                del shard.offsets[topic]
+                shard.marks.pop(topic, None)
 
     def _still_ours(self, shard: Shard) -> bool:
         """A parked shard may be reused only if nobody checkpointed the partition since we did."""
@@ -239,6 +273,7 @@ class Worker:
                 continue
             raw = m.value()
             shard.offsets[topic] = m.offset() + 1
+            shard.last[topic] = raw
             shard.dirty = True
             try:
                 ev = decode(raw)

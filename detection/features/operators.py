@@ -63,7 +63,7 @@ class Operator:
     def get(self, st: AccountState, engine: FeatureEngine, ts: int) -> float:
         fn = self.__dict__.get("_fn")
         if fn is None:
-            fn = self._fn = eval(f"lambda T, st, net, ts: {self.expr}", _SCOPE)  # noqa: S307 - our own source
+            fn = self._fn = eval(f"lambda T, st, net, ts: {self.expr}", _SCOPE)
         return float(fn(tuple(v.totals(ts) for v in st.vecs), st, engine.net, ts))
 
 

@@ -26,7 +26,7 @@ from detection.features.operators import (
     GAP_SQ,
     GAP_SUM,
     GAPS,
-    feature_row,
+    N_CHANNELS,
     RECEIVED,
     RECIPIENTS,
     REPLY,
@@ -34,7 +34,7 @@ from detection.features.operators import (
     SENDS,
     STRANGERS,
     VERIFIED_WEIGHT,
-    N_CHANNELS,
+    feature_row,
 )
 from detection.features.windows import WINDOWS, RollingDistinct, RollingVector
 
@@ -44,9 +44,24 @@ INBOUND_MEMORY = 4096  # senders remembered per account for reply detection (old
 class AccountState:
     """Everything detection remembers about one account: rolling channels and a few totals."""
 
-    __slots__ = ("registered_ts", "first_ts", "net_bucket", "last_send_ts", "n_out", "sends_total",
-                 "blocks_total", "reports_total", "verified_reports_total", "first_report_ts", "inbound_from",
-                 "vecs", "dists", "sched", "action", "cases")
+    __slots__ = (
+        "action",
+        "blocks_total",
+        "cases",
+        "dists",
+        "first_report_ts",
+        "first_ts",
+        "inbound_from",
+        "last_send_ts",
+        "n_out",
+        "net_bucket",
+        "registered_ts",
+        "reports_total",
+        "sched",
+        "sends_total",
+        "vecs",
+        "verified_reports_total",
+    )
 
     def __init__(self, ts: int) -> None:
         self.registered_ts: int | None = None
@@ -216,13 +231,11 @@ class FeatureEngine:
         st.registered_ts = ev.ts
         st.net_bucket = ev.net_bucket
         self.book.register(ev.net_bucket, ev.ts)
-        return None
 
     def _out_session(self, ev: Any) -> None:
         st = self.state(ev.account, ev.ts)
         if st.net_bucket is None:
             st.net_bucket = ev.net_bucket
-        return None
 
     def _out_group_add(self, ev: Any) -> str | None:
         if ev.member is None:
@@ -239,7 +252,7 @@ class FeatureEngine:
     def _in_message(self, ev: Any) -> None:
         recipient = ev.recipient
         if recipient is None:
-            return None
+            return
         st = self.state(recipient, ev.ts)
         seen = st.inbound_from
         if ev.sender not in seen:
@@ -248,7 +261,7 @@ class FeatureEngine:
                 del seen[next(iter(seen))]
         for vec in st.vecs:
             vec.add(ev.ts, RECEIVED, 1)
-        return None  # receiving a message is no reason to score the receiver
+        return  # receiving a message is no reason to score the receiver
 
     def _in_blocked(self, ev: Any) -> str:
         st = self.state(ev.blocked, ev.ts)

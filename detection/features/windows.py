@@ -50,7 +50,7 @@ class RollingVector:
     practice, and never lost).
     """
 
-    __slots__ = ("_ring", "_head", "_n", "_width", "tot", "_channels")
+    __slots__ = ("_channels", "_head", "_n", "_ring", "_width", "tot")
 
     def __init__(self, window: Window, channels: int) -> None:
         self._ring: deque[tuple[int, list[float]]] = deque()
@@ -143,7 +143,7 @@ class RollingDistinct:
     whose last sighting is still inside the window. Keys that fell out are purged lazily.
     """
 
-    __slots__ = ("_last", "_vec", "_channel", "_width")
+    __slots__ = ("_channel", "_last", "_vec", "_width")
 
     def __init__(self, vec: RollingVector, channel: int, window: Window) -> None:
         self._last: dict[str, int] = {}

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.signals import SignalBook
 from sealguard.contracts import ClientKind, MessageKind, ReasonCode, new_account_id, new_group_id
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 T0 = 1_800_000_000_000
 
@@ -93,7 +96,7 @@ class Synth:
         return self
 
 
-def truth_of(s: Synth) -> "pd.DataFrame":
+def truth_of(s: Synth) -> pd.DataFrame:
     """The synth population's truth in the simulator's shape (account, label, role, first_spam_ts)."""
     import pandas as pd
 

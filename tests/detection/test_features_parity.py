@@ -68,7 +68,7 @@ def expected(f: pd.DataFrame, name: str, a: str, t: int) -> float:
     if name == "verified_reports_total":
         return float((reps.verified > 0).sum())
     window = name.rsplit("_", 1)[1]
-    inw = lambda df: df[_in_window(df.ts, t, window)]  # noqa: E731
+    inw = lambda df: df[_in_window(df.ts, t, window)]
     d = inw(direct)
     recipients = float(d.recipient.nunique())
     if name.startswith("sends_"):

@@ -3,7 +3,6 @@ do_decide, cases, malformed records, checkpoint/resume without enforcing twice."
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
