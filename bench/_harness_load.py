@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from relay.client import Banned, ClientError, Identity, RelayClient
+from relay.protocol import decode_deliver
+from sealguard.contracts import now_ms
 
 log = logging.getLogger("bench.load")
 _PAYLOAD = struct.Struct(">IQ")  # sender index, sequence number — and the padding below
@@ -65,6 +67,28 @@ class _Undecryptable(logging.Handler):
             self.count += 1
 
 
+class BookedClient(RelayClient):
+    """The real SDK, observed: how long after the relay accepted it each message was delivered,
+    split by whether it could be decrypted. Behaviour is unchanged (the SDK's own `_on_deliver` runs)."""
+
+    delays_ok: array[float]
+    delays_undecryptable: array[float]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.delays_ok = array("d")
+        self.delays_undecryptable = array("d")
+
+    def _on_deliver(self, payload: bytes) -> bytes | None:
+        mid, _sender, group, _kind, ts, _ct = decode_deliver(payload)
+        first = mid.hex() not in self.received_ids
+        out = super()._on_deliver(payload)
+        if first and not group:
+            delay = (now_ms() - ts) / 1000
+            (self.delays_ok if mid.hex() in self.received_ids else self.delays_undecryptable).append(delay)
+        return out
+
+
 def address(i: int) -> str:
     """A distinct /24 per user: 127.(20 + i // 250).(i % 250).1"""
     return f"127.{20 + i // 250}.{i % 250}.1"
@@ -99,7 +123,7 @@ class Load:
 
         async def make(i: int) -> User:
             async with sem:
-                c = RelayClient(self.host, self.port, Identity.generate(), bind_address=address(i),
+                c = BookedClient(self.host, self.port, Identity.generate(), bind_address=address(i),
                                 request_timeout=15.0, ping_interval=20.0)
                 await c.connect()
                 await c.register()
@@ -251,6 +275,13 @@ class Load:
         by_id = sum(c - 1 for c in self.received.values() if c > 1)
         by_payload = sum(c - 1 for c in self.payloads.values() if c > 1)
         return max(by_id, by_payload)
+
+    def delivery_delays(self) -> tuple[float, float, float]:
+        """(p50 delay of decrypted first deliveries, p50 and min delay of undecryptable ones), seconds."""
+        ok = sorted(d for u in self.users for d in u.client.delays_ok)  # type: ignore[attr-defined]
+        bad = sorted(d for u in self.users for d in u.client.delays_undecryptable)  # type: ignore[attr-defined]
+        nan = float("nan")
+        return (ok[len(ok) // 2] if ok else nan, bad[len(bad) // 2] if bad else nan, bad[0] if bad else nan)
 
     def p99_between(self, t_from: float, t_to: float) -> float:
         xs = sorted(ms for t, ms in zip(self.lat_t, self.lat_ms) if t_from <= t < t_to)

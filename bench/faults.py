@@ -79,6 +79,7 @@ class AppliedWatcher:
         self.seen: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._consumer = consumer(bootstrap, f"faults-watch-{os.getpid()}", **{"auto.offset.reset": "earliest"})
         self._stop = threading.Event()
+        self._reassign = False
         self._thread = threading.Thread(target=self._run, name="applied-watcher", daemon=True)
 
     def start(self) -> AppliedWatcher:
@@ -91,7 +92,13 @@ class AppliedWatcher:
     def _run(self) -> None:
         import json
 
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
         while not self._stop.is_set():
+            if self._reassign:
+                self._reassign = False
+                self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                                       for p in range(self.partitions)])
             for msg in self._consumer.consume(1000, 0.2):
                 if msg.error() is not None or msg.value() is None:
                     continue
@@ -102,6 +109,11 @@ class AppliedWatcher:
                 if doc.get("type") == "enforcement.applied":
                     self.seen[(doc["decision_id"], doc["node"])].add(doc["id"])
 
+    def reset(self) -> None:
+        """After a broker restart: read the new log from its start (Tansu does not report the old
+        offsets as out of range, it just returns nothing until the new log passes them)."""
+        self._reassign = True
+
     def doubles(self) -> int:
         return sum(1 for ids in self.seen.values() if len(ids) > 1)
 
@@ -109,6 +121,38 @@ class AppliedWatcher:
         self._stop.set()
         self._thread.join(5)
         self._consumer.close()
+
+
+class TrackedPublisher:
+    """The enforcement publisher the API and detection use (`sealguard.stream.producer`, linger 0, keyed
+    by account, on `sg.enforcement.v1`) plus a delivery report per decision, so a run can tell a ban
+    the relay never applied from one the broker never got."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from sealguard.stream import producer
+
+        self.topic = topic
+        self.delivered: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+        self._producer = producer(bootstrap, **{"linger.ms": 0})
+
+    def publish(self, enforcement: Any) -> None:
+        from sealguard.contracts import encode
+
+        decision_id = enforcement.decision_id
+
+        def report(err: Any, _msg: Any) -> None:
+            if err is None:
+                self.delivered.append(decision_id)
+            else:
+                self.failed.append((decision_id, str(err)))
+                log.error("decision %s was not delivered to %s: %s", decision_id, self.topic, err)
+
+        self._producer.produce(self.topic, key=enforcement.account, value=encode(enforcement), on_delivery=report)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        return int(self._producer.flush(timeout))
 
 
 def _schedule(cfg: FaultsConfig, planned_s: float, postgres: bool, rng: Any) -> list[tuple[float, str]]:
@@ -128,14 +172,14 @@ def _schedule(cfg: FaultsConfig, planned_s: float, postgres: bool, rng: Any) -> 
 
 
 async def _run(cfg: FaultsConfig, platform: Platform) -> dict[str, Any]:
-    from moderation.decisions import DecisionRequest, KafkaEnforcementPublisher, do_decide
+    from moderation.decisions import DecisionRequest, do_decide
     from sealguard.contracts import Action, DecisionSource, ReasonCode
     from sealguard.storage import Database
 
     loop = asyncio.get_running_loop()
     s = platform.settings
     db = Database(s.database_url, migrate=False)
-    publisher = KafkaEnforcementPublisher(platform.kafka, s.enforcement_topic)
+    publisher = TrackedPublisher(platform.kafka, s.enforcement_topic)
     watcher = AppliedWatcher(platform.kafka, s.signals_topic, s.partitions).start()
     load = Load("127.0.0.1", platform.relay_port, cfg.users, seed=cfg.seed)
     counts = {"relay": 0, "broker": 0, "detect": 0, "db": 0, "ban": 0}
@@ -167,14 +211,21 @@ async def _run(cfg: FaultsConfig, platform: Platform) -> dict[str, Any]:
                     await loop.run_in_executor(None, platform.start_relay)
                 elif kind == "broker":
                     await loop.run_in_executor(None, platform.restart_broker)
+                    watcher.reset()
                 elif kind == "detect":
                     platform.kill_detect()
                     await loop.run_in_executor(None, platform.start_detect)
                 elif kind == "db":
                     db_killed += await loop.run_in_executor(None, platform.terminate_db_connections)
                 elif kind == "ban":
-                    candidates = [u for u in load.users if u.usable]
+                    candidates: list[User] = []
+                    for _ in range(60):  # right after a relay restart nobody is logged in yet
+                        candidates = [u for u in load.users if u.usable]
+                        if candidates:
+                            break
+                        await asyncio.sleep(0.5)
                     if not candidates:
+                        log.warning("ban skipped: no user logged in for 30 s")
                         return
                     u = load.rng.choice(candidates)
                     u.retiring = True  # no new messages to or from it; what is queued gets withheld
@@ -238,13 +289,19 @@ async def _run(cfg: FaultsConfig, platform: Platform) -> dict[str, Any]:
             "relay_kills": counts["relay"], "broker_restarts": counts["broker"],
             "detector_restarts": counts["detect"], "db_disconnects": db_killed, "bans_intact": bans_intact,
         }
+        undelivered_left = publisher.flush(5)
         details = {
             "sent": load.sent, "failed": load.failed, "skipped": load.skipped, "stuck_until_relogin": len(stuck),
             "stuck_ack_status": ",".join(sorted(stuck_status)) or "none",
             "lost_all_stuck": int(set(lost) <= set(stuck)), "undecryptable": load.undecryptable.count,
+            "delay_p50_s_decrypted": round(load.delivery_delays()[0], 3),
+            "delay_p50_s_undecryptable": round(load.delivery_delays()[1], 3),
+            "delay_min_s_undecryptable": round(load.delivery_delays()[2], 3),
             "held_for_banned_recipient": sum(1 for m in load.acked if m in to_banned), "bans_by_bench": counts["ban"],
             "active_bans": len(active_bans), "reconnects": sum(u.reconnects for u in load.users),
-            "decisions_seen_applied": len(watcher.seen), "wall_s": round(time.monotonic() - start),
+            "decisions_seen_applied": len(watcher.seen), "decisions_delivered": len(publisher.delivered),
+            "decisions_undelivered": len(publisher.failed) + undelivered_left,
+            "wall_s": round(time.monotonic() - start),
         }
         log.info("details: %s", " ".join(f"{k}={v}" for k, v in details.items()))
         cfg.details = details
