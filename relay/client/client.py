@@ -427,7 +427,12 @@ class RelayClient:
         self.megolm.session_for(gid)
         shared = self.megolm.shared[gid]
         for m in sorted(members - shared - {self.account_id}):
-            await self._send_inner(m, Inner.GROUP_KEY, self.megolm.key_message(gid), MessageKind.control)
+            try:
+                await self._send_inner(m, Inner.GROUP_KEY, self.megolm.key_message(gid), MessageKind.control)
+            except RequestRefused as exc:
+                if exc.code is not ErrorCode.RECIPIENT_UNAVAILABLE:
+                    raise
+                continue  # a banned member gets no key (nor the message); it gets the key after a lift
             shared.add(m)
         ciphertext = self.megolm.encrypt(gid, bytes((inner,)) + plaintext)
         mid = os.urandom(16)

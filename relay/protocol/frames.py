@@ -136,6 +136,7 @@ class ErrorCode(enum.IntEnum):
     NOT_FOUND = 214
     QUOTA_EXCEEDED = 215
     INVALID = 216
+    RECIPIENT_UNAVAILABLE = 217  # the recipient is banned: the message could never be delivered
     INTERNAL = 250
 
     @property

@@ -494,6 +494,9 @@ class RelayServer:
             raise PeerProtocolError(ErrorCode.MALFORMED, "SEND.recipient is not an ASCII account id") from None
         if recipient not in self.accounts:
             raise Refused(ErrorCode.UNKNOWN_ACCOUNT, "no such recipient")
+        if recipient in self.enforcer.bans and self.enforcer.active_ban(recipient) is not None:
+            # Never acked: it could be neither delivered nor queued for delivery.
+            raise Refused(ErrorCode.RECIPIENT_UNAVAILABLE, "the recipient cannot receive messages")
         if self.book.is_first_contact(sender, recipient) and not self.limiter.take(
                 Limit.first_contact, sender, sender in self.enforcer.restricted):
             raise self.breach(Limit.first_contact, account=sender)
@@ -577,6 +580,9 @@ class RelayServer:
         self._schedule_flush()
 
     def _queue(self, item: QueuedOut, out: Outgoing | None) -> None:
+        bans = self.enforcer.bans
+        if item.sender in bans or item.recipient in bans:
+            item.withheld = True  # banned after the send was accepted (e.g. handed over, then requeued)
         self._enqueue_batch.append((item, out))
         self._schedule_flush()
 

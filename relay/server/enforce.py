@@ -122,10 +122,11 @@ class Enforcer:
                 if conn is not None:
                     conn.send(self.ban_frame(state))
                     conn.close()
+                # What it sent and what was queued for it: neither can be delivered while it is banned.
                 n = await server.run_db(server.store.set_withheld, account, True)
                 server.stats.withheld += n
             elif state.action is Action.lift and was_banned:
-                await server.run_db(server.store.set_withheld, account, False)
+                await self.release(account)
             if state.action is not Action.ban:
                 # One delivery path for notices (no duplicates with moderation's own rows): make sure
                 # the row exists, then poll now rather than within the second.
@@ -138,6 +139,12 @@ class Enforcer:
             server.listener.emit(server.book.enforcement_applied(account, state.decision_id, state.action))
             log.info("applied %s %s to %s%s", state.action.value, state.decision_id, account,
                      " (stale: a newer decision stands)" if stale else " (expired)" if expired else "")
+
+    async def release(self, account: str) -> None:
+        """Release what a ban held back: the account's messages, and those queued for it, except
+        where the other party is still banned."""
+        server = self.server
+        await server.run_db(server.store.set_withheld, account, False, frozenset(self.bans))
 
     def expire(self) -> None:
         now = now_ms()

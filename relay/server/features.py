@@ -311,7 +311,9 @@ class Features:
         mid, gid, kind, ciphertext = decode_payload(FrameType.GROUP_SEND, payload)
         sender = self.s.check_send(conn, kind, len(ciphertext))
         members = self._member_of(gid, sender)
-        recipients = [m for m in members if m != sender and (m, sender) not in self.s.blocks]
+        blocks, bans = self.s.blocks, self.s.enforcer.bans
+        # Members that blocked the sender or are banned are skipped (a banned member can receive nothing).
+        recipients = [m for m in members if m != sender and (m, sender) not in blocks and m not in bans]
         self.s.stats.sends += 1
         ts = now_ms()
         from relay.server.core import _KINDS

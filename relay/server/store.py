@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sealguard.contracts import Action, new_account_id, now_ms
@@ -64,6 +64,7 @@ class QueuedOut:
     ciphertext: bytes
     enqueued_at: int
     expires_at: int
+    withheld: bool = False  # the sender or the recipient is banned: kept and counted, not delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +225,8 @@ class RelayStore:
                 seen.add(key)
                 rows.append({"message_id": key[0], "recipient": item.recipient, "sender": item.sender,
                              "group_id": item.group, "kind": item.kind, "ciphertext": item.ciphertext,
-                             "enqueued_at": item.enqueued_at, "expires_at": item.expires_at, "withheld": False})
+                             "enqueued_at": item.enqueued_at, "expires_at": item.expires_at,
+                             "withheld": item.withheld})
                 ok.append(True)
             if rows:
                 existing = set(s.execute(select(QueuedMessageRow.message_id, QueuedMessageRow.recipient).where(
@@ -258,12 +260,25 @@ class RelayStore:
                                                               QueuedMessageRow.recipient == recipient)).rowcount
         return n
 
-    def set_withheld(self, sender: str, withheld: bool) -> int:
-        """Hold back (or release) a sender's undelivered messages; the rows stay, counted."""
+    def set_withheld(self, account: str, withheld: bool, banned: Collection[str] = ()) -> int:
+        """Hold back (or release) the undelivered messages an account sent AND those queued for it;
+        the rows stay, counted. Releasing keeps a row held while its other party is in `banned`."""
         with self.db.session() as s, s.begin():
-            return int(s.execute(update(QueuedMessageRow).where(QueuedMessageRow.sender == sender,
-                                                                QueuedMessageRow.withheld.is_(not withheld))
-                                 .values(withheld=withheld)).rowcount)
+            where = (or_(QueuedMessageRow.sender == account, QueuedMessageRow.recipient == account),
+                     QueuedMessageRow.withheld.is_(not withheld))
+            if withheld or not banned:
+                return int(s.execute(update(QueuedMessageRow).where(*where).values(withheld=withheld)).rowcount)
+            rows = s.execute(select(QueuedMessageRow.message_id, QueuedMessageRow.recipient, QueuedMessageRow.sender)
+                             .where(*where)).all()
+            n = 0
+            for mid, recipient, sender in rows:
+                other = recipient if sender == account else sender
+                if other in banned:
+                    continue
+                n += s.execute(update(QueuedMessageRow).where(QueuedMessageRow.message_id == mid,
+                                                              QueuedMessageRow.recipient == recipient)
+                               .values(withheld=False)).rowcount
+            return int(n)
 
     def queue_depth(self) -> tuple[int, int]:
         """(messages waiting in the offline queue, withheld messages) — for /metrics."""

@@ -159,6 +159,57 @@ def test_ban_from_a_real_client_withholds_refuses_and_is_idempotent(topics: Sett
     run(main())
 
 
+def test_messages_to_a_banned_recipient_are_refused_withheld_and_released_by_a_lift(topics: Settings) -> None:
+    async def main() -> None:
+        async with service(topics) as svc:
+            assert svc.db and svc.server
+            sender, target, other = await user(svc), await user(svc), await user(svc)
+            gid = await sender.create_group([target.account_id, other.account_id])
+            await sender.send(target.account_id, b"open")
+            await target.inbox.get()
+            await target.close()
+            await eventually(lambda: target.account_id not in svc.server.conns)  # type: ignore[union-attr]
+            queued = [await sender.send(target.account_id, f"before {i}".encode()) for i in range(2)]
+            assert {sender.ack_status[m] for m in queued} == {DeliveryStatus.QUEUED}
+
+            def held() -> int:
+                assert svc.db
+                with svc.db.session() as s:
+                    return int(s.scalar(select(func.count()).select_from(QueuedMessageRow)
+                                        .where(QueuedMessageRow.withheld.is_(True))) or 0)
+
+            await decide(topics, svc.db, target.account_id, Action.ban)
+            await eventually(lambda: target.account_id in svc.server.enforcer.bans, 20)  # type: ignore[union-attr]
+            # What was queued for it is held back (withheld: the recipient is banned), not lost.
+            await eventually(lambda: held() == 2, 10)
+            # A new 1:1 message is refused, never acked.
+            with pytest.raises(RequestRefused) as err:
+                await sender.send(target.account_id, b"after")
+            assert err.value.code is ErrorCode.RECIPIENT_UNAVAILABLE
+            assert sender.connected
+            # A group message skips the banned member: acked, delivered to the others, nothing queued for it.
+            mid = await sender.send_group(gid, b"to the group")
+            assert sender.ack_status[mid] is DeliveryStatus.DELIVERED
+            assert (await asyncio.wait_for(other.inbox.get(), 5)).plaintext == b"to the group"
+            with svc.db.session() as s:
+                assert s.scalar(select(func.count()).select_from(QueuedMessageRow)
+                                .where(QueuedMessageRow.recipient == target.account_id)) == 2
+            # A lift releases what the ban held back; the account logs in and gets it.
+            await decide(topics, svc.db, target.account_id, Action.lift)
+            await eventually(lambda: target.account_id not in svc.server.enforcer.bans, 20)  # type: ignore[union-attr]
+            await eventually(lambda: held() == 0, 10)
+            await target.connect()
+            assert await target.login() == 2
+            got = [await asyncio.wait_for(target.inbox.get(), 5) for _ in range(2)]
+            assert sorted(g.plaintext for g in got) == [b"before 0", b"before 1"]
+            await sender.send(target.account_id, b"welcome back")
+            assert (await asyncio.wait_for(target.inbox.get(), 5)).plaintext == b"welcome back"
+            for c in (sender, target, other):
+                await c.close()
+
+    run(main())
+
+
 def test_restrict_warn_lift_and_expiry_seen_from_real_clients(topics: Settings) -> None:
     async def main() -> None:
         async with service(topics) as svc:

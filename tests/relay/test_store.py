@@ -38,6 +38,12 @@ def test_relay_store_on_both_backends(db_url: str) -> None:
         assert store.set_withheld(a, True) == 2
         assert store.load_queue(b) == [] and store.queue_depth() == (0, 2)
         assert store.set_withheld(a, False) == 2
+        # messages queued FOR a banned account are withheld too; a release keeps those whose
+        # other party is still banned
+        assert store.set_withheld(b, True) == 2 and store.queue_depth() == (0, 2)
+        assert store.set_withheld(a, True) == 0
+        assert store.set_withheld(b, False, banned={a}) == 0
+        assert store.set_withheld(a, False, banned=set()) == 2
         assert store.delete_queued([(items[0].message_id, b)]) == 1
         assert store.queue_depth() == (1, 0)
         # commitments and report verification
