@@ -18,12 +18,13 @@ from collections.abc import Callable
 from relay.protocol import (
     FrameReader,
     FrameType,
+    decode_deliver,
     decode_payload,
     encode,
     encode_deliver_ack,
     encode_send,
 )
-from relay.protocol.frames import ACCOUNT_ID_LEN, HEADER_SIZE, MESSAGE_ID_LEN
+from relay.protocol.frames import HEADER_SIZE
 
 _TS = struct.Struct(">Q")
 _MID = struct.Struct(">QQ")
@@ -32,8 +33,6 @@ _DELIVER = int(FrameType.DELIVER)
 _SEND_ACK = int(FrameType.SEND_ACK)
 _ERROR = int(FrameType.ERROR)
 _PING = int(FrameType.PING)
-# DELIVER payload: message_id(16) sender(21) group(u8 len + bytes) kind(u8) ts(u64) ciphertext
-_GROUP_LEN_AT = MESSAGE_ID_LEN + ACCOUNT_ID_LEN
 
 
 class RelayLoadError(RuntimeError):
@@ -73,9 +72,11 @@ class RelayClient(asyncio.Protocol):
         acks: list[bytes] = []
         for ftype, _flags, _rid, payload in self._reader.feed(data):
             if ftype == _DELIVER:
-                pos = _GROUP_LEN_AT + 1 + payload[_GROUP_LEN_AT] + 9
-                self.on_message(_TS.unpack_from(payload, pos)[0])
-                acks.append(payload[:MESSAGE_ID_LEN])
+                # The codec's own decoder (not offsets of ours), so a protocol change cannot
+                # silently mis-time the benchmark.
+                mid, _sender, _group, _kind, _ts, ciphertext = decode_deliver(payload)
+                self.on_message(_TS.unpack_from(ciphertext)[0])
+                acks.append(mid)
             elif ftype == _SEND_ACK:
                 self.on_ack()
             elif self._waiter is not None and not self._waiter.done():
