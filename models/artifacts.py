@@ -14,6 +14,7 @@ never reads half a file. Nothing here imports mlflow: `ensure_model` reads the p
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -63,7 +64,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         return None
     return value
 

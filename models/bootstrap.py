@@ -36,10 +36,9 @@ def ensure_model(settings: Any, *, scenario: Path | None = None, seed: int = BOO
 def bootstrap(settings: Any, *, scenario: Path | None = None, seed: int = BOOTSTRAP_SEED) -> Any:
     """Simulate the training scenario, train on it and promote the result (see the module docstring)."""
     from detection.features import build_feature_table
+    from models.training import train_table
     from simulator.offline import simulate
     from simulator.scenario import load_scenario
-
-    from models.training import train_table
 
     started = time.perf_counter()
     path = Path(scenario or BOOTSTRAP_SCENARIO)

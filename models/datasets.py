@@ -275,7 +275,6 @@ def account_table(dataset: Path) -> pd.DataFrame:
     table, so a scenario can be exported to CSV and trained with `--table`. The role is left out
     on purpose: it names the spam strategy, i.e. it *is* the label."""
     from detection.features import FEATURE_NAMES, build_feature_table
-
     from models.signals_io import iter_events
     from models.training import labelled_rows, read_labels
 

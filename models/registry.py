@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ class Registry:
 
         now = int(time.time() * 1000)
         items = [Metric(str(k), float(v), now, 0) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)]
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
 

@@ -56,7 +56,6 @@ def replay(settings: Any, version: str, dataset: Path, *, against: str | None = 
     from detection.model import load_model
     from detection.policy import Policy
     from detection.rules import RuleBook
-
     from models.artifacts import artifact_dir, champion_version
     from models.signals_io import iter_events
     from models.training import read_labels

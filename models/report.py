@@ -56,10 +56,9 @@ def evaluation_data(dataset: Path | None, heldout: Path) -> tuple[str, list[Any]
         from models.training import read_labels
 
         return f"dataset {dataset}", list(iter_events(Path(dataset))), read_labels(Path(dataset))
+    from models.promotion import scenario_files
     from simulator.offline import simulate
     from simulator.scenario import load_scenario
-
-    from models.promotion import scenario_files
 
     path = scenario_files(heldout)[0]
     sim = simulate(load_scenario(path))
@@ -94,10 +93,10 @@ def build_report(settings: Any, version: str, out: Path, *, dataset: Path | None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from detection.features import FEATURE_NAMES, build_feature_table
-    from detection.model import load_model
     from sklearn.metrics import precision_recall_curve, roc_curve
 
+    from detection.features import FEATURE_NAMES, build_feature_table
+    from detection.model import load_model
     from models.artifacts import artifact_dir, champion_version, read_meta
     from models.promotion import HELDOUT_DIR, evaluate_heldout
     from models.training import labelled_rows
@@ -198,6 +197,7 @@ def _shap_section(booster: Any, table: pd.DataFrame, version: str) -> str:
     import warnings
 
     import matplotlib.pyplot as plt
+
     from detection.features import FEATURE_NAMES
 
     sample = table.sample(n=min(SHAP_ROWS, len(table)), random_state=0)

@@ -79,7 +79,7 @@ def agreement(db: Database, since_ms: int | None = None) -> dict[str, Any]:
     if len(pairs) > 1 and np.std(a) > 0 and np.std(b) > 0:
         spearman = float(pd.Series(a).rank().corr(pd.Series(b).rank()))
     out.update({
-        "pairs": int(len(pairs)), "accounts": int(len(per_account)),
+        "pairs": len(pairs), "accounts": len(per_account),
         "ban_agreement": float(np.mean((a >= ban_t) == (b >= ban_t))),
         "review_agreement": float(np.mean((a >= review_t) == (b >= review_t))),
         "champion_bans": int(ban_a.sum()), "challenger_bans": int(ban_b.sum()), "both_ban": int((ban_a & ban_b).sum()),

@@ -112,7 +112,6 @@ def read_labels(dataset: Path) -> pd.DataFrame:
 def build_features(dataset: Path, progress: Progress) -> tuple[pd.DataFrame, int]:
     """The feature table of the dataset's signals (detection's operators); (table, signals read)."""
     from detection.features import build_feature_table
-
     from models.signals_io import count_signals, is_sorted_by_ts, iter_events
 
     signals = Path(dataset) / "signals.parquet"
@@ -218,7 +217,6 @@ def train_table(settings: Any, table: pd.DataFrame, labels: pd.DataFrame, *, sou
                 promote_first: bool = True, run_name: str = "train") -> TrainResult:
     """Train on a feature table (from `build_feature_table`) and its labels; register and export."""
     from detection.features import FEATURE_NAMES
-
     from models.artifacts import models_root, write_artifact
     from models.registry import Registry, version_name
 

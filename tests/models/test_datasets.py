@@ -30,10 +30,10 @@ spam:
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    import yaml
+
     from simulator.offline import simulate, write_parquet
     from simulator.scenario import parse_scenario
-
-    import yaml
 
     root = tmp_path_factory.mktemp("sim")
     result = simulate(parse_scenario(yaml.safe_load(SCENARIO)))

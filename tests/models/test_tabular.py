@@ -64,8 +64,9 @@ def test_label_names_and_encodings_are_reported() -> None:
     prepared = prepare(frame, "kind")
     assert prepared.positive_label == "spam"
     notes = " | ".join(prepared.notes)
-    for expected in ("'user': dropped", "'plan': 3 categories one-hot", "'city': 40 categories encoded as their "
-                     "frequency", "'amount': text parsed", "constant"):
+    expected_notes = ("'user': dropped", "'plan': 3 categories one-hot", "'city': 40 categories encoded as their frequency",
+                      "'amount': text parsed", "constant")
+    for expected in expected_notes:
         assert expected in notes, notes
     assert "user" not in prepared.feature_names and "flag" in prepared.feature_names
 
