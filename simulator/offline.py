@@ -11,7 +11,9 @@ media blob was fetched.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,6 +78,19 @@ class _SeededBook(SignalBook):
         i = self._next
         self._next = i + 1
         return {"v": 1, "ts": ts, "id": self._ids[32 * i:32 * i + 32]}
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic GC while building millions of acyclic events: its generational passes
+    over an ever-growing heap cost more than the building (measured: 16 s → 9 s for 666k)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _hex_ids(rng: np.random.Generator, prefix: str, count: int, nbytes: int) -> list[str]:
@@ -268,7 +283,8 @@ def simulate(scenario: Scenario, seed: int | None = None) -> SimulationResult:
     world, cols = build_plan(scenario, rng)
     ids = _hex_ids(np.random.default_rng([seed, 1]), "a", world.n, 10)
     log.info("plan: %d accounts, %d actions", world.n, cols["ts"].size)
-    events, accepted = replay(world, cols, ids, np.random.default_rng([seed, 2]))
+    with _no_gc():
+        events, accepted = replay(world, cols, ids, np.random.default_rng([seed, 2]))
     # First spam = the first spam message the relay accepted (refused ones never reached anyone).
     truth = world.truth(ids, cols["ts"], cols["kind"], cols["a"], cols["spam"] * accepted)
     return SimulationResult(scenario, seed, events, truth)
@@ -319,7 +335,9 @@ def write_parquet(result: SimulationResult, out_dir: str | Path) -> tuple[Path, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     signals, labels = out / "signals.parquet", out / "labels.parquet"
-    pq.write_table(signals_table(result.events), signals)
+    with _no_gc():
+        table = signals_table(result.events)
+    pq.write_table(table, signals)
     pq.write_table(pa.Table.from_pandas(result.truth, preserve_index=False), labels)
     return signals, labels
 
