@@ -120,7 +120,7 @@ class _Bar:
         self.task: Any = None
 
     def stage(self, description: str, total: int | None) -> None:
-        if self.task is not None:
+        if self.task is not None and self.progress.tasks[-1].total is not None:
             self.progress.update(self.task, completed=self.progress.tasks[-1].total)
         self.task = self.progress.add_task(description, total=total)
 
