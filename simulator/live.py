@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from relay.client import Identity, RelayClient
 from sealguard.contracts import ClientKind
 from simulator.errors import SimulatorError
 from simulator.live_behaviour import Agent, Population, behave, brigade, inbox_loop
@@ -258,4 +257,4 @@ def _kind(role: str, rng: random.Random) -> ClientKind:
     return ClientKind.mobile if rng.random() < 0.85 else ClientKind.desktop
 
 
-__all__ = ["Identity", "LiveError", "LiveResult", "RelayClient", "run_live"]
+__all__ = ["LiveError", "LiveResult", "StopFlag", "run_live"]

@@ -23,7 +23,6 @@ def conversations(world: World, plan: Plan, accounts: np.ndarray) -> None:
     tz = np.array(world.tz)[init]
     start = diurnal_times(rng, world.start, world.end - world.start, init.size, act.diurnal, tz)
     reg = np.array(world.reg_ts)
-    deg = world.degree()[init]
 
     partner = world.random_contact(init, skew=2.0)  # close friends get most conversations
     stranger = (rng.random(init.size) < act.stranger_share) | (partner < 0)
@@ -36,7 +35,6 @@ def conversations(world: World, plan: Plan, accounts: np.ndarray) -> None:
     ok = (partner >= 0) & (partner != init) & (start > reg[init] + MIN_MS)
     ok &= start > reg[np.maximum(partner, 0)] + MIN_MS
     init, partner, start, stranger = init[ok], partner[ok], start[ok], stranger[ok]
-    del deg
 
     adds = stranger & (rng.random(init.size) < act.add_contact_before_stranger)
     plan.add(Act.CONTACT, start[adds] - (5_000 + rng.integers(0, 60_000, int(adds.sum()))), init[adds],
