@@ -77,3 +77,14 @@ def test_unreachable_relay_is_a_clear_error() -> None:
     scenario: Scenario = load_scenario(SPINE)
     with pytest.raises(LiveError, match="cannot reach the relay"):
         run(run_live(scenario, "127.0.0.1", 9, duration_s=1.0, users=60))
+
+
+def test_role_mix_follows_the_scenario_and_fits_small_runs() -> None:
+    scenario = load_scenario(SPINE)
+    big = _mix(scenario, 200, 0.05)
+    assert len(big) == 200 and big.count("normal") >= 170
+    assert {"teacher", "small_business", "community_admin", "new_user_onboarding", "blaster", "farm"} <= set(big)
+    small = _mix(scenario, 10, None)
+    assert len(small) == 10 and small.count("normal") >= 5
+    with pytest.raises(LiveError, match="at least 4 users"):
+        _mix(scenario, 3, None)
