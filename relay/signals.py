@@ -135,8 +135,9 @@ class SignalBook:
         pair = (sender, recipient) if sender < recipient else (recipient, sender)
         talked = self._talked
         first = pair not in talked and recipient not in self._contacts.get(sender, ())
-        if first:
-            talked.add(pair)
+        # Every pair that talked is remembered, contacts included: a reply from someone who never
+        # added the sender (one-sided contact) is not a first contact.
+        talked.add(pair)
         return _build(MessageSent, {
             "type": "message.sent", **self._envelope(ts), "sender": sender, "recipient": recipient, "group": None,
             "size_bucket": size_bucket(nbytes), "kind": kind, "first_contact": first,

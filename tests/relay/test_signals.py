@@ -58,3 +58,11 @@ def test_net_bucket_groups_by_slash24_and_slash48() -> None:
     assert net_bucket("127.1.2.3", "s") != net_bucket("127.1.3.3", "s")
     assert net_bucket("127.1.2.3", "s") != net_bucket("127.1.2.3", "other-salt")
     assert net_bucket("2001:db8:1::1", "s") == net_bucket("2001:db8:1:ffff::2", "s")
+
+
+def test_a_reply_to_a_one_sided_contact_is_not_a_first_contact() -> None:
+    book = SignalBook("relay-1")
+    a, b = new_account_id(), new_account_id()
+    book.contact_added(a, b)  # a added b; b never added a
+    assert not book.message_sent(a, b, 10, MessageKind.text, True).first_contact
+    assert not book.message_sent(b, a, 10, MessageKind.text, True).first_contact
