@@ -85,6 +85,7 @@ class RelayConfig:
     flush_interval_s: float = 0.002  # batching window for queue writes (a sender waits on them)
     commitment_flush_s: float = 0.25  # report commitments wait longer: nobody waits on them
     notice_poll_s: float = 1.0
+    reconcile_interval_s: float = 5.0  # active decisions re-read from the database (the truth) this often
     sweep_interval_s: float = 0.5
     purge_interval_s: float = 30.0
     limits: dict[Limit, Rate] = field(default_factory=dict)
@@ -215,6 +216,7 @@ class RelayServer:
         self._every(self.config.commitment_flush_s, lambda: self._commit_batch and self._schedule_flush())
         self._every(self.config.purge_interval_s, lambda: self.spawn(self._purge()))
         self._every(self.config.notice_poll_s, lambda: self.spawn(self.enforcer.poll_notices()))
+        self._every(self.config.reconcile_interval_s, self.enforcer.reconcile_soon)
         log.info("relay %s listening on %s:%d", self.config.node, self.host, self.port)
 
     def _every(self, interval: float, fn: Callable[[], None]) -> None:

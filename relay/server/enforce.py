@@ -12,6 +12,7 @@ Also delivers pending rows of the `notices` table (codes only): at login and by 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,9 @@ class Enforcer:
         self.restricted: dict[str, DecisionState] = {}
         self._latest: dict[str, int] = {}  # account → created_at of the newest decision applied
         self.applied: set[str] = set()  # decision ids seen by this node
+        self._changed: dict[str, float] = {}  # account → when its state last changed (monotonic)
+        self.loads = 0  # times memory was reconciled with the database
+        self._reconciling = False
         self._notice_cursor = 0
         self._polling = False
         self._poll_again = False
@@ -60,6 +64,7 @@ class Enforcer:
         ban = self.bans.get(account)
         if ban is not None and not ban.live(now_ms()):
             del self.bans[account]
+            self.server.spawn(self.release(account))
             return None
         return ban
 
@@ -67,26 +72,63 @@ class Enforcer:
         return encode(FrameType.BAN, rid, ban.decision_id, ban.reason_code, appeal_hint(ban.decision_id))
 
     # -- loading -------------------------------------------------------------------------------------
-    async def load_from_db(self) -> None:
-        """Make memory match the database: active bans/restrictions in, lifted/expired ones out.
-        Runs at start and after every broker reconnect (decisions may have been missed)."""
-        store, node = self.server.store, self.server.config.node
-        recorded = await self.server.run_db(store.applied_decisions, node)
-        active = await self.server.run_db(store.active_decisions)
-        active_ids = {d.decision_id for d in active}
-        for table in (self.bans, self.restricted):
-            for account, state in list(table.items()):
-                if state.decision_id not in active_ids:
-                    del table[account]
-        for d in active:
+    async def load_from_db(self, *, full: bool = True) -> None:
+        """Make memory match the database — the truth: active bans/restrictions in, lifted/expired
+        ones out (and what a ban withheld released). Runs at start, after every broker reconnect,
+        and every `reconcile_interval_s` (decisions can be missed on the topic: a broker restart
+        empties it, and a consumer's old position may point past the new records)."""
+        server = self.server
+        started = time.monotonic()
+        if full:  # every decision this node ever applied: a replay of the topic re-applies none of them
+            self.applied |= await server.run_db(server.store.applied_decisions, server.config.node)
+        rows = await server.run_db(server.store.active_decisions_applied, server.config.node)
+        active_ids = {d.decision_id for d, _ in rows}
+        # In memory but not active in the database: ended there (a lift this node missed) — drop
+        # it. Only what memory held before the query (one applied from the topic meanwhile may not
+        # be in its snapshot), and only decisions the database knows (expiry is handled by `expire`).
+        gone = {state.decision_id: account for table in (self.bans, self.restricted)
+                for account, state in table.items()
+                if state.decision_id not in active_ids and self._changed.get(account, 0.0) < started}
+        if gone:
+            for decision_id in await server.run_db(server.store.ended_decisions, set(gone)):
+                account = gone[decision_id]
+                ban = self.bans.get(account)
+                if ban is not None and ban.decision_id == decision_id:
+                    del self.bans[account]
+                    log.info("ban %s of %s ended in the database: released", decision_id, account)
+                    await self.release(account)
+                restriction = self.restricted.get(account)
+                if restriction is not None and restriction.decision_id == decision_id:
+                    del self.restricted[account]
+        for d, applied in rows:
             state = DecisionState(d.decision_id, d.action, d.reason_code, d.created_at, d.expires_at)
-            if d.decision_id in recorded:
+            if applied or d.decision_id in self.applied:
+                current = self.bans.get(d.account) or self.restricted.get(d.account)
                 self.applied.add(d.decision_id)
-                self._set_state(d.account, state)
+                if (current is None or current.decision_id != d.decision_id) \
+                        and d.created_at >= self._latest.get(d.account, -1):
+                    self._set_state(d.account, state)
             else:
+                log.info("decision %s for %s found in the database, not applied here: applying",
+                         d.decision_id, d.account)
                 await self.apply(d.account, state)
-        self.applied |= recorded
-        log.info("enforcement loaded: %d bans, %d restrictions", len(self.bans), len(self.restricted))
+        self.loads += 1
+        (log.info if full else log.debug)("enforcement loaded: %d bans, %d restrictions", len(self.bans),
+                                          len(self.restricted))
+
+    def reconcile_soon(self) -> None:
+        """The periodic safety net: one query on the DB thread; skipped while one is running."""
+        if self._reconciling:
+            return
+        self._reconciling = True
+
+        async def job() -> None:
+            try:
+                await self.load_from_db(full=False)
+            finally:
+                self._reconciling = False
+
+        self.server.spawn(job())
 
     def on_enforcement(self, enf: Enforcement) -> None:
         """Called on the event loop for each decision consumed from the topic."""
@@ -96,6 +138,7 @@ class Enforcer:
     # -- applying ---------------------------------------------------------------------------------------
     def _set_state(self, account: str, state: DecisionState) -> None:
         self._latest[account] = state.created_at
+        self._changed[account] = time.monotonic()
         if state.action is Action.ban:
             self.bans[account] = state
             self.restricted.pop(account, None)
@@ -125,7 +168,7 @@ class Enforcer:
                 # What it sent and what was queued for it: neither can be delivered while it is banned.
                 n = await server.run_db(server.store.set_withheld, account, True)
                 server.stats.withheld += n
-            elif state.action is Action.lift and was_banned:
+            elif was_banned and state.action is not Action.warn:  # a lift, or a restriction replacing the ban
                 await self.release(account)
             if state.action is not Action.ban:
                 # One delivery path for notices (no duplicates with moderation's own rows): make sure
@@ -151,6 +194,8 @@ class Enforcer:
         for table in (self.bans, self.restricted):
             for account in [a for a, s in table.items() if not s.live(now)]:
                 del table[account]
+                if table is self.bans:  # an expired ban holds nothing back any more
+                    self.server.spawn(self.release(account))
 
     # -- notices ---------------------------------------------------------------------------------------
     async def deliver_notices(self, account: str) -> None:

@@ -372,6 +372,31 @@ class RelayStore:
             return [ActiveDecision(r.id, r.account, Action(r.action), r.reason_code, r.created_at, r.expires_at)
                     for r in rows if r.expires_at is None or r.expires_at > now]
 
+    def active_decisions_applied(self, node: str) -> list[tuple[ActiveDecision, bool]]:
+        """Active, unexpired bans and restrictions, each with whether `node` already applied it —
+        one query (an outer join on `enforcement_applications`), run every few seconds."""
+        now = now_ms()
+        app = EnforcementApplicationRow
+        with self.db.session() as s:
+            rows = s.execute(
+                select(DecisionRow.id, DecisionRow.account, DecisionRow.action, DecisionRow.reason_code,
+                       DecisionRow.created_at, DecisionRow.expires_at, app.decision_id)
+                .outerjoin(app, (app.decision_id == DecisionRow.id) & (app.node == node))
+                .where(DecisionRow.status == "active",
+                       DecisionRow.action.in_([Action.ban.value, Action.restrict.value]))
+                .order_by(DecisionRow.created_at)).all()
+        return [(ActiveDecision(did, account, Action(action), reason, created, expires), applied is not None)
+                for did, account, action, reason, created, expires, applied in rows
+                if expires is None or expires > now]
+
+    def ended_decisions(self, ids: Collection[str]) -> set[str]:
+        """Those of `ids` the database knows and no longer holds active (lifted, superseded, expired)."""
+        if not ids:
+            return set()
+        with self.db.session() as s:
+            return set(s.scalars(select(DecisionRow.id).where(DecisionRow.id.in_(list(ids)),
+                                                             DecisionRow.status != "active")))
+
     def applied_decisions(self, node: str) -> set[str]:
         with self.db.session() as s:
             return set(s.scalars(select(EnforcementApplicationRow.decision_id)

@@ -210,6 +210,53 @@ def test_messages_to_a_banned_recipient_are_refused_withheld_and_released_by_a_l
     run(main())
 
 
+def test_decisions_missed_on_the_topic_are_reconciled_from_the_database(topics: Settings) -> None:
+    """The database is the truth: a ban and its lift written without being published (as when a
+    broker restart loses them) still reach the relay, through its periodic reconciliation."""
+    from relay.service import config_from_settings
+
+    async def main() -> None:
+        svc = RelayService(topics, config=config_from_settings(topics, reconcile_interval_s=0.3), metrics=False)
+        await svc.start()
+        try:
+            assert svc.db and svc.server
+            spammer, victim = await user(svc), await user(svc)
+            await spammer.send(victim.account_id, b"open")
+            await victim.inbox.get()
+            await victim.close()
+            await eventually(lambda: victim.account_id not in svc.server.conns)  # type: ignore[union-attr]
+            await spammer.send(victim.account_id, b"queued")
+            loop = asyncio.get_running_loop()
+
+            def decide_unpublished(action: Action) -> None:
+                assert svc.db
+                do_decide(svc.db, None, DecisionRequest(spammer.account_id, action, ReasonCode.spam
+                                                        if action is Action.ban else ReasonCode.reviewer_lift,
+                                                        DecisionSource.reviewer, "reviewer:tester"))
+
+            await loop.run_in_executor(None, decide_unpublished, Action.ban)
+            await asyncio.wait_for(spammer.closed.wait(), 10)
+            assert spammer.banned is not None
+            await loop.run_in_executor(None, decide_unpublished, Action.lift)
+            await eventually(lambda: spammer.account_id not in svc.server.enforcer.bans, 10)  # type: ignore[union-attr]
+            # What the ban withheld is released: the victim gets it at login.
+            await eventually(lambda: _withheld(svc.db) == 0, 10)
+            await victim.connect()
+            assert await victim.login() == 1
+            await victim.close()
+        finally:
+            await svc.stop()
+
+    run(main())
+
+
+def _withheld(db: Database | None) -> int:
+    assert db is not None
+    with db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(QueuedMessageRow)
+                            .where(QueuedMessageRow.withheld.is_(True))) or 0)
+
+
 def test_restrict_warn_lift_and_expiry_seen_from_real_clients(topics: Settings) -> None:
     async def main() -> None:
         async with service(topics) as svc:
