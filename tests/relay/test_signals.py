@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from relay.signals import SignalBook, net_bucket
 from sealguard.contracts import (
     Action,
     ClientKind,
@@ -14,8 +15,6 @@ from sealguard.contracts import (
     new_decision_id,
     new_group_id,
 )
-
-from relay.signals import SignalBook, net_bucket
 
 
 def test_every_builder_produces_a_valid_event() -> None:
