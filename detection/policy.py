@@ -5,10 +5,11 @@ the worker's sink (detection.sink) then writes what it decides through
 `moderation.decisions.do_decide` and the cases table. Every verdict records what produced it:
 the rule ids, the model version and the score.
 
-* auto-ban: score ≥ `ban_threshold` **and** minimum evidence (a few messages to a few distinct
-  recipients) — a score alone never bans an account that has barely acted;
+* auto-ban: score ≥ `ban_threshold` **and** minimum evidence (a few messages reaching a few
+  people: distinct recipients plus strangers added to groups) — a score alone never bans an
+  account that has barely acted;
 * review case (`model_review`): `review_threshold` ≤ score < ban, priority = score × reach
-  (distinct recipients in 24 h), once per account;
+  (1 + people reached in 24 h), once per account;
 * rules: `restrict`/`ban` act (actor = the rule), `review` opens a case;
 * `user_reports` case when the account receives a verified report and is not banned;
 * a stable sample of auto-bans also opens an `auto_ban_sample` case, for quality review.
@@ -31,6 +32,7 @@ QUEUE_BITS = {"model_review": 1, "user_reports": 2, "auto_ban_sample": 4, "rule_
 
 _SENDS = FEATURE_INDEX["sends_total"]
 _RECIPIENTS_24H = FEATURE_INDEX["recipients_24h"]
+_STRANGERS_24H = FEATURE_INDEX["strangers_added_24h"]
 _VERIFIED = FEATURE_INDEX["verified_reports_total"]
 _REPORTS = FEATURE_INDEX["reports_total"]
 
@@ -60,7 +62,7 @@ class Policy:
     ban_threshold: float = 0.95
     review_threshold: float = 0.5
     min_sends: int = 3  # minimum evidence for a model ban: messages sent ...
-    min_recipients: int = 3  # ... to at least this many distinct recipients in 24 h
+    min_recipients: int = 3  # ... reaching at least this many people in 24 h (recipients + strangers added)
     sample_per_mille: int = 50  # auto-bans also sampled into `auto_ban_sample` (5%)
     stats: dict[str, int] = field(default_factory=lambda: {"bans": 0, "restricts": 0, "cases": 0})
 
@@ -71,7 +73,10 @@ class Policy:
             return []
         out: list[Verdict] = []
         rule_ids = tuple(r.id for r in hits)
-        evidence = row[_SENDS] >= self.min_sends and row[_RECIPIENTS_24H] >= self.min_recipients
+        # Reach = distinct direct recipients + strangers pulled into groups (a group spammer reaches
+        # people through the groups it stuffs, not one-to-one).
+        reach_24h = row[_RECIPIENTS_24H] + row[_STRANGERS_24H]
+        evidence = row[_SENDS] >= self.min_sends and reach_24h >= self.min_recipients
         # 1) the model, with minimum evidence
         if score is not None and score >= self.ban_threshold and evidence:
             return self._banned(self._ban(account, ts, model_version or "model", ReasonCode.spam, score,
@@ -88,7 +93,7 @@ class Policy:
                 out.append(Verdict(account, ts, action=Action.restrict, reason_code=ReasonCode.rule_hit,
                                    actor=rule.actor, score=score, model_version=model_version, rule_ids=rule_ids))
                 break
-        reach = 1.0 + row[_RECIPIENTS_24H]
+        reach = 1.0 + reach_24h
         if any(r.action == "review" for r in hits):
             out += self._case(st, account, ts, "rule_review", (score or 0.5) * reach, score, model_version, rule_ids)
         # 3) review between thresholds

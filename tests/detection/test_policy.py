@@ -60,3 +60,10 @@ def test_auto_ban_sample_is_stable_per_account() -> None:
     out = p.decide(A, st, row(sends_total=5, recipients_24h=5), 1, 0.99, "lgbm-1", [])
     assert [v.queue for v in out] == [None, "auto_ban_sample"]
     assert Policy(sample_per_mille=0).sampled(A) is False
+
+
+def test_group_spam_reach_counts_as_evidence() -> None:
+    """A group spammer reaches people through the strangers it adds, not through direct recipients."""
+    p, st = Policy(), AccountState(0)
+    out = p.decide(A, st, row(sends_total=10, recipients_24h=0, strangers_added_24h=40), 1, 0.99, "lgbm-1", [])
+    assert out[0].action is Action.ban
