@@ -253,14 +253,22 @@ class Live:
 
         # The well-behaved pair.
         pair_lat: list[int] = []
+        slow: list[tuple[str, float]] = []  # (wall clock, ms) of slow pair messages, to match the relay's log
         acked = [0]
+
+        def on_pair_message(ts: int) -> None:
+            lat = time.monotonic_ns() - ts
+            pair_lat.append(lat)
+            if lat > 200e6:
+                slow.append((time.strftime("%H:%M:%S"), round(lat / 1e6)))
+
         a_id, a_ident = await self._account(loop, source_address(60_001))
         b_id, b_ident = await self._account(loop, source_address(60_002))
         a = await _open(loop, self.host, self.port, source_address(60_001),
                         lambda: RelayClient(1, lambda _ts: None, lambda: acked.__setitem__(0, acked[0] + 1)))
         await a.login(a_ident, a_id)
         b = await _open(loop, self.host, self.port, source_address(60_002),
-                        lambda: RelayClient(2, lambda ts: pair_lat.append(time.monotonic_ns() - ts), lambda: None))
+                        lambda: RelayClient(2, on_pair_message, lambda: None))
         await b.login(b_ident, b_id)
         stop = asyncio.Event()
         sent = [0]
@@ -314,6 +322,8 @@ class Live:
         if max(pair_lat[:before], default=0) / 1e6 >= PAIR_HANG_S * 1000:
             self.fig.hangs += 1
             log.error("hang: the well-behaved pair waited over %.0f s for a message during the fuzzing", PAIR_HANG_S)
+        if slow:
+            log.info("pair messages over 200 ms (time, ms): %s", sorted(slow, key=lambda x: -x[1])[:10])
         self.fig.notes.update(pair_sent=sent[0], pair_acked=acked[0], pair_received=len(pair_lat),
                               pair_worst_ms=round(worst_ms, 1), pair_errors=f"{a.last_error}|{b.last_error}")
         a.close()
