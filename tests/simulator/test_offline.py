@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 
 from sealguard.contracts import GroupMemberAdded, MessageSent, ReportFiled, decode, encode
 from simulator.offline import SignalsFileError, SimulationResult, read_signals, read_truth, simulate, write_parquet
-from simulator.scenario import STRATEGIES, parse_scenario
+from simulator.scenario import STRATEGIES, load_scenario, parse_scenario
 
 
 def test_events_are_valid_v1_and_in_time_order(small_result: SimulationResult) -> None:
@@ -113,3 +117,22 @@ def test_broken_signals_file_gets_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "signals.parquet").write_text("not parquet")
     with pytest.raises(SignalsFileError, match="cannot read signals"):
         list(read_signals(tmp_path))
+
+
+def test_deterministic_across_processes_and_hash_seeds() -> None:
+    """Same seed, same bytes in another process with another string-hash seed."""
+    script = ("import hashlib, sys\n"
+              "from simulator.scenario import load_scenario\n"
+              "from simulator.offline import simulate\n"
+              "from sealguard.contracts import encode\n"
+              "h = hashlib.sha256()\n"
+              "for e in simulate(load_scenario(sys.argv[1])).events: h.update(encode(e))\n"
+              "print(h.hexdigest())\n")
+    spine = Path(__file__).resolve().parents[2] / "data" / "scenarios" / "spine.yaml"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", script, str(spine)], env=env, capture_output=True, text=True,
+                         check=True, timeout=120)
+    here = hashlib.sha256()
+    for event in simulate(load_scenario(spine)).events:
+        here.update(encode(event))
+    assert out.stdout.strip() == here.hexdigest()
