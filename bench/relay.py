@@ -271,10 +271,12 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     if connected < 2 or failed > args.users * 0.01:
         raise BenchError(f"{target}: only {connected} of {args.users} users connected; first error: "
                          f"{next((r['error'] for r in replies if r['error']), '')}")
+    idle0 = cpu_seconds(pid)
     time.sleep(2.0)
     rss_idle = rss_bytes(pid)
+    idle_cpu_pct = 100 * (cpu_seconds(pid) - idle0) / 2.0  # what U idle users cost (timers, sweeps)
     out: dict[str, Any] = {"connected": connected, "rss_none": rss_none, "rss_idle": rss_idle,
-                           "rss_per_conn": (rss_idle - rss_none) / connected}
+                           "rss_per_conn": (rss_idle - rss_none) / connected, "idle_cpu_pct": idle_cpu_pct}
 
     warm = min(max(args.messages // 10, 100), 5000)
     _run(loaders, warm, inflight=args.inflight)
