@@ -29,7 +29,7 @@ import pandas as pd
 from detection import DetectionError
 from detection.features import FEATURE_NAMES, ScoreSchedule, iter_snapshots
 from detection.model import ServedModel, load_model
-from detection.policy import Policy
+from detection.policy import Policy, ban_scores
 from detection.rules import RuleBook
 from sealguard.contracts import Action
 
@@ -78,6 +78,7 @@ def replay_policy(events: Iterable[Any], model: ServedModel | None, rules: RuleB
         matrix = np.asarray([r[2] for r in buf], dtype=np.float64)
         scores = model.score(matrix) if model is not None else None
         version = model.version if model is not None else None
+        decisive = ban_scores(model, matrix, scores, policy.ban_threshold) if scores is not None else None
         for i, (account, ts, row) in enumerate(buf):
             score = float(scores[i]) if scores is not None else None
             if score is not None and score > max_score.get(account, -1.0):
@@ -87,7 +88,8 @@ def replay_policy(events: Iterable[Any], model: ServedModel | None, rules: RuleB
                 st = standing[account] = _Standing()
             if st.action == "ban":
                 continue
-            for v in policy.decide(account, st, row, ts, score, version, rules.hits(row)):  # type: ignore[arg-type]
+            for v in policy.decide(account, st, row, ts, score, version, rules.hits(row),  # type: ignore[arg-type]
+                                   ban_score=float(decisive[i]) if decisive is not None else None):
                 if v.action is Action.ban:
                     bans[account] = (ts, v.actor)
                 elif v.action is Action.restrict:

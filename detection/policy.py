@@ -5,9 +5,11 @@ the worker's sink (detection.sink) then writes what it decides through
 `moderation.decisions.do_decide` and the cases table. Every verdict records what produced it:
 the rule ids, the model version and the score.
 
-* auto-ban: score ≥ `ban_threshold` **and** minimum evidence (a few messages reaching a few
-  people: distinct recipients plus strangers added to groups) — a score alone never bans an
-  account that has barely acted;
+* auto-ban: score ≥ `ban_threshold` **and** minimum evidence of abuse that the account's own
+  metadata shows: a few messages sent, and either unsolicited outreach (first-contact messages,
+  strangers pulled into groups) or verified reports from its recipients. A score alone never bans
+  an account that has barely acted, nor one that only talks to people who know it — such an
+  account goes to review (`model_review`) instead;
 * review case (`model_review`): `review_threshold` ≤ score < ban, priority = score × reach
   (1 + people reached in 24 h), once per account;
 * rules: `restrict`/`ban` act (actor = the rule), `review` opens a case;
@@ -23,8 +25,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from detection.features import FEATURE_INDEX, AccountState
+import numpy as np
+
+from detection.features import FEATURE_INDEX, VERIFIED_WEIGHT, AccountState
 from detection.rules import Rule
 from sealguard.contracts import Action, ReasonCode
 
@@ -35,6 +40,34 @@ _RECIPIENTS_24H = FEATURE_INDEX["recipients_24h"]
 _STRANGERS_24H = FEATURE_INDEX["strangers_added_24h"]
 _VERIFIED = FEATURE_INDEX["verified_reports_total"]
 _REPORTS = FEATURE_INDEX["reports_total"]
+_SENDS_1H = FEATURE_INDEX["sends_1h"]
+_FIRST_SHARE_1H = FEATURE_INDEX["first_contact_share_1h"]
+
+
+_REPORT_COLS = [i for name, i in FEATURE_INDEX.items() if name.startswith("reports_per_recipient_")]
+
+
+def ban_scores(model: Any, rows: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Scores for the ban decision: rows at or above `threshold` are re-scored as if only their
+    *verified* reports had been filed.
+
+    A brigade (many accounts falsely mass-reporting an innocent one) files reports whose named
+    messages the relay cannot verify. They may raise a review case, never an automatic ban on
+    their own: if the score falls below the threshold without them, no auto-ban."""
+    out = np.array(scores, dtype=np.float64, copy=True)
+    if model is None or len(out) == 0:
+        return out
+    total = rows[:, _REPORTS]
+    verified_w = VERIFIED_WEIGHT * rows[:, _VERIFIED]
+    idx = np.nonzero((out >= threshold) & (total > verified_w))[0]
+    if len(idx) == 0:
+        return out
+    adjusted = rows[idx].copy()
+    keep = np.where(total[idx] > 0, verified_w[idx] / np.maximum(total[idx], 1e-9), 1.0)
+    adjusted[:, _REPORT_COLS] *= keep[:, None]
+    adjusted[:, _REPORTS] = verified_w[idx]
+    out[idx] = np.minimum(out[idx], model.score(adjusted))
+    return out
 
 
 @dataclass(frozen=True)
@@ -63,12 +96,16 @@ class Policy:
     review_threshold: float = 0.5
     min_sends: int = 3  # minimum evidence for a model ban: messages sent ...
     min_recipients: int = 3  # ... reaching at least this many people in 24 h (recipients + strangers added)
+    min_outreach: int = 3  # ... of them unsolicited: first-contact messages in 1 h + strangers added in 24 h
+    min_verified_reports: int = 2  # ... or this many verified reports from its recipients
     sample_per_mille: int = 50  # auto-bans also sampled into `auto_ban_sample` (5%)
     stats: dict[str, int] = field(default_factory=lambda: {"bans": 0, "restricts": 0, "cases": 0})
 
     def decide(self, account: str, st: AccountState, row: Sequence[float], ts: int, score: float | None,
-               model_version: str | None, hits: Sequence[Rule]) -> list[Verdict]:
-        """Verdicts for one scoring moment. Marks them on `st` (the sink un-marks one that fails)."""
+               model_version: str | None, hits: Sequence[Rule], ban_score: float | None = None) -> list[Verdict]:
+        """Verdicts for one scoring moment. Marks them on `st` (the sink un-marks one that fails).
+
+        `ban_score` (see `ban_scores`) decides the auto-ban; `score` everything else."""
         if st.action == "ban":
             return []
         out: list[Verdict] = []
@@ -76,9 +113,11 @@ class Policy:
         # Reach = distinct direct recipients + strangers pulled into groups (a group spammer reaches
         # people through the groups it stuffs, not one-to-one).
         reach_24h = row[_RECIPIENTS_24H] + row[_STRANGERS_24H]
-        evidence = row[_SENDS] >= self.min_sends and reach_24h >= self.min_recipients
+        evidence = (row[_SENDS] >= self.min_sends and reach_24h >= self.min_recipients
+                    and self.abuse_evidence(row))
         # 1) the model, with minimum evidence
-        if score is not None and score >= self.ban_threshold and evidence:
+        decisive = score if ban_score is None else ban_score
+        if decisive is not None and decisive >= self.ban_threshold and evidence:
             return self._banned(self._ban(account, ts, model_version or "model", ReasonCode.spam, score,
                                           model_version, rule_ids, st), st)
         # 2) rules
@@ -103,6 +142,11 @@ class Policy:
         if row[_VERIFIED] >= 1:
             out += self._case(st, account, ts, "user_reports", row[_REPORTS], score, model_version, rule_ids)
         return out
+
+    def abuse_evidence(self, row: Sequence[float]) -> bool:
+        """Unsolicited outreach, or recipients' verified reports: what a model ban must rest on."""
+        outreach = round(row[_FIRST_SHARE_1H] * row[_SENDS_1H]) + row[_STRANGERS_24H]
+        return outreach >= self.min_outreach or row[_VERIFIED] >= self.min_verified_reports
 
     def _ban(self, account: str, ts: int, actor: str, reason: ReasonCode, score: float | None,
              model_version: str | None, rule_ids: tuple[str, ...], st: AccountState) -> Verdict:

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from detection.checkpoint import Shard, load_offsets, load_shard, save_shards
 from detection.features import NetView, ScoreSchedule, feature_row
 from detection.model import ModelSlots
-from detection.policy import Policy
+from detection.policy import Policy, ban_scores
 from detection.rules import RuleBook
 from detection.sink import ScoreRecord, Sink
 from sealguard.contracts import ContractError, counterpart_of, decode, now_ms
@@ -55,7 +55,7 @@ class WorkerConfig:
     verify_timeout_s: float = 3.0  # how long a resume waits to read back the last checkpointed record
     align_slack_ms: int = 5_000  # signals partitions may drift this far apart in event time (see _align)
     refresh_interval_s: float = 2.0  # rules and model pointers are re-read this often
-    store_interval_ms: int = 60_000  # a score is stored per account at most this often ...
+    store_interval_ms: int = 600_000  # a score is stored per account at most this often ...
     store_delta: float = 0.1  # ... unless it moved this much (or a verdict was made)
     top_contributions: int = 5
     explain_above: float = 0.2  # stored scores at or above this carry their top contributions (pred_contrib
@@ -411,12 +411,14 @@ class Worker:
         matrix = np.asarray([p[4] for p in pending], dtype=np.float64)
         scores = champion.score(matrix) if champion is not None else None
         version = champion.version if champion is not None else None
+        bans = ban_scores(champion, matrix, scores, self.policy.ban_threshold) if scores is not None else None
         now = now_ms()
         records: list[tuple[int, str, int, float, bool]] = []  # (pending index, version, ts, score, shadow)
         for i, (account, st, shard, ts, row) in enumerate(pending):
             score = float(scores[i]) if scores is not None else None
             self.score_latencies_ms.append(now - ts)
-            verdicts = self.policy.decide(account, st, row, ts, score, version, self.rules.hits(row))
+            verdicts = self.policy.decide(account, st, row, ts, score, version, self.rules.hits(row),
+                                          ban_score=float(bans[i]) if bans is not None else None)
             if verdicts:
                 self.sink.apply(verdicts, st)
                 for v in verdicts:

@@ -17,6 +17,13 @@ def row(**values: float) -> list[float]:
     return r
 
 
+def test_no_model_ban_for_an_account_that_only_talks_to_people_who_know_it() -> None:
+    p, st = Policy(), AccountState(0)
+    out = p.decide(A, st, row(sends_total=50, recipients_24h=20, sends_1h=20, first_contact_share_1h=0.0), 1, 0.99,
+                   "lgbm-1", [])
+    assert [v.queue for v in out] == ["model_review"]
+
+
 def test_high_score_without_evidence_does_not_ban() -> None:
     p, st = Policy(), AccountState(0)
     out = p.decide(A, st, row(sends_total=1, recipients_24h=1), 1, 0.99, "lgbm-1", [])
@@ -26,7 +33,8 @@ def test_high_score_without_evidence_does_not_ban() -> None:
 
 def test_ban_with_evidence_records_what_produced_it_and_never_twice() -> None:
     p, st = Policy(), AccountState(0)
-    out = p.decide(A, st, row(sends_total=5, recipients_24h=5), 1, 0.99, "lgbm-1", [])
+    out = p.decide(A, st, row(sends_total=5, recipients_24h=5, sends_1h=5, first_contact_share_1h=1.0), 1, 0.99,
+                   "lgbm-1", [])
     ban = out[0]
     assert ban.action is Action.ban and ban.actor == "lgbm-1"
     assert ban.evidence == {"rules": [], "score": 0.99, "model_version": "lgbm-1"}
@@ -57,7 +65,8 @@ rules:
 def test_auto_ban_sample_is_stable_per_account() -> None:
     p = Policy(sample_per_mille=1000)
     st = AccountState(0)
-    out = p.decide(A, st, row(sends_total=5, recipients_24h=5), 1, 0.99, "lgbm-1", [])
+    out = p.decide(A, st, row(sends_total=5, recipients_24h=5, sends_1h=5, first_contact_share_1h=1.0), 1, 0.99,
+                   "lgbm-1", [])
     assert [v.queue for v in out] == [None, "auto_ban_sample"]
     assert Policy(sample_per_mille=0).sampled(A) is False
 
@@ -67,3 +76,24 @@ def test_group_spam_reach_counts_as_evidence() -> None:
     p, st = Policy(), AccountState(0)
     out = p.decide(A, st, row(sends_total=10, recipients_24h=0, strangers_added_24h=40), 1, 0.99, "lgbm-1", [])
     assert out[0].action is Action.ban
+
+
+def test_unverified_reports_alone_never_ban() -> None:
+    """A brigade's reports cannot be verified: re-scored without them, the account is not banned."""
+    import numpy as np
+
+    from detection.policy import ban_scores
+
+    class ReportsModel:  # scores 0.99 whenever any report weight is present
+        def score(self, rows: np.ndarray) -> np.ndarray:
+            return np.where(rows[:, FEATURE_INDEX["reports_total"]] > 0, 0.99, 0.1)
+
+    brigaded = row(reports_total=25, verified_reports_total=0, reports_per_recipient_24h=5)
+    spammer = row(reports_total=9, verified_reports_total=3, reports_per_recipient_24h=2)
+    rows = np.asarray([brigaded, spammer])
+    adjusted = ban_scores(ReportsModel(), rows, np.array([0.99, 0.99]), 0.95)
+    assert adjusted.tolist() == [0.1, 0.99]
+    p, st = Policy(), AccountState(0)
+    out = p.decide(A, st, row(sends_total=5, recipients_24h=5, sends_1h=5, first_contact_share_1h=1.0), 1, 0.99,
+                   "lgbm-1", [], ban_score=float(adjusted[0]))
+    assert [v.queue for v in out] == ["model_review"], "a review case, not a ban"
