@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import secrets
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +25,13 @@ import vodozemac
 
 from relay.listener import NullListener, SignalListener
 from relay.protocol import (
+    ACCOUNT_ID_LEN,
     KIND_NAMES,
     MAX_FRAME,
     MAX_MESSAGE_BYTES,
+    MESSAGE_ID_LEN,
     PRE_AUTH_TYPES,
+    VERSION,
     DeliveryStatus,
     ErrorCode,
     Flag,
@@ -51,6 +55,16 @@ from sealguard.storage import Database
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _KINDS = tuple(MessageKind(k) for k in KIND_NAMES)
+_NKINDS = len(_KINDS)
+_KIND_VALUES = tuple(k.value for k in _KINDS)
+# Hot-path frame layouts, packed in one call each (codec.py holds the general encoders).
+_SEND_FIXED = MESSAGE_ID_LEN + ACCOUNT_ID_LEN + 1  # SEND: mid, recipient, kind, then the ciphertext
+_DELIVER_1TO1 = struct.Struct(f">IBBBI{MESSAGE_ID_LEN}s{ACCOUNT_ID_LEN}sBBQ")  # header, mid, sender, '' group, kind, ts
+_DELIVER_FIXED = _DELIVER_1TO1.size - 4
+_ACK = struct.Struct(f">IBBBI{MESSAGE_ID_LEN}sB")
+_ACK_LEN = _ACK.size - 4
+_VERSION, _DELIVER, _SEND_ACK, _DELIVERED = VERSION, int(FrameType.DELIVER), int(FrameType.SEND_ACK), \
+    int(DeliveryStatus.DELIVERED)
 _time_ns = time.time_ns
 _CLIENT_KINDS = {k.value: k for k in ClientKind}
 
@@ -107,12 +121,14 @@ class Outgoing:
 
 
 class Pending:
-    """A message handed to an online recipient, waiting for its DELIVER_ACK."""
+    """A message handed to an online recipient, waiting for its DELIVER_ACK. A 1:1 message carries
+    its sender's connection and request id itself (`out` None, `sconn` set): one object per message;
+    a group message shares one `Outgoing`; a message from the offline queue has neither."""
 
-    __slots__ = ("ciphertext", "deadline", "from_queue", "group", "kind", "out", "sender", "ts")
+    __slots__ = ("ciphertext", "deadline", "from_queue", "group", "kind", "out", "rid", "sconn", "sender", "ts")
 
     def __init__(self, out: Outgoing | None, sender: str, group: str | None, kind: int, ts: int, ciphertext: bytes,
-                 deadline: float, from_queue: bool) -> None:
+                 deadline: float, from_queue: bool, sconn: Connection | None = None, rid: int = 0) -> None:
         self.out = out
         self.sender = sender
         self.group = group
@@ -121,6 +137,14 @@ class Pending:
         self.ciphertext = ciphertext
         self.deadline = deadline
         self.from_queue = from_queue
+        self.sconn = sconn
+        self.rid = rid
+
+    def outgoing(self, mid: bytes) -> Outgoing | None:
+        """The SEND this message settles (built on demand for a 1:1 one: only off the fast path)."""
+        if self.out is None and self.sconn is not None:
+            self.out = Outgoing(self.sconn, self.rid, mid, 1)
+        return self.out
 
 
 class Stats:
@@ -160,8 +184,16 @@ class RelayServer:
         self.db = db
         self.store = RelayStore(db)
         self.listener: SignalListener = listener or NullListener()
+        # A listener may take `message.sent` — most signals — as plain fields (the Kafka emitter
+        # formats them on its own thread); any other gets the event object.
+        self._emit_sent: Callable[[str, str, int, int, bool, bool, int], None] | None = getattr(
+            self.listener, "emit_message_sent", None)
         self.book = SignalBook(self.config.node, clock)
         self.limiter = RateLimiter(self.config.limits, self.config.restricted_limits)
+        limiter = self.limiter
+        self._send_pool, self._send_tight = limiter.pool(Limit.send), limiter.pool(Limit.send, True)
+        self._first_pool = limiter.pool(Limit.first_contact)
+        self._first_tight = limiter.pool(Limit.first_contact, True)
         self.stats = Stats()
         self.conns: dict[str, Connection] = {}
         self.all_conns: set[Connection] = set()
@@ -488,30 +520,58 @@ class RelayServer:
         return account
 
     def _on_send(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
-        mid, recipient_b, kind, ciphertext = decode_send(payload)
-        sender = self.check_send(conn, kind, len(ciphertext))
+        # The hot path: a SEND to an online recipient costs one Pending, one DELIVER and a tuple
+        # each for the signal and the report commitment; everything rare is checked by set lookups.
+        if len(payload) < _SEND_FIXED:
+            decode_send(payload)  # raises MALFORMED naming the fields
+        kind = payload[_SEND_FIXED - 1]
+        size = len(payload) - _SEND_FIXED
+        sender = conn.account
+        assert sender is not None
+        enforcer = self.enforcer
+        restricted = enforcer.restricted
+        if size > MAX_MESSAGE_BYTES or kind >= _NKINDS or sender in enforcer.bans:
+            self.check_send(conn, kind, size)  # raises the right refusal
+        if not (self._send_tight if sender in restricted else self._send_pool).take(sender):
+            raise self.breach(Limit.send, account=sender)
         try:
-            recipient = recipient_b.decode("ascii")
+            recipient = payload[16:_SEND_FIXED - 1].decode("ascii")
         except UnicodeDecodeError:
             raise PeerProtocolError(ErrorCode.MALFORMED, "SEND.recipient is not an ASCII account id") from None
         if recipient not in self.accounts:
             raise Refused(ErrorCode.UNKNOWN_ACCOUNT, "no such recipient")
-        if recipient in self.enforcer.bans and self.enforcer.active_ban(recipient) is not None:
+        if recipient in enforcer.bans and enforcer.active_ban(recipient) is not None:
             # Never acked: it could be neither delivered nor queued for delivery.
             raise Refused(ErrorCode.RECIPIENT_UNAVAILABLE, "the recipient cannot receive messages")
-        if self.book.is_first_contact(sender, recipient) and not self.limiter.take(
-                Limit.first_contact, sender, sender in self.enforcer.restricted):
+        book = self.book
+        pair = (sender, recipient) if sender < recipient else (recipient, sender)
+        first = pair not in book._talked and not book.is_contact(sender, recipient)
+        if first and not (self._first_tight if sender in restricted else self._first_pool).take(sender):
             raise self.breach(Limit.first_contact, account=sender)
         if (recipient, sender) in self.blocks:
             raise Refused(ErrorCode.BLOCKED, "the recipient blocked this account")
         self.stats.sends += 1
         rconn = self.conns.get(recipient)
         ts = _time_ns() // 1_000_000
-        self.listener.emit(self.book.message_sent(sender, recipient, len(ciphertext), _KINDS[kind], rconn is not None,
-                                                  ts))
+        emit_sent = self._emit_sent
+        if emit_sent is not None:
+            if first:
+                book._talked.add(pair)
+            emit_sent(sender, recipient, size, kind, first, rconn is not None, ts)
+        else:
+            self.listener.emit(book.message_sent(sender, recipient, size, _KINDS[kind], rconn is not None, ts))
+        mid = payload[:16]
         self._commit_batch.append((mid, sender, recipient, ts + self._commit_ttl_ms))
-        self.route(Outgoing(conn, rid, mid, 1), mid, sender, conn.account_b, recipient, None, kind, ts, ciphertext,
-                   rconn)
+        ciphertext = payload[_SEND_FIXED:]
+        if rconn is not None and not rconn.closed:
+            self.inflight[(mid, recipient)] = Pending(None, sender, None, kind, ts, ciphertext, self._ack_deadline,
+                                                      False, conn, rid)
+            rconn.send(_DELIVER_1TO1.pack(_DELIVER_FIXED + size, _VERSION, _DELIVER, 0, 0, mid, conn.account_b, 0,
+                                          kind, ts) + ciphertext)
+            self.stats.frames_out += 1
+        else:
+            self._queue(QueuedOut(mid, recipient, sender, None, kind, ciphertext, ts,
+                                  ts + int(self.config.queue_ttl_s * 1000)), Outgoing(conn, rid, mid, 1))
 
     def route(self, out: Outgoing, mid: bytes, sender: str, sender_b: bytes, recipient: str, group: str | None,
               kind: int, ts: int, ciphertext: bytes, rconn: Connection | None) -> None:
@@ -529,6 +589,7 @@ class RelayServer:
         account = conn.account
         assert account is not None
         deletes = self._delete_batch
+        stats = self.stats
         n = len(deletes)
         mids = [payload[2:18]] if len(payload) == 18 and payload[:2] == b"\x00\x01" else \
             decode_message_ids(FrameType.DELIVER_ACK, payload)
@@ -538,8 +599,12 @@ class RelayServer:
                 # Acked late (after a timeout queued it) or after a reconnect: drop the queued copy.
                 deletes.append((mid, account))
                 continue
-            self.stats.delivered += 1
-            if pending.from_queue:
+            stats.delivered += 1
+            sconn = pending.sconn
+            if sconn is not None:  # 1:1, delivered: the sender's ack
+                stats.acks_delivered += 1
+                sconn.send(_ACK.pack(_ACK_LEN, _VERSION, _SEND_ACK, 0, pending.rid, mid, _DELIVERED))
+            elif pending.from_queue:
                 deletes.append((mid, account))
                 sconn = self.conns.get(pending.sender)
                 if sconn is not None:
@@ -578,7 +643,7 @@ class RelayServer:
             return  # a queued message is still in the database
         self.stats.timeouts += 1
         self._queue(QueuedOut(key[0], key[1], pending.sender, pending.group, pending.kind, pending.ciphertext,
-                              pending.ts, pending.ts + int(self.config.queue_ttl_s * 1000)), pending.out)
+                              pending.ts, pending.ts + int(self.config.queue_ttl_s * 1000)), pending.outgoing(key[0]))
         self._schedule_flush()
 
     def _queue(self, item: QueuedOut, out: Outgoing | None) -> None:
@@ -655,7 +720,10 @@ class RelayServer:
         for conn in list(self.all_conns):
             if conn.account is not None:
                 conn.budget = FRAME_BUDGET
-            if (conn.account is None and conn.opened_at < handshake) or conn.last_seen < idle:
+            last_seen = conn.last_seen
+            if last_seen == 0.0:  # it sent something since the last sweep
+                conn.last_seen = last_seen = now
+            if (conn.account is None and conn.opened_at < handshake) or last_seen < idle:
                 self.stats.timeouts += 1
                 conn.send(encode_error(0, ErrorCode.TIMEOUT, "idle or unauthenticated for too long"))
                 conn.close()

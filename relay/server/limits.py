@@ -8,7 +8,7 @@ A restricted account is checked against the `_restricted` row of a limit when th
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sealguard.contracts import Limit
@@ -55,32 +55,28 @@ def parse_overrides(specs: list[str]) -> dict[Limit, Rate]:
     return out
 
 
-class RateLimiter:
-    """All buckets of one relay node, in memory (a node restart refills them)."""
+class Pool:
+    """The token buckets of one limit row: key (an account or a net_bucket) → [tokens, last time].
+    The hot path holds its pools (`RateLimiter.pool`), so a take is one dict lookup and a little
+    float math — no enum hashing or comparison per message."""
 
-    __slots__ = ("_buckets", "_clock", "_restricted", "_table")
+    __slots__ = ("buckets", "capacity", "clock", "refill")
 
-    def __init__(self, overrides: Mapping[Limit, Rate] | None = None,
-                 restricted: Mapping[Limit, Rate] | None = None) -> None:
-        self._table = {**LIMITS, **(overrides or {})}
-        self._restricted = {**RESTRICTED, **(restricted or {})}
-        self._buckets: dict[tuple[Limit, str, bool], list[float]] = {}
-        self._clock = time.monotonic
+    def __init__(self, rate: Rate, clock: Callable[[], float]) -> None:
+        self.capacity = rate.capacity
+        self.refill = rate.refill_per_s
+        self.clock = clock
+        self.buckets: dict[str, list[float]] = {}
 
-    def rate(self, limit: Limit, restricted: bool = False) -> Rate:
-        if restricted and limit in self._restricted:
-            return self._restricted[limit]
-        return self._table[limit]
-
-    def take(self, limit: Limit, key: str, restricted: bool = False, cost: float = 1.0) -> bool:
-        """Spend `cost` tokens from the bucket of (limit, key); False when it is empty."""
-        rate = self.rate(limit, restricted)
-        tight = restricted and limit in self._restricted
-        now = self._clock()
-        bucket = self._buckets.get((limit, key, tight))
+    def take(self, key: str, cost: float = 1.0) -> bool:
+        """Spend `cost` tokens from `key`'s bucket; False when it is empty."""
+        now = self.clock()
+        bucket = self.buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[(limit, key, tight)] = [rate.capacity, now]
-        tokens = min(rate.capacity, bucket[0] + (now - bucket[1]) * rate.refill_per_s)
+            bucket = self.buckets[key] = [self.capacity, now]
+        tokens = bucket[0] + (now - bucket[1]) * self.refill
+        if tokens > self.capacity:
+            tokens = self.capacity
         bucket[1] = now
         if tokens < cost:
             bucket[0] = tokens
@@ -88,14 +84,58 @@ class RateLimiter:
         bucket[0] = tokens - cost
         return True
 
-    def prune(self) -> int:
+    def prune(self, now: float) -> int:
         """Forget buckets that are full again (they behave exactly like a fresh one)."""
-        now = self._clock()
-        full = [k for k, (tokens, ts) in self._buckets.items()
-                if tokens + (now - ts) * self.rate(k[0], k[2]).refill_per_s >= self.rate(k[0], k[2]).capacity]
+        cap, refill = self.capacity, self.refill
+        full = [k for k, (tokens, ts) in self.buckets.items() if tokens + (now - ts) * refill >= cap]
         for k in full:
-            del self._buckets[k]
+            del self.buckets[k]
         return len(full)
 
+
+class RateLimiter:
+    """All buckets of one relay node, in memory (a node restart refills them)."""
+
+    __slots__ = ("_clock_fn", "_pools", "_restricted", "_table")
+
+    def __init__(self, overrides: Mapping[Limit, Rate] | None = None,
+                 restricted: Mapping[Limit, Rate] | None = None) -> None:
+        self._table = {**LIMITS, **(overrides or {})}
+        self._restricted = {**RESTRICTED, **(restricted or {})}
+        self._pools: dict[tuple[Limit, bool], Pool] = {}
+        self._clock_fn: Callable[[], float] = time.monotonic
+
+    @property
+    def _clock(self) -> Callable[[], float]:
+        return self._clock_fn
+
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:  # tests drive time by hand
+        self._clock_fn = clock
+        for pool in self._pools.values():
+            pool.clock = clock
+
+    def rate(self, limit: Limit, restricted: bool = False) -> Rate:
+        if restricted and limit in self._restricted:
+            return self._restricted[limit]
+        return self._table[limit]
+
+    def pool(self, limit: Limit, restricted: bool = False) -> Pool:
+        """The buckets of `limit` (its tighter row for a restricted account, when it has one)."""
+        key = (limit, restricted and limit in self._restricted)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(self.rate(limit, restricted), self._clock_fn)
+        return pool
+
+    def take(self, limit: Limit, key: str, restricted: bool = False, cost: float = 1.0) -> bool:
+        """Spend `cost` tokens from the bucket of (limit, key); False when it is empty."""
+        return self.pool(limit, restricted).take(key, cost)
+
+    def prune(self) -> int:
+        """Forget buckets that are full again (they behave exactly like a fresh one)."""
+        now = self._clock_fn()
+        return sum(pool.prune(now) for pool in self._pools.values())
+
     def __len__(self) -> int:
-        return len(self._buckets)
+        return sum(len(pool.buckets) for pool in self._pools.values())

@@ -92,3 +92,17 @@ def test_fast_encoding_matches_the_contract_encoder() -> None:
         key, value = fast_encode(event)
         assert key == key_of(event)
         assert decode(value) == decode(encode(event)) == event
+
+
+def test_message_sent_from_plain_fields_matches_the_event() -> None:
+    """The relay's fast path hands `message.sent` as fields; the record is the event's, bar the id."""
+    from relay.emitter import encode_message_sent
+
+    book = SignalBook("relay-1")
+    a, b = new_account_id(), new_account_id()
+    for nbytes, kind, first, online in ((100, 0, True, True), (70_000, 1, False, False), (1, 2, True, False)):
+        event = book.message_sent(a, b, nbytes, list(MessageKind)[kind], online, ts=1234)
+        got = decode(encode_message_sent(a, b, nbytes, kind, first, online, 1234))
+        want = event.model_copy(update={"first_contact": first})
+        assert got.model_dump(exclude={"id"}) == want.model_dump(exclude={"id"})
+        assert len(got.id) == 32

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from relay.server.store import AlreadyRegistered, HandleTaken, QueuedOut, RelayStore, commitment
+from relay.server.store import AlreadyRegistered, HandleTaken, QueuedOut, RelayStore, commitment, legacy_commitment
 from sealguard.contracts import now_ms
-from sealguard.storage import Database
+from sealguard.storage import Database, MessageCommitmentRow
 
 
 @pytest.mark.postgres
@@ -54,6 +54,12 @@ def test_relay_store_on_both_backends(db_url: str) -> None:
         assert store.file_report(b, a, "spam", mids) == (3, 0)
         assert store.file_report(a, b, "spam", mids) == (3, 0)
         assert commitment(mids[0], a, b) != commitment(mids[0], b, a)
+        # a commitment stored in the earlier 256-bit form still verifies (until its TTL)
+        old = os.urandom(16)
+        with db.session() as s, s.begin():
+            s.add(MessageCommitmentRow(commitment=legacy_commitment(old, a, b), expires_at=now + 60_000,
+                                       reported=False))
+        assert store.file_report(b, a, "spam", [old]) == (1, 1)
         # expiry keeps withheld rows
         store.enqueue([QueuedOut(os.urandom(16), b, a, None, 0, b"x", now, now - 1)], quota=10)
         store.set_withheld(a, True)
