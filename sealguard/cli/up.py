@@ -64,15 +64,20 @@ def up(
         db = Database(s.database_url)  # migrations run here, once, before any service starts
         db.dispose()
 
-        t0 = time.monotonic()
-        from models.bootstrap import ensure_model
-
-        version = ensure_model(s)
-        log.info("model %s is champion (ready in %.1fs)", version, time.monotonic() - t0)
-
         # Independent services start side by side; each is ready when it prints its line.
-        pending = [sup.spawn("relay", "relay"), sup.spawn("detect", "detect"), sup.spawn("api", "api")]
-        relay, _, api = (service.wait_ready(90) for service in pending)
+        pending = [sup.spawn("relay", "relay"), sup.spawn("api", "api")]
+        relay, api = (service.wait_ready(90) for service in pending)
+        host, port = relay["listening"].rsplit(":", 1)
+
+        from models.artifacts import champion_version
+
+        version = champion_version(s.state_dir)
+        if version is None:
+            from sealguard.cli.up_model import train_from_live_warmup
+
+            version = train_from_live_warmup(s, host, int(port))
+        log.info("serving model %s", version)
+        sup.start("detect", "detect", timeout=90)
         urls = {"api": api.get("listening", "nan"), "relay": relay["listening"], "broker": bootstrap}
         if not headless:
             console = sup.start("console", "console", env={"SEALGUARD_API_URL": urls["api"]})
@@ -80,12 +85,11 @@ def up(
             from moderation.bootstrap import ensure_default_reviewers
 
             db = Database(s.database_url, migrate=False)
-            for username, password, role in ensure_default_reviewers(db):
+            for username, password, role in ensure_default_reviewers(db, s.state_dir):
                 log.info("console login: %s / %s (%s)", username, password, role)
             db.dispose()
         log.info("platform up in %.1fs", time.monotonic() - started)
 
-        host, port = relay["listening"].rsplit(":", 1)
         if headless:
             result = _run_population(s, scenario, host, int(port), duration, users, spam_share, stop, drain)
             from sealguard.cli.up_report import headless_figures

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -55,6 +57,7 @@ def headless_figures(settings: Settings, result: Any) -> dict[str, object]:
     received = set().union(*result.received_ids.values()) if result.received_ids else set()
     latencies = [(bans[a] - result.first_spam_ms[a]) / 1000.0 for a in spammers
                  if a in bans and a in result.first_spam_ms]
+    write_books(settings.state_dir / "logs" / "up_books.json", result, bans, acked - received - held)
     return {
         "users": len(accounts),
         "spammers": len(spammers),
@@ -65,3 +68,15 @@ def headless_figures(settings: Settings, result: Any) -> dict[str, object]:
         "withheld": len(held),
         "ban_latency_p50_s": statistics.median(latencies) if latencies else None,
     }
+
+
+def write_books(path: Path, result: Any, bans: dict[str, int], undelivered: set[str]) -> None:
+    """Per-account books of the run (ids, roles and counts only), to investigate a figure."""
+    accounts = {
+        a: {"role": role, "label": result.labels.get(a), "banned_at": bans.get(a),
+            "first_spam_ms": result.first_spam_ms.get(a), "acked": len(result.acked_ids.get(a, ())),
+            "received": len(result.received_ids.get(a, ()))}
+        for a, role in result.roles.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"accounts": accounts, "undelivered_ids": sorted(undelivered)}, indent=1))
