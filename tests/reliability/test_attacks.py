@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from relay.client import Identity, RequestRefused
-from relay.protocol import ErrorCode, FrameType, encode_deliver, encode_deliver_ack
+from relay.protocol import ErrorCode, FrameType, encode, encode_deliver, encode_deliver_ack
 from relay.testing import eventually, harness, run
 from sealguard.contracts import now_ms
 from sealguard.settings import Settings
@@ -208,18 +208,33 @@ def test_registration_flood_from_one_network_bucket_is_refused(tmp_path: Path) -
 
 
 def test_challenge_flood_from_one_bucket_is_refused_without_closing_others(tmp_path: Path) -> None:
+    """Challenges are limited per network bucket (200, +20/s): ten connections from one /24, each
+    asking 25 times (under any per-connection pre-login budget), together hit the bucket."""
     async def main() -> None:
         async with harness(tmp_path) as h:
             honest = await h.user()
-            c = h.client(address="127.79.1.1")
-            await c.connect()
-            codes = []
-            for _ in range(260):
-                try:
-                    await c.request(FrameType.CHALLENGE_REQ)
-                except RequestRefused as exc:
-                    codes.append(exc.code)
-            assert codes and set(codes) == {ErrorCode.RATE_LIMITED}
+            codes: list[ErrorCode] = []
+            ok = 0
+            for i in range(10):
+                c = h.client(address=f"127.79.1.{i + 1}")
+                c.request_timeout = 10
+                await c.connect()
+                for _ in range(25):
+                    try:
+                        await c.request(FrameType.CHALLENGE_REQ)
+                        ok += 1
+                    except RequestRefused as exc:
+                        codes.append(exc.code)
+                await c.close()
+            assert codes and set(codes) == {ErrorCode.RATE_LIMITED}, codes
+            assert ok <= 200 + 20 * 10, ok
+            # One connection spraying frames before login is cut off (FLOOD closes only it).
+            sprayer = h.client(address="127.79.2.1")
+            await sprayer.connect()
+            errors_before = h.server.stats.protocol_errors
+            sprayer._write(b"".join(encode(FrameType.CHALLENGE_REQ, i + 1) for i in range(100)))
+            await eventually(lambda: not sprayer.connected, 10)
+            assert h.server.stats.protocol_errors > errors_before
             await honest.ping()
             assert honest.connected
 

@@ -251,7 +251,7 @@ def test_no_canary_or_key_is_stored_anywhere(tmp_path: Path) -> None:
         topics = _scan_topics(platform, finder)  # Tansu is memory-only: read before the broker stops
         rows = _scan_database(platform, finder)
     files = _scan_files(state, finder)
-    assert topics[platform.settings.signals_topic] > 10 and topics[platform.settings.inbound_topic] > 0, topics
+    assert topics[platform.settings.signals_topic] > 10, topics
     assert rows > 20 and files >= 4
     assert len(wanted) > 50
     controls = [h for h in finder.hits if h.startswith("CONTROL")]
