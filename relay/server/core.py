@@ -121,14 +121,14 @@ class Outgoing:
 
 
 class Pending:
-    """A message handed to an online recipient, waiting for its DELIVER_ACK. A 1:1 message carries
-    its sender's connection and request id itself (`out` None, `sconn` set): one object per message;
-    a group message shares one `Outgoing`; a message from the offline queue has neither."""
+    """A group message, or one from the offline queue, handed to an online recipient and waiting
+    for its DELIVER_ACK. A 1:1 message waits as a plain tuple, `Direct` — one tuple per message
+    on the hot path instead of an object (a Python `__init__` call costs 10× a tuple)."""
 
-    __slots__ = ("ciphertext", "deadline", "from_queue", "group", "kind", "out", "rid", "sconn", "sender", "ts")
+    __slots__ = ("ciphertext", "deadline", "from_queue", "group", "kind", "out", "sender", "ts")
 
     def __init__(self, out: Outgoing | None, sender: str, group: str | None, kind: int, ts: int, ciphertext: bytes,
-                 deadline: float, from_queue: bool, sconn: Connection | None = None, rid: int = 0) -> None:
+                 deadline: float, from_queue: bool) -> None:
         self.out = out
         self.sender = sender
         self.group = group
@@ -137,14 +137,12 @@ class Pending:
         self.ciphertext = ciphertext
         self.deadline = deadline
         self.from_queue = from_queue
-        self.sconn = sconn
-        self.rid = rid
 
-    def outgoing(self, mid: bytes) -> Outgoing | None:
-        """The SEND this message settles (built on demand for a 1:1 one: only off the fast path)."""
-        if self.out is None and self.sconn is not None:
-            self.out = Outgoing(self.sconn, self.rid, mid, 1)
-        return self.out
+
+# A 1:1 message handed to its online recipient: (sender's connection, SEND request id, sender, kind,
+# ts, ciphertext, ack deadline).
+Direct = tuple[Connection, int, str, int, int, bytes, float]
+_DEADLINE = 6
 
 
 class Stats:
@@ -200,7 +198,7 @@ class RelayServer:
         self.accounts: set[str] = set()
         self.blocks: set[tuple[str, str]] = set()  # (blocker, blocked)
         self.groups: dict[str, set[str]] = {}
-        self.inflight: dict[tuple[bytes, str], Pending] = {}
+        self.inflight: dict[tuple[bytes, str], Pending | Direct] = {}
         self.enforcer = Enforcer(self)
         self.features = Features(self)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
@@ -471,13 +469,16 @@ class RelayServer:
             old.send(encode(FrameType.BYE, 0))
             old.close()
             self.on_disconnect(old)
+        # Routable before the queue is read: a message sent meanwhile is delivered directly, and one
+        # committed to the queue after the read is handed over by `_write` (never left in the
+        # database while its recipient is online). `_deliver_queued` skips what is already in flight.
+        self._authenticated(conn, account)
         contacts, queued = await asyncio.gather(self.run_db(self.store.contacts_of, account),
                                                 self.run_db(self.store.load_queue, account,
                                                             self.config.queue_quota))
         if conn.closed:
             return
         self.book.set_contacts(account, set(contacts))
-        self._authenticated(conn, account)
         self.stats.logins += 1
         self.reply(conn, encode(FrameType.LOGGED_IN, rid, account, len(queued)))
         self.listener.emit(self.book.session_opened(account, conn.bucket))
@@ -520,8 +521,8 @@ class RelayServer:
         return account
 
     def _on_send(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
-        # The hot path: a SEND to an online recipient costs one Pending, one DELIVER and a tuple
-        # each for the signal and the report commitment; everything rare is checked by set lookups.
+        # The hot path: a SEND to an online recipient costs a tuple in `inflight`, one DELIVER and
+        # a tuple each for the signal and the report commitment; everything rare is checked by set lookups.
         if len(payload) < _SEND_FIXED:
             decode_send(payload)  # raises MALFORMED naming the fields
         kind = payload[_SEND_FIXED - 1]
@@ -545,7 +546,7 @@ class RelayServer:
             raise Refused(ErrorCode.RECIPIENT_UNAVAILABLE, "the recipient cannot receive messages")
         book = self.book
         pair = (sender, recipient) if sender < recipient else (recipient, sender)
-        first = pair not in book._talked and not book.is_contact(sender, recipient)
+        first = pair not in book._talked and recipient not in book._contacts.get(sender, ())
         if first and not (self._first_tight if sender in restricted else self._first_pool).take(sender):
             raise self.breach(Limit.first_contact, account=sender)
         if (recipient, sender) in self.blocks:
@@ -564,8 +565,7 @@ class RelayServer:
         self._commit_batch.append((mid, sender, recipient, ts + self._commit_ttl_ms))
         ciphertext = payload[_SEND_FIXED:]
         if rconn is not None and not rconn.closed:
-            self.inflight[(mid, recipient)] = Pending(None, sender, None, kind, ts, ciphertext, self._ack_deadline,
-                                                      False, conn, rid)
+            self.inflight[(mid, recipient)] = (conn, rid, sender, kind, ts, ciphertext, self._ack_deadline)
             rconn.send(_DELIVER_1TO1.pack(_DELIVER_FIXED + size, _VERSION, _DELIVER, 0, 0, mid, conn.account_b, 0,
                                           kind, ts) + ciphertext)
             self.stats.frames_out += 1
@@ -600,10 +600,9 @@ class RelayServer:
                 deletes.append((mid, account))
                 continue
             stats.delivered += 1
-            sconn = pending.sconn
-            if sconn is not None:  # 1:1, delivered: the sender's ack
+            if type(pending) is tuple:  # 1:1, delivered: the sender's ack
                 stats.acks_delivered += 1
-                sconn.send(_ACK.pack(_ACK_LEN, _VERSION, _SEND_ACK, 0, pending.rid, mid, _DELIVERED))
+                pending[0].send(_ACK.pack(_ACK_LEN, _VERSION, _SEND_ACK, 0, pending[1], mid, _DELIVERED))
             elif pending.from_queue:
                 deletes.append((mid, account))
                 sconn = self.conns.get(pending.sender)
@@ -639,11 +638,19 @@ class RelayServer:
 
     def _requeue(self, key: tuple[bytes, str]) -> None:
         pending = self.inflight.pop(key, None)
-        if pending is None or pending.from_queue:
+        ttl = int(self.config.queue_ttl_s * 1000)
+        if type(pending) is tuple:
+            sconn, rid, sender, kind, ts, ciphertext, _ = pending
+            item, out = QueuedOut(key[0], key[1], sender, None, kind, ciphertext, ts, ts + ttl), \
+                Outgoing(sconn, rid, key[0], 1)
+        elif pending is None or pending.from_queue:
             return  # a queued message is still in the database
+        else:
+            item, out = QueuedOut(key[0], key[1], pending.sender, pending.group, pending.kind, pending.ciphertext,
+                                  pending.ts, pending.ts + ttl), pending.out
+        item.handed_to = self.conns.get(key[1])  # a timeout: that connection is not handed it again
         self.stats.timeouts += 1
-        self._queue(QueuedOut(key[0], key[1], pending.sender, pending.group, pending.kind, pending.ciphertext,
-                              pending.ts, pending.ts + int(self.config.queue_ttl_s * 1000)), pending.outgoing(key[0]))
+        self._queue(item, out)
         self._schedule_flush()
 
     def _queue(self, item: QueuedOut, out: Outgoing | None) -> None:
@@ -687,11 +694,18 @@ class RelayServer:
                 if out is not None and out.conn is not None:
                     self.reply_error(out.conn, out.rid, ErrorCode.INTERNAL, "could not queue the message; retry")
             return
+        late: dict[Connection, list[QueuedOut]] = {}
         for (item, out), ok in zip(enq, oks):
             if ok:
                 self.stats.queued += 1
+                rconn = self.conns.get(item.recipient)
+                if rconn is not None and rconn is not item.handed_to and not item.withheld:  # it came online meanwhile
+                    late.setdefault(rconn, []).append(item)
             if out is not None:
                 self._settle(out, queued=ok, refused=not ok)
+        for rconn, items in late.items():
+            if not rconn.closed:
+                self._deliver_queued(rconn, items)
 
     async def _flush_now(self) -> None:
         if self._flush_handle is not None:
@@ -709,11 +723,13 @@ class RelayServer:
         self._ack_deadline = now + self.config.ack_timeout_s
         expired = []
         for key, pending in self.inflight.items():
-            if pending.deadline <= now:
+            if (pending[_DEADLINE] if type(pending) is tuple else pending.deadline) <= now:
                 expired.append(key)
+        inflight = self.inflight
         for key in expired:
-            if self.inflight[key].from_queue:
-                del self.inflight[key]  # still in the database; delivered again at the next login
+            pending = inflight[key]
+            if type(pending) is not tuple and pending.from_queue:
+                del inflight[key]  # still in the database; delivered again at the next login
             else:
                 self._requeue(key)
         idle, handshake = now - self.config.idle_timeout_s, now - self.config.handshake_timeout_s

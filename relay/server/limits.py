@@ -75,7 +75,7 @@ class Pool:
         if bucket is None:
             bucket = self.buckets[key] = [self.capacity, now]
         tokens = bucket[0] + (now - bucket[1]) * self.refill
-        if tokens > self.capacity:
+        if tokens > self.capacity:  # noqa: PLR1730 - a comparison is cheaper than a call to min()
             tokens = self.capacity
         bucket[1] = now
         if tokens < cost:

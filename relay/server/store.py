@@ -76,6 +76,7 @@ class QueuedOut:
     enqueued_at: int
     expires_at: int
     withheld: bool = False  # the sender or the recipient is banned: kept and counted, not delivered
+    handed_to: object = None  # the connection that had it and did not ack in time (not handed to it again)
 
 
 @dataclass(frozen=True, slots=True)
