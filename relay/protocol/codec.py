@@ -84,7 +84,16 @@ class FrameReader:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Frame]:
-        if self._buf:
+        if not self._buf:
+            # The common case, one whole valid frame per read: one unpack, one slice. Anything else
+            # (several frames, a partial one, any error) takes the general path below.
+            n = len(data)
+            if n >= HEADER_SIZE:
+                length, version, ftype, flags, rid = _HEADER.unpack_from(data)
+                if length + 4 == n and HEADER_TAIL <= length <= self.max_len and version == VERSION \
+                        and ftype in KNOWN_TYPES:
+                    return [(ftype, flags, rid, data[HEADER_SIZE:])]
+        else:
             data = self._buf + data
         n = len(data)
         pos = 0
