@@ -98,8 +98,9 @@ def up(
         else:
             print(f"up: console={urls['console']} api={urls['api']} relay={urls['relay']} broker={bootstrap}",
                   flush=True)
-            _run_population(s, scenario, host, int(port), None, users, spam_share, stop, 0.0)
+            population = _run_population(s, scenario, host, int(port), None, users, spam_share, stop, 0.0)
             stop.wait()
+            population.join(30)  # type: ignore[attr-defined]  # its books and figures, before services stop
     finally:
         sup.stop_all()
         if broker is not None:
@@ -114,11 +115,14 @@ def _run_population(s: Settings, scenario: Path, host: str, port: int, duration:
 
     sc = load_scenario(scenario)
     if duration is None:
-        thread = threading.Thread(
-            target=lambda: asyncio.run(run_live(sc, host, port, None, users=users, spam_share=spam_share,
-                                                stop_event=stop)),
-            name="population", daemon=True)
+        def population() -> None:
+            result = asyncio.run(run_live(sc, host, port, None, users=users, spam_share=spam_share, stop_event=stop))
+            from sealguard.cli.up_report import headless_figures
+
+            log.info("population: %s", " ".join(f"{k}={v}" for k, v in headless_figures(s, result).items()))
+
+        thread = threading.Thread(target=population, name="population")
         thread.start()
-        return None
+        return thread
     return asyncio.run(run_live(sc, host, port, duration, users=users, spam_share=spam_share, stop_event=stop,
                                 drain_s=drain))

@@ -41,8 +41,8 @@ def warmup_labels(result: object) -> pd.DataFrame:
 
 
 def train_from_live_warmup(settings: Settings, relay_host: str, relay_port: int, *,
-                           scenario: Path = WARMUP_SCENARIO, seconds: float = 60.0, users: int = 240,
-                           spam_share: float = 0.3, seed: int = WARMUP_SEED) -> str:
+                           scenario: Path = WARMUP_SCENARIO, seconds: float = 60.0, users: int = 400,
+                           spam_share: float = 0.2, seed: int = WARMUP_SEED) -> str:
     """Run the warm-up population, record its signals from the stream, train; the new version."""
     from detection.features import build_feature_table
     from models.datasets import read_stream
