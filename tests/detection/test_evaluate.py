@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from detection.evaluate import evaluate_events
@@ -36,6 +37,7 @@ def _small_scenario(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_evaluate_scenario_and_the_command(tiny_model: Path, tmp_path: Path) -> None:
     path = _small_scenario(tmp_path)
     out = subprocess.run([sys.executable, "-m", "sealguard", "evaluate", "--scenario", str(path),

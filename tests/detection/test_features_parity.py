@@ -115,8 +115,8 @@ def expected(f: pd.DataFrame, name: str, a: str, t: int) -> float:
 def test_operator_matches_batch(name: str, table: pd.DataFrame, frame: pd.DataFrame, stream: Synth) -> None:
     # Every spammer row and a sample of normal rows, enough to cross each window's expiry.
     spam = table[table.account.isin(list(stream.spammers))]
-    rows = pd.concat([spam.iloc[:: max(1, len(spam) // 70)], table.sample(n=min(70, len(table)), random_state=3)])
-    assert len(rows) > 100
+    rows = pd.concat([spam.iloc[:: max(1, len(spam) // 40)], table.sample(n=min(40, len(table)), random_state=3)])
+    assert len(rows) > 60
     mismatches = []
     for a, t, got in zip(rows.account, rows.ts, rows[name]):
         want = expected(frame, name, a, int(t))
