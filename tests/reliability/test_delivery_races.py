@@ -7,7 +7,8 @@ undecryptable — a lost message. The window is the recipient's login: the relay
 (`load_queue`) before the connection becomes routable (`_authenticated`), so a message routed in
 between is queued after the read and sits in the database while the recipient is online.
 
-The database is made slow here (the relay's real `load_queue` runs, then its DB thread sleeps, as
+Fixed in the relay by 8db5d4f (a message committed while its recipient logs in is handed over at
+once); this test keeps it fixed. The database is made slow here (the relay's real `load_queue` runs, then its DB thread sleeps, as
 it does when PostgreSQL is busy) only to make the window wide enough to hit every time.
 """
 
@@ -17,19 +18,10 @@ import asyncio
 import time
 from pathlib import Path
 
-import pytest
-
 from relay.server.store import QueuedOut
 from relay.testing import eventually, harness, run
 
 
-@pytest.mark.xfail(strict=True, reason="relay engineer: RelayServer._login reads the offline queue before "
-                   "_authenticated() makes the connection routable, so a message routed to the recipient in "
-                   "between is committed to queued_messages after the read and stays there while the "
-                   "recipient is online (until its next login). Fix in relay/server/core.py: call "
-                   "_authenticated(conn) before load_queue (keep the inflight-key dedup in _deliver_queued), "
-                   "and in _write(), after a successful enqueue, hand each item whose recipient is now "
-                   "online and not in inflight to _deliver_queued")
 def test_a_message_queued_during_the_recipients_login_is_delivered_without_another_login(tmp_path: Path) -> None:
     async def main() -> None:
         async with harness(tmp_path) as h:

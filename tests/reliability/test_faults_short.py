@@ -2,10 +2,10 @@
 messages, on PostgreSQL so that every database session is also terminated under load.
 
 Invariants: nothing duplicated, no decision applied twice, bans intact, and nothing acknowledged
-lost. One loss is known and explained — acked messages that sat in the queue while their recipient
-was online because they were routed during its login (tests/reliability/test_delivery_races.py,
-relay owner) and then arrived too late for Olm; the run xfails, naming it, only when every lost
-message is one of those. Any other loss fails.
+lost. The loss these runs found — acked messages that sat in the queue while their recipient was
+online because they were routed during its login, then arrived too late for Olm — is fixed in the
+relay (8db5d4f; tests/reliability/test_delivery_races.py). Should that class of loss come back the
+run xfails naming it (only when every lost message is one of those); any other loss fails.
 """
 
 from __future__ import annotations
