@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SHARE, VALID_SHARE = 0.5, 0.2  # the rest of the accounts are the test part
 TIME_CUT_QUANTILE = 0.6
-SEARCH_ROWS = 250_000  # the search runs on at most this many training rows (by whole accounts)
+SEARCH_ROWS = 100_000  # the search runs on at most this many training rows (by whole accounts)
 BASELINE_ROWS = 300_000
 
 
