@@ -3,7 +3,7 @@
 - users / spammers: the simulated accounts and the spammers among them (ground truth);
 - spammers_banned / normal_banned: accounts the relay applied a ban to (`enforcement_applications`);
 - delivered: acknowledged messages that reached their recipient's client;
-- withheld: messages held back in the queue because their sender was banned;
+- withheld: messages held back in the queue because their sender or their recipient was banned;
 - undelivered: acknowledged to the sender, yet neither delivered nor withheld (must be 0);
 - ban_latency_p50_s: from a spammer's first spam message to the relay's application of its ban.
 """
