@@ -113,5 +113,7 @@ def test_heldout_scenario_exported_as_csv_meets_the_forest(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["train", "--table", str(csv), "--label", "label", "--id", "account"])
     assert result.exit_code == 0, result.output
-    figures = _figures(result.stdout.strip().splitlines()[-1])
+    line = result.stdout.strip().splitlines()[-1]
+    print(line)  # the figures, for `pytest -m slow -s`
+    figures = _figures(line)
     assert figures["cv_auc"] >= figures["baseline_cv_auc"] - TOLERANCE, figures
