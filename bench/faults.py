@@ -346,6 +346,10 @@ async def _check_bans(load: Load, active_bans: set[str]) -> bool:
     from relay.client import Banned, ClientError, RelayClient
 
     ok = True
+    deadline = time.monotonic() + 20  # a user may still be between connections after the last fault
+    while time.monotonic() < deadline and not all(u.online or u.banned or u.account in active_bans
+                                                  for u in load.users):
+        await asyncio.sleep(0.2)
     for u in load.users:
         if u.account in active_bans:
             probe = RelayClient(load.host, load.port, u.client.identity, bind_address=None, request_timeout=10)

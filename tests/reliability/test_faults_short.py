@@ -39,6 +39,7 @@ def test_short_fault_run_keeps_the_books(tmp_path: Path, fresh_pg: str) -> None:
                        stall_s=60)
     figures = run_faults(cfg)
     d = cfg.details
+    print("figures:", figures, "details:", d)  # shown in full when an assertion fails
     assert figures["acked"] >= 1500, (figures, d)
     assert figures["relay_kills"] == 3 and figures["broker_restarts"] == 1 and figures["detector_restarts"] == 1
     assert figures["db_disconnects"] >= 2, figures
