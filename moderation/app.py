@@ -53,7 +53,7 @@ from moderation.clusters import cluster, group_members
 from moderation.decisions import EnforcementPublisher
 from moderation.errors import ModerationError
 from moderation.investigation import account_page
-from moderation.reports import ReportFiling, do_file_report
+from moderation.reports import ReportFiling, ReportGuard, do_file_report
 from moderation.retention import RetentionPolicy, do_apply_retention, do_delete_account
 from moderation.schemas import (
     AppealBody,
@@ -115,6 +115,7 @@ def create_app(settings: Settings, db: Database, publisher: EnforcementPublisher
     signer = TokenSigner(load_secret(settings.ensure_state_dir()), settings.token_ttl_s)
     app.state.auth = (db, signer)
     throttle = LoginThrottle()
+    report_guard = ReportGuard()
 
     registry = CollectorRegistry()
     requests = Counter("sealguard_api_requests", "API requests", ["method", "route", "status"], registry=registry)
@@ -257,7 +258,7 @@ def create_app(settings: Settings, db: Database, publisher: EnforcementPublisher
         """Report an account, signed by the reporter's identity key (counted as unverified)."""
         row = do_file_report(db, ReportFiling(reporter=body.reporter, reported=body.reported,
                                               reason_code=body.reason_code, messages_named=body.messages_named,
-                                              ts=body.ts, signature=body.signature))
+                                              ts=body.ts, signature=body.signature), report_guard)
         return {"report_id": row.id}
 
     @app.post("/appeals", tags=["appeals"])

@@ -10,7 +10,8 @@ The tree (every error the API answers with, besides FastAPI's own 422 for malfor
     ├── Conflict (409)                           claimed by someone else, stale claim, duplicate appeal,
     │                                            a bulk preview that no longer matches
     ├── BadSignature (422)                       malformed or wrong appeal/report signature, stale timestamp
-    └── TooManyAttempts (429)                    repeated failed logins for one username
+    └── TooManyAttempts (429)                    repeated failed logins for one username, a reporter
+                                                 past its report budget
 
 The API turns each into `{"error": code, "detail": message}` with the error's status, so the
 console and `sealguard chat` can show the reason without parsing prose.
@@ -39,6 +40,8 @@ class ErrorCode(str, enum.Enum):
     bad_signature = "bad_signature"
     stale_timestamp = "stale_timestamp"
     too_many_attempts = "too_many_attempts"
+    replayed = "replayed"
+    rate_limited = "rate_limited"
 
 
 class ModerationError(Exception):

@@ -154,10 +154,6 @@ def test_http_reports_need_the_reporters_key(api: Api) -> None:
     assert api.count(ReportRow) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="moderation engineer: POST /reports accepts a replayed signed body any "
-                   "number of times within the 300 s window and has no per-reporter rate limit (the relay's "
-                   "in-band REPORT has Limit.report = 20, +1/20 s); fix in moderation/reports.py: refuse a "
-                   "repeated (reporter, signature) and spend a per-reporter token bucket before inserting")
 def test_http_report_replay_and_flooding_are_refused(api: Api) -> None:
     reporter, ident = api.account()
     target, _ = api.account()
