@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
 from sealguard.net import free_port, wait_for_port
-from sealguard.process import die_with_parent
+from sealguard.process import die_with_parent, stop_process
 from sealguard.settings import Settings
 from sealguard.stream import StreamError, ensure_topics, wait_for_broker
 
@@ -78,14 +77,7 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout)
 
     def kill(self) -> None:
         """kill -9, for fault tests."""

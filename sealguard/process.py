@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import subprocess
 
 _PR_SET_PDEATHSIG = 1
 
@@ -15,3 +16,17 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float) -> bool:  # type: ignore[type-arg]
+    """SIGTERM, wait up to `timeout`, then SIGKILL. True when it had to be killed."""
+    if proc is None or proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return True

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from sealguard.process import die_with_parent
+from sealguard.process import die_with_parent, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +77,8 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
-            proc.kill()
-            proc.wait()
+        if stop_process(self.proc, timeout):
+            log.warning("%s did not stop within %.0fs; killed it", self.name, timeout)
 
 
 class Supervisor:
