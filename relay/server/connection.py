@@ -67,8 +67,7 @@ class Connection(asyncio.Protocol):
         self.server.on_connect(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = 0.0  # "seen since the last sweep": the sweep stamps the time (no clock read per read)
-        self.server.on_data(self, data)
+        self.server.on_data(self, data)  # it marks the connection seen only for complete frames
 
     def eof_received(self) -> bool:
         return False  # half-closed → close

@@ -331,6 +331,10 @@ class RelayServer:
             return
         handlers = self._handlers
         n = len(frames)
+        if n:
+            # "Seen since the last sweep" (the sweep stamps the time, no clock read per read) — only
+            # for complete frames, so a client dribbling bytes that never finish a frame times out.
+            conn.last_seen = 0.0
         conn.budget -= n
         self.stats.frames_in += n
         if conn.budget < 0:

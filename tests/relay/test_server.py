@@ -182,6 +182,24 @@ def test_idle_and_half_open_connections_time_out(tmp: Path) -> None:
     run(main())
 
 
+def test_a_logged_in_client_dribbling_bytes_of_a_frame_that_never_completes_times_out(tmp: Path) -> None:
+    async def main() -> None:
+        async with harness(tmp, idle_timeout_s=0.8, sweep_interval_s=0.1) as h:
+            c = h.client()
+            c.ping_interval = 0
+            await c.connect()
+            await c.register()
+            c._write(struct.pack(">I", 64))  # a frame header promising 64 bytes ...
+            for _ in range(25):  # ... dribbled one byte every 0.1 s, never reaching them
+                if c.closed.is_set():
+                    break
+                c._write(b"\x00")
+                await asyncio.sleep(0.1)
+            assert c.closed.is_set(), "a slow-loris after login must hit the idle timeout"
+
+    run(main())
+
+
 def test_prekey_claims_one_time_keys_then_the_fallback_then_none(tmp: Path) -> None:
     async def main() -> None:
         async with harness(tmp) as h:
