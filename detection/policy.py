@@ -41,6 +41,7 @@ _STRANGERS_24H = FEATURE_INDEX["strangers_added_24h"]
 _VERIFIED = FEATURE_INDEX["verified_reports_total"]
 _REPORTS = FEATURE_INDEX["reports_total"]
 _SENDS_1H = FEATURE_INDEX["sends_1h"]
+_BLOCKS = FEATURE_INDEX["blocks_total"]
 _FIRST_SHARE_1H = FEATURE_INDEX["first_contact_share_1h"]
 
 
@@ -98,6 +99,10 @@ class Policy:
     min_recipients: int = 3  # ... reaching at least this many people in 24 h (recipients + strangers added)
     min_outreach: int = 3  # ... of them unsolicited: first-contact messages in 1 h + strangers added in 24 h
     min_verified_reports: int = 2  # ... or this many verified reports from its recipients
+    # Optional, off by default: a model ban also needs this many objections from recipients (blocks,
+    # verified reports). For a model trained on little data (`sealguard up`'s warm-up), whose early
+    # scores cannot tell a teacher's first messages to parents from a spammer's.
+    min_objections: int = 0
     sample_per_mille: int = 50  # auto-bans also sampled into `auto_ban_sample` (5%)
     stats: dict[str, int] = field(default_factory=lambda: {"bans": 0, "restricts": 0, "cases": 0})
 
@@ -146,6 +151,8 @@ class Policy:
     def abuse_evidence(self, row: Sequence[float]) -> bool:
         """Unsolicited outreach, or recipients' verified reports: what a model ban must rest on."""
         outreach = round(row[_FIRST_SHARE_1H] * row[_SENDS_1H]) + row[_STRANGERS_24H]
+        if self.min_objections and row[_BLOCKS] + row[_VERIFIED] < self.min_objections:
+            return False
         return outreach >= self.min_outreach or row[_VERIFIED] >= self.min_verified_reports
 
     def _ban(self, account: str, ts: int, actor: str, reason: ReasonCode, score: float | None,

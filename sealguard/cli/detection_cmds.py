@@ -19,8 +19,14 @@ def detect(
     rules: Path = typer.Option(None, help="Rules YAML (default: detection/rules/default.yaml); hot-reloaded."),
     model: Path = typer.Option(None, help="Serve this model directory (default: follow champion/challenger)."),
     metrics_port: int = typer.Option(0, help="Port of /metrics (0: a free port)."),
+    ban_threshold: float = typer.Option(None, min=0.5, max=1.0,
+                                        help="Score at or above which the model may auto-ban (with minimum "
+                                             "evidence); below it, a review case. Default: the policy's."),
+    min_objections: int = typer.Option(0, min=0, help="A model ban also needs this many blocks or verified "
+                                                      "reports from recipients (0: off)."),
 ) -> None:
     """Run the detection worker until Ctrl-C / SIGTERM."""
+    from detection.policy import Policy
     from detection.service import run_worker
     from detection.worker import WorkerConfig
 
@@ -29,7 +35,10 @@ def detect(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cfg = WorkerConfig(group=group, rules_path=rules, model_dir=model, metrics_port=metrics_port)
+    policy = Policy(min_objections=min_objections)
+    if ban_threshold is not None:
+        policy.ban_threshold = ban_threshold
+    cfg = WorkerConfig(group=group, rules_path=rules, model_dir=model, metrics_port=metrics_port, policy=policy)
 
     def ready(worker: object) -> None:
         print(f"detect: group={group} metrics={getattr(worker, 'metrics_url', None) or 'nan'}", flush=True)

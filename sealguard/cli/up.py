@@ -23,6 +23,12 @@ from sealguard.settings import REPO_ROOT, Settings
 log = logging.getLogger("sealguard.up")
 
 DEFAULT_SCENARIO = REPO_ROOT / "data" / "scenarios" / "spine.yaml"
+# The operating point of the model `up` trains on one minute of warm-up. Early on, its scores cannot
+# tell a teacher's or community admin's first messages to strangers from a spammer's (both reached
+# 1.0), so a model ban here also needs two objections from recipients (blocks or verified reports:
+# victims block spam at ~15%, parents a teacher at ~1%); until then the account goes to review.
+UP_BAN_THRESHOLD = 0.98
+UP_MIN_OBJECTIONS = 2
 
 
 @app.command()
@@ -76,8 +82,10 @@ def up(
             from sealguard.cli.up_model import train_from_live_warmup
 
             version = train_from_live_warmup(s, host, int(port))
-        log.info("serving model %s", version)
-        sup.start("detect", "detect", timeout=90)
+        log.info("serving model %s (auto-ban at score >= %.2f with %d objections)", version, UP_BAN_THRESHOLD,
+                 UP_MIN_OBJECTIONS)
+        sup.start("detect", "detect", "--ban-threshold", str(UP_BAN_THRESHOLD),
+                  "--min-objections", str(UP_MIN_OBJECTIONS), timeout=90)
         urls = {"api": api.get("listening", "nan"), "relay": relay["listening"], "broker": bootstrap}
         if not headless:
             console = sup.start("console", "console", env={"SEALGUARD_API_URL": urls["api"]})

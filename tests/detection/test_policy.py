@@ -97,3 +97,12 @@ def test_unverified_reports_alone_never_ban() -> None:
     out = p.decide(A, st, row(sends_total=5, recipients_24h=5, sends_1h=5, first_contact_share_1h=1.0), 1, 0.99,
                    "lgbm-1", [], ban_score=float(adjusted[0]))
     assert [v.queue for v in out] == ["model_review"], "a review case, not a ban"
+
+
+def test_min_objections_holds_a_model_ban_until_recipients_object() -> None:
+    outreach = dict(sends_total=10, recipients_24h=10, sends_1h=10, first_contact_share_1h=1.0)
+    p, st = Policy(min_objections=2), AccountState(0)
+    assert [v.queue for v in p.decide(A, st, row(**outreach, blocks_total=1), 1, 0.99, "lgbm-1", [])] == \
+        ["model_review"]
+    out = p.decide(A, st, row(**outreach, blocks_total=2), 2, 0.99, "lgbm-1", [])
+    assert out[0].action is Action.ban

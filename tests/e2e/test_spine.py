@@ -35,7 +35,7 @@ def trained_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_headless_run_bans_spammers_and_loses_nothing(trained_state: Path) -> None:
-    figures = _run_up(trained_state, "--duration", "40", "--users", "80", "--spam-share", "0.1")
+    figures = _run_up(trained_state, "--duration", "60", "--users", "80", "--spam-share", "0.1")
     users, spammers = int(figures["users"]), int(figures["spammers"])
     assert users == 80 and spammers >= 4
     assert int(figures["spammers_banned"]) / spammers >= 0.8, figures
