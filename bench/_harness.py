@@ -25,9 +25,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TypeVar
 
 from sealguard.broker import EmbeddedBroker
 from sealguard.net import free_port
@@ -236,3 +237,28 @@ class Platform:
         finally:
             engine.dispose()
         return sum(1 for (ok,) in rows if ok)
+
+
+T = TypeVar("T")
+
+
+def run_on_platform(run: Callable[[Platform], Awaitable[T]], *, prefix: str, state_dir: Path | None = None,
+                    db_url: str | None = None) -> T:
+    """Broker (or `SEALGUARD_KAFKA`), relay and detection as processes; `run(platform)` on uvloop;
+    everything stopped afterwards. State lives in `state_dir`, or in a temporary folder removed at the end."""
+    import shutil
+    import tempfile
+
+    import uvloop
+
+    tmp = state_dir or Path(tempfile.mkdtemp(prefix=prefix))
+    platform = Platform(tmp, db_url=db_url, kafka=os.environ.get("SEALGUARD_KAFKA"))
+    try:
+        platform.start()
+        platform.start_relay()
+        platform.start_detect()
+        return uvloop.run(run(platform))
+    finally:
+        platform.stop()
+        if state_dir is None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -28,10 +28,8 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -39,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._harness import HarnessError, Platform, create_pg_database, drop_pg_database
+from bench._harness import HarnessError, Platform, create_pg_database, drop_pg_database, run_on_platform
 from bench._harness_load import Load, User
 from sealguard.cli.app import print_figures
 
@@ -373,21 +371,10 @@ async def _check_bans(load: Load, active_bans: set[str]) -> bool:
 
 def run_faults(cfg: FaultsConfig) -> dict[str, Any]:
     """Set the platform up, run, tear it all down; returns the figures."""
-    import uvloop
-
-    tmp = cfg.state_dir or Path(tempfile.mkdtemp(prefix="sg-faults-"))
-    platform = Platform(tmp, db_url=cfg.db_url, kafka=os.environ.get("SEALGUARD_KAFKA"))
-    if platform.settings.kafka is not None:
+    if os.environ.get("SEALGUARD_KAFKA"):
         cfg.broker_restarts = 0  # not ours to restart
-    try:
-        platform.start()
-        platform.start_relay()
-        platform.start_detect()
-        return uvloop.run(_run(cfg, platform))
-    finally:
-        platform.stop()
-        if cfg.state_dir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_on_platform(lambda platform: _run(cfg, platform), prefix="sg-faults-", state_dir=cfg.state_dir,
+                           db_url=cfg.db_url)
 
 
 def main(argv: list[str]) -> None:

@@ -21,17 +21,15 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._harness import HarnessError, Platform
+from bench._harness import HarnessError, Platform, run_on_platform
 from bench._harness_load import Load
 from bench._proc import rss_bytes
 from sealguard.cli.app import print_figures
@@ -106,19 +104,8 @@ async def _run(cfg: SoakConfig, platform: Platform) -> dict[str, Any]:
 
 
 def run_soak(cfg: SoakConfig) -> dict[str, Any]:
-    import uvloop
-
-    tmp = cfg.state_dir or Path(tempfile.mkdtemp(prefix="sg-soak-"))
-    platform = Platform(tmp, db_url=cfg.db_url, kafka=os.environ.get("SEALGUARD_KAFKA"))
-    try:
-        platform.start()
-        platform.start_relay()
-        platform.start_detect()
-        return uvloop.run(_run(cfg, platform))
-    finally:
-        platform.stop()
-        if cfg.state_dir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_on_platform(lambda platform: _run(cfg, platform), prefix="sg-soak-", state_dir=cfg.state_dir,
+                           db_url=cfg.db_url)
 
 
 def main(argv: list[str]) -> None:
