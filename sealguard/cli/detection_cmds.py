@@ -24,6 +24,9 @@ def detect(
                                              "evidence); below it, a review case. Default: the policy's."),
     min_objections: int = typer.Option(0, min=0, help="A model ban also needs this many blocks or verified "
                                                       "reports from recipients (0: off)."),
+    max_poll_interval_ms: int = typer.Option(15_000, min=1000, help="Kafka max.poll.interval.ms; on Tansu a group "
+                                                                    "join takes this long (tests shorten it)."),
+    checkpoint_interval: float = typer.Option(10.0, min=0.05, help="Seconds between checkpoints of state + offsets."),
 ) -> None:
     """Run the detection worker until Ctrl-C / SIGTERM."""
     from detection.policy import Policy
@@ -38,7 +41,8 @@ def detect(
     policy = Policy(min_objections=min_objections)
     if ban_threshold is not None:
         policy.ban_threshold = ban_threshold
-    cfg = WorkerConfig(group=group, rules_path=rules, model_dir=model, metrics_port=metrics_port, policy=policy)
+    cfg = WorkerConfig(group=group, rules_path=rules, model_dir=model, metrics_port=metrics_port, policy=policy,
+                       max_poll_interval_ms=max_poll_interval_ms, checkpoint_interval_s=checkpoint_interval)
 
     def ready(worker: object) -> None:
         print(f"detect: group={group} metrics={getattr(worker, 'metrics_url', None) or 'nan'}", flush=True)
