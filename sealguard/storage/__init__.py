@@ -1,6 +1,7 @@
 """Storage: SQLAlchemy 2 tables and Alembic migrations. The database is the truth."""
 
 from sealguard.storage.base import Base
+from sealguard.storage.cluster_tables import RelayNodeRow as RelayNodeRow, RelayRouteRow as RelayRouteRow
 from sealguard.storage.db import Database, StorageError, make_engine, upgrade
 from sealguard.storage.moderation_tables import (
     AppealRow,
