@@ -181,6 +181,15 @@ class Worker:
         """Checkpoint what is being taken away; keep it parked in memory, since with eager
         rebalancing most partitions come straight back and reloading them costs seconds."""
         gone = {tp.partition for tp in partitions}
+        # librdkafka keeps a partition paused across a rebalance (librdkafka#1849) and _on_assign
+        # forgets what _align paused: resume now, while still assigned, or it never reads again.
+        stale = [TopicPartition(self.signals_topic, p) for p in sorted(gone & self._paused)]
+        if stale:
+            try:
+                consumer.resume(stale)
+            except Exception as exc:  # noqa: BLE001 - a lost assignment cannot be resumed, nor needs it
+                log.warning("could not resume %s on revocation: %s", stale, exc)
+            self._paused.difference_update(gone)
         if gone:
             self.checkpoint(all_dirty=True)
         for p in gone:
