@@ -218,6 +218,63 @@ def summarize_profile(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+# -- contention: is a tail the server's or the machine's? ------------------------------------------
+
+def cpu_pressure_us() -> int | None:
+    """Microseconds during which some runnable task waited for a CPU (`/proc/pressure/cpu`, PSI
+    "some" total), machine-wide; None without PSI."""
+    try:
+        with open("/proc/pressure/cpu", "rb") as f:
+            for line in f:
+                if line.startswith(b"some "):
+                    return int(line.rsplit(b"total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def involuntary_switches(pid: int) -> int | None:
+    """Times the server's threads were preempted while runnable (sum of every thread's
+    `nonvoluntary_ctxt_switches`): the machine taking the CPU away from the server."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"nonvoluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+class Contention:
+    """CPU pressure (share of the phase's wall time some task waited for a CPU) and the server's
+    preemptions per second over one phase. Near 100% pressure and hundreds of preemptions a
+    second mean the machine, not the server, set that phase's tail latency."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.t0 = time.monotonic()
+        self.psi0 = cpu_pressure_us()
+        self.sw0 = involuntary_switches(pid)
+        self.load0 = os.getloadavg()[0]
+
+    def figures(self, prefix: str) -> dict[str, float]:
+        wall = max(1e-9, time.monotonic() - self.t0)
+        psi, sw = cpu_pressure_us(), involuntary_switches(self.pid)
+        return {
+            f"{prefix}cpu_pressure_pct": math.nan if psi is None or self.psi0 is None
+            else 100 * (psi - self.psi0) / 1e6 / wall,
+            f"{prefix}server_preempted_per_s": math.nan if sw is None or self.sw0 is None else (sw - self.sw0) / wall,
+            f"{prefix}loadavg": max(self.load0, os.getloadavg()[0]),
+        }
+
+
 # -- one server ------------------------------------------------------------------------------
 
 def _split(total: int, parts: int) -> list[int]:
@@ -283,9 +340,11 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
 
     threads0 = thread_cpu(pid)
     cpu0 = cpu_seconds(pid)
+    contention = Contention(pid)
     replies, wall, lat = _run(loaders, args.messages, inflight=args.inflight)
     cpu1 = cpu_seconds(pid)
     threads1 = thread_cpu(pid)
+    out.update(contention.figures(""))
     delivered = sum(r["received"] for r in replies)
     out.update(delivered=delivered, wall_s=wall, msgs_per_s=delivered / wall if wall > 0 else math.nan,
                cpu_us_per_msg=(cpu1 - cpu0) * 1e6 / delivered if delivered else math.nan,
@@ -312,8 +371,10 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     half_n = args.half_messages if args.half_messages is not None else args.messages
     if half_n > 0 and half_rate > 0:
         cpu2 = cpu_seconds(pid)
+        contention = Contention(pid)
         replies, wall_h, lat_h = _run(loaders, half_n, rate=half_rate)
         cpu3 = cpu_seconds(pid)
+        out.update(contention.figures("half_"))
         got = sum(r["received"] for r in replies)
         out.update(half_rate=half_rate, half_achieved=got / wall_h if wall_h > 0 else math.nan,
                    half_p50_ms=percentile(lat_h, 50), half_p99_ms=percentile(lat_h, 99),
@@ -443,7 +504,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.json is not None:
         args.json.write_text(json.dumps({"figures": figures, "relay_code": version, "relay": relay, "mosquitto": mosq}, indent=2,
                                         default=str))
-    _verdict(figures, mosq)
+    _verdict(figures, mosq, relay)
     return figures
 
 
@@ -451,8 +512,14 @@ def _int(value: float | None) -> int | None:
     return None if value is None or not math.isfinite(value) else round(value)
 
 
-def _verdict(f: dict[str, Any], mosq: dict[str, Any]) -> None:
+def _verdict(f: dict[str, Any], mosq: dict[str, Any], relay: dict[str, Any] | None = None) -> None:
     """Log issue 3's musts against this run (stderr only; the line carries the figures)."""
+    for name, d in (("relay", relay or {}), ("mosquitto", mosq)):
+        if "half_cpu_pressure_pct" in d:
+            log.info("%s half-load phase: p99_ms=%.2f, CPU pressure %.0f%% of the time (some task waited for a "
+                     "CPU), server preempted %.0f/s, load average %.1f, load schedule lag max %.1f ms", name,
+                     d.get("half_p99_ms", math.nan), d["half_cpu_pressure_pct"], d["half_server_preempted_per_s"],
+                     d["half_loadavg"], d.get("half_max_lag_ms", math.nan))
     if mosq:
         log.info("mosquitto: msgs_per_s=%.0f p50_ms=%.3f p99_ms=%.3f rss_bytes_per_idle_conn=%.0f",
                  mosq.get("msgs_per_s", math.nan), mosq.get("p50_ms", math.nan), mosq.get("p99_ms", math.nan),
