@@ -410,6 +410,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--relay-cmd", default=None,
                     help="command that starts the relay (default: python -m sealguard relay); it must print "
                          "`relay: listening=HOST:PORT metrics=URL` and read SEALGUARD_* settings")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure the protocol's floor (bench/_floor_relay.py --coalesce) with the same load, "
+                         "between the relay and mosquitto (figures on stderr and in --json)")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of the relay, written here")
     ap.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     args = ap.parse_args(argv)
@@ -459,6 +462,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     version = code_version()
     log.info("relay code: %s", version)
     relay: dict[str, Any] = {}
+    floor: dict[str, Any] = {}
     mosq: dict[str, Any] = {}
     signals_dropped: float | None = None
     with ExitStack() as stack:
@@ -489,6 +493,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log.warning("the relay's /metrics has no signals_dropped metric")
             if args.profile is not None and args.profile.exists():
                 log.info("relay profile (py-spy, %s):\n%s", args.profile, summarize_profile(args.profile))
+        if args.floor:
+            # The protocol's floor under the same load processes, between the relay and mosquitto:
+            # how much of the relay's cost is the four-frame protocol on uvloop, how much its logic.
+            fstate = state / "floor"
+            fstate.mkdir()
+            fserver = RelayProcess(fstate, "", command=[sys.executable, "-m", "bench._floor_relay", "--coalesce"])
+            stack.callback(fserver.stop)
+            fserver.wait_listening()
+            floor = measure("relay", fserver.proc.pid, fserver.host, fserver.port, loaders, args, run_id + "f")
+            fserver.stop()
         if not args.skip_mosquitto:
             pid = mosquitto_pid()
             mosq = measure("mqtt", pid, args.mqtt_host, args.mqtt_port, loaders, args, run_id)
@@ -502,9 +516,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mosquitto_half_load_p99_ms": mosq.get("half_p99_ms"),
     }
     if args.json is not None:
-        args.json.write_text(json.dumps({"figures": figures, "relay_code": version, "relay": relay, "mosquitto": mosq}, indent=2,
-                                        default=str))
-    _verdict(figures, mosq, relay)
+        args.json.write_text(json.dumps({"figures": figures, "relay_code": version, "relay": relay, "floor": floor,
+                                         "mosquitto": mosq}, indent=2, default=str))
+    if floor:
+        log.info("floor (bench/_floor_relay.py --coalesce, same run): cpu_us_per_msg=%.1f msgs_per_s=%.0f "
+                 "half_load_p99_ms=%.2f rss_bytes_per_idle_conn=%.0f; relay/floor=%.2f floor/mosquitto=%.2f",
+                 floor["cpu_us_per_msg"], floor["msgs_per_s"], floor.get("half_p99_ms", math.nan),
+                 floor["rss_per_conn"], relay.get("cpu_us_per_msg", math.nan) / floor["cpu_us_per_msg"],
+                 floor["cpu_us_per_msg"] / mosq.get("cpu_us_per_msg", math.nan) if mosq else math.nan)
+    _verdict(figures, mosq, relay, floor)
     return figures
 
 
@@ -512,9 +532,10 @@ def _int(value: float | None) -> int | None:
     return None if value is None or not math.isfinite(value) else round(value)
 
 
-def _verdict(f: dict[str, Any], mosq: dict[str, Any], relay: dict[str, Any] | None = None) -> None:
+def _verdict(f: dict[str, Any], mosq: dict[str, Any], relay: dict[str, Any] | None = None,
+             floor: dict[str, Any] | None = None) -> None:
     """Log issue 3's musts against this run (stderr only; the line carries the figures)."""
-    for name, d in (("relay", relay or {}), ("mosquitto", mosq)):
+    for name, d in (("relay", relay or {}), ("floor", floor or {}), ("mosquitto", mosq)):
         if "half_cpu_pressure_pct" in d:
             log.info("%s half-load phase: p99_ms=%.2f, CPU pressure %.0f%% of the time (some task waited for a "
                      "CPU), server preempted %.0f/s, load average %.1f, load schedule lag max %.1f ms", name,
