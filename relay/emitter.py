@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Producer
 
 from relay.protocol import KIND_NAMES
-from sealguard.contracts import Event, MessageSent, encode, key_of, size_bucket
+from sealguard.contracts import Event, MessageSent, encode, key_of
 
 log = logging.getLogger(__name__)
 _getrandbits = random.getrandbits
@@ -53,8 +53,13 @@ def encode_message_sent(sender: str, recipient: str, nbytes: int, kind: int, fir
                         recipient_online: bool, ts: int) -> bytes:
     """The JSON of a 1:1 `message.sent` from its fields, with a fresh event id: the same record
     `fast_encode` makes of the event (tests/relay/test_emitter.py checks it decodes to one)."""
+    bucket = nbytes.bit_length() - 1  # `size_bucket` inline (a call is a third of this function's cost)
+    if bucket < 0:
+        bucket = 0
+    elif bucket > 40:  # size_bucket's cap
+        bucket = 40
     return (f'{{"type":"message.sent","v":1,"ts":{ts},"id":"{_getrandbits(128):032x}","sender":"{sender}",'
-            f'"recipient":"{recipient}","size_bucket":{size_bucket(nbytes)},"kind":"{_KIND_VALUES[kind]}",'
+            f'"recipient":"{recipient}","size_bucket":{bucket},"kind":"{_KIND_VALUES[kind]}",'
             f'"first_contact":{_BOOL[first_contact]},"recipient_online":{_BOOL[recipient_online]}}}').encode()
 
 
