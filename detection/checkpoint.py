@@ -6,6 +6,15 @@ with consumption resumed at M. One `detection_checkpoints` row per (group, topic
 the signals-topic row carries the shard's state (pickled, zlib-compressed); the inbound-topic
 row of the same partition carries only its next offset. Both rows are written in the same
 transaction.
+
+Counterpart sides are applied exactly once. A worker killed between checkpoints has already
+re-keyed (or applied in-process) the counterpart sides of signals it consumed after its last
+checkpoint; whoever takes its partition consumes those signals again and re-keys them again.
+So every counterpart side carries its source position (signals partition, offset) and the
+source's checkpointed offset (its *floor*: nothing below it is ever consumed again), and the
+receiving shard remembers the source offsets it applied since the floor before last
+(`Shard.first_time`): a second copy is skipped, and the memory stays one or two checkpoint
+intervals long.
 """
 
 from __future__ import annotations
@@ -38,6 +47,25 @@ class Shard:
     dirty: bool = False
     last: dict[str, bytes] = field(default_factory=dict)  # topic -> the last record consumed (raw)
     marks: dict[str, int] = field(default_factory=dict)  # topic -> CRC32 of the record at offset - 1
+    saved: dict[str, int] = field(default_factory=dict)  # topic -> next offset as last checkpointed (the floor)
+    # source signals partition -> [floor, previous floor, source offsets applied here at or above it]
+    applied: dict[int, list[Any]] = field(default_factory=dict)
+
+    def first_time(self, source: int, offset: int, floor: int) -> bool:
+        """Whether the counterpart side of signal (`source` partition, `offset`) is new to this shard
+        (and mark it applied). `floor` is the source partition's checkpointed next offset when the
+        side was re-keyed; offsets under the previous floor are never consumed again, so forgotten."""
+        seen = self.applied.get(source)
+        if seen is None:
+            seen = self.applied[source] = [floor, floor, set()]
+        elif floor > seen[0]:
+            seen[1], seen[0] = seen[0], floor
+            seen[2] = {o for o in seen[2] if o >= seen[1]}
+        offsets: set[int] = seen[2]
+        if offset in offsets:
+            return False
+        offsets.add(offset)
+        return True
 
     def dump(self) -> bytes:
         """The state blob; also fixes `marks`, the fingerprint of the last record consumed per topic,
@@ -45,7 +73,7 @@ class Shard:
         for topic, raw in self.last.items():
             self.marks[topic] = zlib.crc32(raw)
         payload = {"v": STATE_VERSION, "accounts": self.engine.accounts, "book": self.engine.book,
-                   "stored": self.stored, "marks": self.marks}
+                   "stored": self.stored, "marks": self.marks, "applied": self.applied}
         return zlib.compress(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
     @classmethod
@@ -67,6 +95,7 @@ class Shard:
         shard.engine.accounts = payload["accounts"]
         shard.stored = payload["stored"]
         shard.marks = dict(payload.get("marks", {}))
+        shard.applied = dict(payload.get("applied", {}))
         return shard
 
 
@@ -82,6 +111,7 @@ def load_shard(db: Database, group: str, state_topic: str, topics: list[str], pa
     blob = next((r.state for r in rows if r.topic == state_topic), None)
     shard = Shard.load(partition, blob)
     shard.offsets = {r.topic: int(r.next_offset) for r in rows if r.next_offset >= 0}
+    shard.saved = dict(shard.offsets)
     return shard
 
 
@@ -111,4 +141,5 @@ def save_shards(db: Database, group: str, state_topic: str, shards: list[Shard])
                                                updated_at=now))
     for shard in shards:
         shard.dirty = False
+        shard.saved = dict(shard.offsets)
     return written

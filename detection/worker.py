@@ -44,6 +44,8 @@ from sealguard.storage import Database
 
 log = logging.getLogger(__name__)
 
+SOURCE_HEADER = "sg-src"  # on inbound copies: b"<signals partition>:<offset>:<its checkpointed floor>"
+
 
 @dataclass
 class WorkerConfig:
@@ -229,6 +231,7 @@ class Worker:
                             offset)
                 del shard.offsets[topic]
                 shard.marks.pop(topic, None)
+                shard.applied.clear()  # source offsets of the old log mean nothing on the new one
 
     def _still_ours(self, shard: Shard) -> bool:
         """A parked shard may be reused only if nobody checkpointed the partition since we did."""
@@ -305,10 +308,10 @@ class Worker:
                     self._due(shard, shard.engine.apply_outbound(ev), ev.ts, False, pending)
                     other = counterpart_of(ev)
                     if other is not None:
-                        self._rekey(other, ev, raw, pending)
+                        self._rekey(other, ev, raw, pending, shard, msgs[i].offset())
                     if ev.type == "enforcement.applied":
                         self._on_applied(shard, ev)
-                else:
+                elif self._first_time(shard, msgs[i]):
                     self._due(shard, shard.engine.apply_inbound(ev), ev.ts, True, pending)
             except (ValueError, TypeError, AttributeError, KeyError) as exc:
                 m = msgs[i]
@@ -370,23 +373,39 @@ class Worker:
             self.schedule.mark(st, ts)
             pending.append((account, st, shard, ts, feature_row(st, shard.engine, ts)))
 
-    def _rekey(self, other: str, ev: Any, raw: bytes, pending: list[tuple[str, Any, Shard, int, list[float]]]) -> None:
+    def _rekey(self, other: str, ev: Any, raw: bytes, pending: list[tuple[str, Any, Shard, int, list[float]]],
+               src: Shard, offset: int) -> None:
         """The counterpart's side of a signal. When this worker holds the counterpart's partition it
         applies it at once — the same order `build_feature_table` sees (a reply is recognised even
         while a backlog of signals is being caught up); otherwise it republishes the raw record to
-        the inbound topic for the worker that does."""
+        the inbound topic for the worker that does. Either way it carries its source position, so
+        a side re-keyed again after a crash is applied once (`Shard.first_time`)."""
         q = zlib.crc32(other.encode()) % self._nparts if self._nparts else -1
         local = self.shards.get(q) if self._local_ok else None
+        floor = src.saved.get(self.signals_topic, 0)
         if local is not None:
-            local.dirty = True
-            self._due(local, local.engine.apply_inbound(ev), ev.ts, True, pending)
+            if local.first_time(src.partition, offset, floor):
+                local.dirty = True
+                self._due(local, local.engine.apply_inbound(ev), ev.ts, True, pending)
             self.n_local += 1
             return
+        headers = [(SOURCE_HEADER, b"%d:%d:%d" % (src.partition, offset, floor))]
         if self._local_ok and q >= 0:
-            self.producer.produce(self.inbound_topic, key=other, value=raw, partition=q)
+            self.producer.produce(self.inbound_topic, key=other, value=raw, partition=q, headers=headers)
         else:
-            self.producer.produce(self.inbound_topic, key=other, value=raw)
+            self.producer.produce(self.inbound_topic, key=other, value=raw, headers=headers)
         self.metrics.rekeyed.inc()
+
+    @staticmethod
+    def _first_time(shard: Shard, m: Any) -> bool:
+        """An inbound copy is applied unless its source position says this shard has applied it."""
+        headers = m.headers()
+        if headers:
+            for name, value in headers:
+                if name == SOURCE_HEADER:
+                    source, offset, floor = value.split(b":")
+                    return shard.first_time(int(source), int(offset), int(floor))
+        return True
 
     def _verify_partitioner(self, m: Any) -> None:
         """Local application relies on librdkafka's default partitioner (CRC32 of the key mod the
