@@ -156,7 +156,64 @@ def _operators() -> list[Operator]:
         ]
     ops += [AccountAge(), Lifetime("sends_total"), Lifetime("blocks_total"), Lifetime("reports_total"),
             Lifetime("verified_reports_total")]
-    return ops
+    return ops + _behaviour_change_operators()
+
+
+class Ratio(Operator):
+    """One channel per another over one window, the denominator at least 1: `first_contacts_per_recipient_24h`.
+
+    Rate-free, unlike a count: a slow spammer and a fast one show the same ratio."""
+
+    kind = "ratio"
+
+    def __init__(self, label: str, num: int, den: int, window: Window) -> None:
+        self.name, self.num, self.den, self.window = f"{label}_{window.name}", num, den, window
+        self.w = w = WINDOWS.index(window)
+        self.expr = f"T[{w}][{num}] / max(1.0, T[{w}][{den}])"
+
+
+class Unanswered(Operator):
+    """Direct messages in the window to people who had never messaged this account: `unanswered_sends_1h`
+    (one-way outreach; a conversation's answers are replies)."""
+
+    kind = "unanswered"
+
+    def __init__(self, window: Window) -> None:
+        self.name, self.window, self.w = f"unanswered_sends_{window.name}", window, WINDOWS.index(window)
+        self.expr = f"(T[{self.w}][{DIRECT}] - T[{self.w}][{REPLY}])"
+
+
+class RecentShare(Operator):
+    """Change point: the share of a day's count that falls in the last hour, `recipients_1h_of_24h`.
+
+    An account that suddenly behaves unlike its own day (a hijacked account turning to spam) has
+    most of its 24-hour recipients in the last hour; one that keeps its habits, a small share."""
+
+    kind = "recent_share"
+
+    def __init__(self, label: str, channel: int, recent: Window, base: Window) -> None:
+        self.name = f"{label}_{recent.name}_of_{base.name}"
+        r, b = WINDOWS.index(recent), WINDOWS.index(base)
+        self.expr = f"(T[{r}][{channel}] / T[{b}][{channel}] if T[{b}][{channel}] else 0.0)"
+
+
+def _behaviour_change_operators() -> list[Operator]:
+    """Rate-free and change-point features (appended after the original set, so old models keep
+    their columns): strangers contacted, one-way outreach, objections per stranger, and how much of
+    the day's activity is the last hour's."""
+    w1h, w24h = WINDOWS[1], WINDOWS[2]
+    return [
+        Count("first_contacts", FIRST, w1h),
+        Count("first_contacts", FIRST, w24h),
+        Ratio("first_contacts_per_recipient", FIRST, RECIPIENTS, w24h),
+        Unanswered(w1h),
+        Unanswered(w24h),
+        Ratio("messages_per_recipient", DIRECT, RECIPIENTS, w24h),
+        Ratio("blocks_per_first_contact", BLOCKS, FIRST, w24h),
+        Ratio("received_per_send", RECEIVED, DIRECT, w24h),
+        RecentShare("recipients", RECIPIENTS, w1h, w24h),
+        RecentShare("first_contacts", FIRST, w1h, w24h),
+    ]
 
 
 _SCOPE: dict[str, object] = {"burstiness": burstiness, "max": max}

@@ -67,6 +67,8 @@ def expected(f: pd.DataFrame, name: str, a: str, t: int) -> float:
         return float(np.where(reps.verified > 0, VERIFIED_WEIGHT, 1).sum())
     if name == "verified_reports_total":
         return float((reps.verified > 0).sum())
+    if name in BEHAVIOUR_CHANGE:
+        return expected_behaviour_change(f, name, a, t)
     window = name.rsplit("_", 1)[1]
     inw = lambda df: df[_in_window(df.ts, t, window)]
     d = inw(direct)
@@ -148,3 +150,56 @@ def test_fused_row_equals_each_operator(stream: Synth) -> None:
             if account is not None and i % 7 == 0:
                 st = engine.accounts[account]
                 assert feature_row(st, engine, ev.ts) == [op.get(st, engine, ev.ts) for op in OPERATORS]
+
+
+# -- rate-free and change-point features (appended with detection/features/operators.py's
+# _behaviour_change_operators); each from its definition in docs/detection.md.
+BEHAVIOUR_CHANGE = {"first_contacts_1h", "first_contacts_24h", "first_contacts_per_recipient_24h",
+                    "unanswered_sends_1h", "unanswered_sends_24h", "messages_per_recipient_24h",
+                    "blocks_per_first_contact_24h", "received_per_send_24h", "recipients_1h_of_24h",
+                    "first_contacts_1h_of_24h"}
+
+
+def expected_behaviour_change(f: pd.DataFrame, name: str, a: str, t: int) -> float:
+    upto = f[f.ts <= t]
+    direct = upto[(upto.type == "message.sent") & (upto.sender == a) & upto.recipient.notna()]
+    inbound = upto[(upto.type == "message.sent") & (upto.recipient == a)]
+    blocks = upto[(upto.type == "contact.blocked") & (upto.blocked == a)]
+
+    def inw(df: pd.DataFrame, window: str) -> pd.DataFrame:
+        return df[_in_window(df.ts, t, window)]
+
+    def first_contacts(window: str) -> float:
+        return float(inw(direct, window).first_contact.sum())
+
+    def recipients(window: str) -> float:
+        return float(inw(direct, window).recipient.nunique())
+
+    def unanswered(window: str) -> float:
+        d = inw(direct, window)
+        first_in = inbound.groupby("sender").ts.min()
+        return float(sum(not (r in first_in.index and first_in[r] < ts) for r, ts in zip(d.recipient, d.ts)))
+
+    if name == "first_contacts_1h":
+        return first_contacts("1h")
+    if name == "first_contacts_24h":
+        return first_contacts("24h")
+    if name == "first_contacts_per_recipient_24h":
+        return first_contacts("24h") / max(1.0, recipients("24h"))
+    if name == "unanswered_sends_1h":
+        return unanswered("1h")
+    if name == "unanswered_sends_24h":
+        return unanswered("24h")
+    if name == "messages_per_recipient_24h":
+        return len(inw(direct, "24h")) / max(1.0, recipients("24h"))
+    if name == "blocks_per_first_contact_24h":
+        return len(inw(blocks, "24h")) / max(1.0, first_contacts("24h"))
+    if name == "received_per_send_24h":
+        return len(inw(inbound, "24h")) / max(1.0, len(inw(direct, "24h")))
+    if name == "recipients_1h_of_24h":
+        day = recipients("24h")
+        return recipients("1h") / day if day else 0.0
+    if name == "first_contacts_1h_of_24h":
+        day = first_contacts("24h")
+        return first_contacts("1h") / day if day else 0.0
+    raise AssertionError(f"no batch definition for {name}")
