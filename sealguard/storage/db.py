@@ -1,4 +1,18 @@
-"""Engines and sessions; migrations run through Alembic (`upgrade heads`)."""
+"""Engines and sessions; migrations run through Alembic (`upgrade heads`).
+
+SQLite (the one-machine default) gets WAL and a busy timeout. PostgreSQL gets a connection pool:
+every process (relay node, detection worker, API) keeps at most `pool_size + max_overflow`
+connections, checks one before use (`pool_pre_ping`: a server restart or a connection killed by
+PostgreSQL costs one reconnect, never an error in a request), recycles them after
+`pool_recycle` seconds and hands out the most recently used first (idle ones age out). The pool is
+sized in the database URL, so every process reads it from `SEALGUARD_DB_URL`:
+
+    postgresql+psycopg://host/db?pool_size=10&max_overflow=20&pool_timeout=30&pool_recycle=1800
+
+Several processes may start at once against one PostgreSQL (relay nodes, workers): `upgrade`
+holds a PostgreSQL advisory lock, so the first runs the migrations and the others wait, then
+find nothing to do.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +21,36 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Pool options a PostgreSQL URL may carry in its query string, with their defaults and types.
+POOL_DEFAULTS: dict[str, int] = {"pool_size": 5, "max_overflow": 10, "pool_timeout": 30, "pool_recycle": 1800}
+MIGRATION_LOCK = 0x5EA16A4D  # pg_advisory_lock key held while migrations run
 
 
 class StorageError(RuntimeError):
     """Root of storage errors."""
+
+
+def pool_options(url: str) -> tuple[str, dict[str, int]]:
+    """Split the pool options out of a database URL: (URL without them, options with defaults)."""
+    u = make_url(url)
+    opts = dict(POOL_DEFAULTS)
+    for name in POOL_DEFAULTS:
+        if name in u.query:
+            raw = u.query[name]
+            value = raw if isinstance(raw, str) else raw[-1]
+            try:
+                opts[name] = int(value)
+            except ValueError:
+                raise StorageError(f"database URL option {name}={value!r} is not a whole number") from None
+            if opts[name] < 0 or (name in ("pool_size", "pool_timeout") and opts[name] == 0):
+                raise StorageError(f"database URL option {name}={value} is out of range")
+    return u.difference_update_query(POOL_DEFAULTS).render_as_string(hide_password=False), opts
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -33,10 +69,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    kwargs.setdefault("pool_size", 5)
-    kwargs.setdefault("max_overflow", 10)
+    bare, opts = pool_options(url)
+    for name, value in opts.items():
+        kwargs.setdefault(name, value)
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    kwargs.setdefault("pool_use_lifo", True)
+    return create_engine(bare, **kwargs)
 
 
 def alembic_config(url: str) -> Config:
@@ -47,8 +85,22 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Bring the schema at `url` to the newest revision of every branch."""
-    command.upgrade(alembic_config(url), "heads")
+    """Bring the schema at `url` to the newest revision of every branch (one runner at a time on PostgreSQL)."""
+    if url.startswith("sqlite"):
+        command.upgrade(alembic_config(url), "heads")
+        return
+    bare, _ = pool_options(url)
+    engine = create_engine(bare, poolclass=NullPool)
+    try:
+        with engine.connect() as lock:
+            lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+            try:
+                command.upgrade(alembic_config(bare), "heads")
+            finally:
+                lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+                lock.commit()
+    finally:
+        engine.dispose()
 
 
 class Database:
