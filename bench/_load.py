@@ -6,7 +6,8 @@ run inside it, and U=10,000 clients plus the server's own sockets do not fit one
 one JSON object per line; logs go to stderr:
 
     {"cmd": "connect", "target": "relay"|"mqtt", "host", "port", "first", "count", "concurrency",
-     "run_id", "keepalive_s"}                                    → {"connected", "failed", "secs", "error"}
+     "run_id", "keepalive_s", "ports"}                           → {"connected", "failed", "secs", "error"}
+                     (optional "ports": several relay nodes, user i connects to ports[i % len(ports)])
     {"cmd": "run", "count", "inflight"}       closed loop        → figures and latencies (see _run)
     {"cmd": "run", "count", "rate"}           open loop at `rate` messages/s
     {"cmd": "close"}                                             → {"closed"}
@@ -98,7 +99,8 @@ class Load:
 
     # -- commands ------------------------------------------------------------------------
     async def connect(self, target: str, host: str, port: int, first: int, count: int, concurrency: int,
-                      run_id: str, keepalive_s: float = 0.0, partners: int = 10) -> dict[str, Any]:
+                      run_id: str, keepalive_s: float = 0.0, partners: int = 10,
+                      ports: list[int] | None = None) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         self.target = target
         sem = asyncio.Semaphore(concurrency)
@@ -109,7 +111,9 @@ class Load:
             async with sem:
                 for attempt in range(5):
                     try:
-                        return await self._connect_one(loop, target, host, port, gi, run_id)
+                        # `ports`: several relay nodes, user gi on node gi % len(ports) (bench cluster)
+                        p = ports[gi % len(ports)] if ports else port
+                        return await self._connect_one(loop, target, host, p, gi, run_id)
                     except (OSError, TimeoutError, RuntimeError) as exc:
                         if attempt == 4:
                             errors.append(f"client {gi}: {exc}")

@@ -17,12 +17,16 @@ import dataclasses
 import gc
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from relay.listener import NullListener, SignalListener
 from relay.server import RelayConfig, RelayServer
 from sealguard.contracts import Enforcement
 from sealguard.settings import Settings
 from sealguard.storage import Database
+
+if TYPE_CHECKING:
+    from relay.cluster import Cluster, ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,8 @@ def config_from_settings(settings: Settings, **overrides: object) -> RelayConfig
 
 class RelayService:
     def __init__(self, settings: Settings, *, config: RelayConfig | None = None,
-                 listener: SignalListener | None = None, metrics: bool = True, metrics_port: int = 0) -> None:
+                 listener: SignalListener | None = None, metrics: bool = True, metrics_port: int = 0,
+                 cluster: ClusterConfig | None = None) -> None:
         self.settings = settings
         self.config = config or config_from_settings(settings)
         self._listener = listener
@@ -45,6 +50,8 @@ class RelayService:
         self.emitter = None
         self.consumer = None
         self.metrics = None
+        self.cluster_config = cluster  # one of several nodes (relay/cluster, docs/cluster.md); needs Kafka
+        self.cluster: Cluster | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -73,6 +80,13 @@ class RelayService:
                 listener = self.emitter
         self.server = RelayServer(self.db, self.config, listener or NullListener())
         await self.server.start(s.relay_host, s.relay_port)
+        if self.cluster_config is not None:
+            from relay.cluster import Cluster, ClusterError
+
+            if not s.kafka:
+                raise ClusterError("a relay cluster needs Kafka (SEALGUARD_KAFKA)")
+            self.cluster = self.server.cluster = Cluster(self.server, self.db, s.kafka, self.cluster_config)
+            await self.cluster.start()
         # What was loaded (accounts, groups, blocks) lives as long as the process: keep it out of
         # every collection; and collect young objects less often — the hot path makes few cycles.
         gc.collect()
@@ -96,14 +110,22 @@ class RelayService:
             from relay.metrics import MetricsServer
 
             self.metrics = MetricsServer(self.server, self.emitter, s.relay_host, self._metrics_port)
+            if self.cluster is not None:
+                from relay.cluster.metrics import ClusterCollector
+
+                self.metrics.registry.register(ClusterCollector(self.cluster))
         log.info("relay %s ready on %s:%d (metrics %s)", self.config.node, *self.address, self.metrics_url)
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
         if self.consumer is not None:
             await loop.run_in_executor(None, self.consumer.stop)
+        if self.cluster is not None:
+            self.cluster.begin_stop()
         if self.server is not None:
             await self.server.stop()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.emitter is not None:
             await loop.run_in_executor(None, self.emitter.close, 10.0)
         if self.metrics is not None:

@@ -201,6 +201,7 @@ class RelayServer:
         self.inflight: dict[tuple[bytes, str], Pending | Direct] = {}
         self.enforcer = Enforcer(self)
         self.features = Features(self)
+        self.cluster: Any = None  # relay.cluster.Cluster when this node is one of several (docs/cluster.md)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
         self._enqueue_batch: list[tuple[QueuedOut, Outgoing | None]] = []
         self._delete_batch: list[tuple[bytes, str]] = []
@@ -317,6 +318,8 @@ class RelayServer:
         if account is None or self.conns.get(account) is not conn:
             return
         del self.conns[account]
+        if self.cluster is not None:
+            self.cluster.disconnected(account)
         # Messages handed to this client and not acked go to the queue.
         for key in [k for k in self.inflight if k[1] == account]:
             self._requeue(key)
@@ -436,6 +439,8 @@ class RelayServer:
             self.reply_error(conn, rid, ErrorCode.ALREADY_REGISTERED, str(exc))
             return
         self.accounts.add(account)
+        if self.cluster is not None:
+            self.cluster.registered(account)
         self.stats.registrations += 1
         self.listener.emit(self.book.registered(account, conn.bucket, kind))
         if conn.closed:
@@ -497,6 +502,8 @@ class RelayServer:
         conn.reader.max_len = MAX_FRAME
         conn.opened_at = time.monotonic()
         self.conns[account] = conn
+        if self.cluster is not None:
+            self.cluster.connected(account)
 
     def _deliver_queued(self, conn: Connection, queued: list[QueuedOut]) -> None:
         deadline = time.monotonic() + self.config.ack_timeout_s
@@ -574,8 +581,10 @@ class RelayServer:
                                           kind, ts) + ciphertext)
             self.stats.frames_out += 1
         else:
-            self._queue(QueuedOut(mid, recipient, sender, None, kind, ciphertext, ts,
-                                  ts + int(self.config.queue_ttl_s * 1000)), Outgoing(conn, rid, mid, 1))
+            item, out = QueuedOut(mid, recipient, sender, None, kind, ciphertext, ts,
+                                  ts + int(self.config.queue_ttl_s * 1000)), Outgoing(conn, rid, mid, 1)
+            if self.cluster is None or not self.cluster.hand_over(item, out):  # on another node, or queued
+                self._queue(item, out)
 
     def route(self, out: Outgoing, mid: bytes, sender: str, sender_b: bytes, recipient: str, group: str | None,
               kind: int, ts: int, ciphertext: bytes, rconn: Connection | None) -> None:
@@ -586,8 +595,10 @@ class RelayServer:
             rconn.send(encode_deliver(mid, sender_b, group.encode() if group else b"", kind, ts, ciphertext))
             self.stats.frames_out += 1
         else:
-            self._queue(QueuedOut(mid, recipient, sender, group, kind, ciphertext, ts,
-                                  ts + int(self.config.queue_ttl_s * 1000)), out)
+            item = QueuedOut(mid, recipient, sender, group, kind, ciphertext, ts,
+                             ts + int(self.config.queue_ttl_s * 1000))
+            if self.cluster is None or not self.cluster.hand_over(item, out):  # on another node, or queued
+                self._queue(item, out)
 
     def _on_deliver_ack(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
         account = conn.account

@@ -190,6 +190,8 @@ class Features:
         assert blocker is not None
         new = (blocker, blocked) not in self.s.blocks
         self.s.blocks.add((blocker, blocked))
+        if self.s.cluster is not None:
+            self.s.cluster.block_changed(blocker, blocked, True)
 
         def then(_: Any) -> bytes:
             if new:
@@ -201,6 +203,8 @@ class Features:
     def _on_unblock(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
         (blocked,) = decode_payload(FrameType.UNBLOCK, payload)
         self.s.blocks.discard((conn.account or "", blocked))
+        if self.s.cluster is not None:
+            self.s.cluster.block_changed(conn.account or "", blocked, False)
         self._run(conn, rid, self.s.store.unblock, conn.account, blocked, then=lambda _: encode(FrameType.OK, rid, 0))
 
     def _on_report(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
@@ -256,6 +260,9 @@ class Features:
         def then(_: Any) -> bytes:
             book, emit = self.s.book, self.s.listener.emit
             self.s.groups[gid] = {actor, *members}
+            if self.s.cluster is not None:
+                for m in (actor, *members):
+                    self.s.cluster.group_changed(gid, m, True)
             emit(book.group_created(gid, actor))
             for m in members:
                 emit(book.group_member_added(gid, actor, m))
@@ -280,6 +287,8 @@ class Features:
 
         def then(_: Any) -> bytes:
             members.add(member)
+            if self.s.cluster is not None:
+                self.s.cluster.group_changed(gid, member, True)
             self.s.listener.emit(self.s.book.group_member_added(gid, actor, member))
             self._group_event(gid, actor, member, GroupOp.ADDED)
             other = self.s.conns.get(member)
@@ -300,6 +309,8 @@ class Features:
         def then(_: Any) -> bytes:
             self._group_event(gid, actor, member, GroupOp.REMOVED)  # the removed member hears it too
             members.discard(member)
+            if self.s.cluster is not None:
+                self.s.cluster.group_changed(gid, member, False)
             self.s.listener.emit(self.s.book.group_member_removed(gid, actor, member))
             return encode(FrameType.OK, rid, len(members))
 

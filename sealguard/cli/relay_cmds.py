@@ -20,6 +20,19 @@ def relay(
     metrics_port: int = typer.Option(0, help="Port of the Prometheus /metrics endpoint (0 = a free port)."),
     limit: list[str] = typer.Option([], help="Override a rate limit: name=capacity:refill_per_s (repeatable)."),
     ack_timeout: float = typer.Option(5.0, help="Seconds an online recipient has to ack before the message is queued."),
+    node_id: str | None = typer.Option(None, help="This node's id (default SEALGUARD_NODE_ID, else relay-1); "
+                                       "unique per node of a cluster."),
+    cluster: bool = typer.Option(False, "--cluster/--no-cluster", envvar="SEALGUARD_CLUSTER",
+                                 help="Be one of several relay nodes sharing SEALGUARD_KAFKA and SEALGUARD_DB_URL "
+                                 "(docs/cluster.md)."),
+    routes_topic: str = typer.Option("sg.relay.routes.v1", envvar="SEALGUARD_ROUTES_TOPIC",
+                                     help="Cluster: the topic of connects, disconnects and routing state."),
+    inbox_prefix: str = typer.Option("sg.relay.node.", envvar="SEALGUARD_INBOX_PREFIX",
+                                     help="Cluster: node N reads its inbox topic PREFIX + N + '.v1'."),
+    node_ttl: float = typer.Option(5.0, envvar="SEALGUARD_NODE_TTL",
+                                   help="Cluster: seconds without a heartbeat before a node counts as dead."),
+    handover_timeout: float | None = typer.Option(None, help="Cluster: seconds to wait for another node's ack "
+                                                  "before queueing the message here (default ack-timeout + 2)."),
 ) -> None:
     """Run one relay node: server, signal emitter, enforcement consumer and /metrics.
 
@@ -41,7 +54,23 @@ def relay(
         limits = parse_overrides(limit)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--limit") from None
+    if node_id is not None:
+        s.node_id = node_id
     config = config_from_settings(s, limits=limits, ack_timeout_s=ack_timeout)
+    cluster_config = None
+    if cluster:
+        from relay.cluster import ClusterConfig
+        from relay.cluster.wire import WireError, check_node_id
+
+        try:
+            check_node_id(s.node_id)
+        except WireError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--node-id") from None
+        if node_ttl <= 0 or (handover_timeout is not None and handover_timeout <= ack_timeout):
+            raise typer.BadParameter("--node-ttl must be positive and --handover-timeout longer than --ack-timeout")
+        cluster_config = ClusterConfig(node=s.node_id, routes_topic=routes_topic, inbox_prefix=inbox_prefix,
+                                       partitions=s.partitions, node_ttl_s=node_ttl,
+                                       handover_timeout_s=handover_timeout or ack_timeout + 2.0)
 
     with contextlib.ExitStack() as stack:
         if not s.kafka:
@@ -55,7 +84,7 @@ def relay(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            service = RelayService(s, config=config, metrics_port=metrics_port)
+            service = RelayService(s, config=config, metrics_port=metrics_port, cluster=cluster_config)
             await service.start()
             # Every message allocates a few short-lived objects; the default gen0 threshold (700)
             # runs a collection every ~100 messages. Fewer, and nothing from start-up rescanned.

@@ -1,0 +1,46 @@
+"""`sealguard_relay_cluster_*` on the node's /metrics: handovers, acks, fallbacks, peers, routes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from relay.cluster.node import Cluster
+
+COUNTERS = {
+    "handed_over": "Messages handed to another node's inbox",
+    "handovers_received": "Messages other nodes handed to this one",
+    "acks_sent": "Handover acks sent back to the handing node",
+    "acks_received": "Handover acks received in time",
+    "late_acks": "Handover acks that came after the message was queued here",
+    "fallbacks": "Handovers queued here instead (node dead, no ack in time, or it failed)",
+    "pokes": "Other nodes told to deliver an account's queue now",
+    "stale": "Inbox frames addressed to an earlier incarnation of this node (ignored)",
+    "rejected": "Malformed cluster records",
+    "takeovers": "Local connections closed because the account logged in on another node",
+}
+
+
+class ClusterCollector(Collector):
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Any]:
+        c = self.cluster
+        for name, doc in COUNTERS.items():
+            m = CounterMetricFamily(f"sealguard_relay_cluster_{name}", doc)
+            m.add_metric([], getattr(c.stats, name))
+            yield m
+        gauges = {
+            "peers_alive": (sum(p.alive for p in c.nodes.peers.values()), "Other relay nodes alive"),
+            "remote_routes": (len(c.routes), "Accounts known to be connected to another node"),
+            "pending_handovers": (len(c._pending), "Handovers waiting for the other node's ack"),
+        }
+        for name, (value, doc) in gauges.items():
+            g = GaugeMetricFamily(f"sealguard_relay_cluster_{name}", doc)
+            g.add_metric([], value)
+            yield g

@@ -1,0 +1,469 @@
+"""One relay node's part in the cluster: routes, presence, handover, liveness (docs/cluster.md).
+
+The server calls a handful of hooks (`RelayServer.cluster`): `hand_over` when a recipient is not
+connected here, `connected` / `disconnected` / `registered`, and `group_changed` / `block_changed`
+from the features. Everything else runs here, on the event loop, fed in batches by the Kafka
+threads (`bus.py`) and the cluster's DB thread.
+
+The durability argument (DESIGN.md: the sender's ack waits for the recipient's ack or the
+database queue), for a message from a client on node A to an account routed to node B:
+1. A keeps the message (ciphertext included) in `_pending` under a token and hands a HANDOVER to
+   B's inbox. A acks its sender only when B answers DELIVERED (B's client acked it) or QUEUED
+   (B committed it to the queue) — exactly what a single node would wait for.
+2. If B is dead (heartbeats stopped), stopped, restarted (another incarnation), answers FAILED, or
+   does not answer within `handover_timeout_s` (longer than B's own ack timeout plus its queue
+   flush), A commits the message to the queue itself and acks QUEUED. Duplicates are possible (B
+   was only slow), losses are not: clients de-duplicate by message id.
+3. B delivers a HANDOVER as it would a local message: an online recipient gets a DELIVER and the
+   ack is awaited; a recipient that is not (or no longer) connected to B gets it queued by B.
+4. A queued message reaches a recipient online elsewhere: the node that saw it committed pokes the
+   recipient's node, and every login re-reads the queue once more `queue_recheck_s` later (a route
+   not yet known when the commit happened).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from relay.cluster import wire
+from relay.cluster.bus import Outbox, Reader
+from relay.cluster.routes import NodeTable, RouteTable
+from relay.cluster.store import ClusterStore
+from relay.protocol import ErrorCode, FrameType, encode
+from relay.server.store import QueuedOut
+from sealguard.contracts import now_ms
+from sealguard.storage import Database
+
+if TYPE_CHECKING:
+    from relay.server.core import Outgoing, RelayServer
+
+log = logging.getLogger(__name__)
+_SEND_ACK, _ERROR = int(FrameType.SEND_ACK), int(FrameType.ERROR)
+_QUOTA = int(ErrorCode.QUOTA_EXCEEDED)
+
+
+class ClusterError(RuntimeError):
+    """Root of cluster errors: the node could not join (bad node id, no broker, no database)."""
+
+
+@dataclass
+class ClusterConfig:
+    node: str
+    routes_topic: str = "sg.relay.routes.v1"
+    inbox_prefix: str = "sg.relay.node."
+    partitions: int = 4  # of the routes topic (keyed by account)
+    heartbeat_s: float = 1.0
+    node_ttl_s: float = 5.0  # a node whose heartbeat has not changed this long is dead
+    handover_timeout_s: float = 7.0  # > the relay's ack_timeout_s + its queue flush + two topic hops
+    route_flush_s: float = 0.1  # route rows are written in batches this often
+    queue_recheck_s: float = 1.0  # a login re-reads the queue once more after this
+    sweep_s: float = 0.25
+
+    def inbox_topic(self, node: str) -> str:
+        return f"{self.inbox_prefix}{node}.v1"
+
+
+class Stats:
+    __slots__ = ("acks_received", "acks_sent", "fallbacks", "handed_over", "handovers_received", "late_acks",
+                 "pokes", "rejected", "stale", "takeovers")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class AckPort:
+    """Stands in for the sender's connection in an `Outgoing` whose sender is not a local client:
+    the server settles it as usual (`out.conn.send(SEND_ACK or ERROR)`), and the port turns the
+    frame back into (token = the frame's request id, status)."""
+
+    __slots__ = ("closed", "on_status")
+
+    def __init__(self, on_status: Any) -> None:
+        self.on_status = on_status
+        self.closed = False
+
+    def send(self, frame: bytes) -> None:
+        ftype = frame[5]
+        rid = int.from_bytes(frame[7:11], "big")
+        if ftype == _SEND_ACK:
+            status = frame[-1]
+        elif ftype == _ERROR:
+            status = wire.REFUSED if int.from_bytes(frame[11:13], "big") == _QUOTA else wire.FAILED
+        else:
+            return
+        self.on_status(rid, status)
+
+
+class Cluster:
+    def __init__(self, server: RelayServer, db: Database, bootstrap: str, config: ClusterConfig) -> None:
+        wire.check_node_id(config.node)
+        if config.node != server.config.node:
+            raise ClusterError(f"cluster node {config.node!r} differs from the relay's node {server.config.node!r}")
+        self.server = server
+        self.bootstrap = bootstrap
+        self.config = config
+        self.node = config.node
+        self.store = ClusterStore(db)
+        self.routes = RouteTable()
+        self.nodes = NodeTable(config.node, config.node_ttl_s)
+        self.incarnation = secrets.randbits(31) | 1
+        self.stats = Stats()
+        self.ready = False
+        self.outbox: Outbox | None = None
+        self._inbox: Reader | None = None
+        self._routes_in: Reader | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # token → (the sender's Outgoing, the message, deadline (monotonic), destination node)
+        self._pending: dict[int, tuple[Outgoing, QueuedOut, float, str]] = {}
+        self._local: dict[int, tuple[Outgoing, QueuedOut]] = {}  # token → queued here after a failed handover
+        self._tokens = itertools.count(1)
+        self._ports: dict[tuple[str, int], AckPort] = {}
+        self._local_port = AckPort(self._on_local_status)
+        self._logins: dict[str, int] = {}  # local account → when it logged in (ms)
+        self._route_changes: deque[tuple[str, bool, int]] = deque()
+        self._drops: deque[str] = deque()  # dead nodes whose route rows to delete
+        self._stop = threading.Event()
+        self._db_thread: threading.Thread | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from sealguard.stream import ensure_topics
+
+        loop = self._loop = asyncio.get_running_loop()
+        c = self.config
+        inbox = c.inbox_topic(self.node)
+        run = loop.run_in_executor
+        try:
+            await run(None, ensure_topics, self.bootstrap, [c.routes_topic], c.partitions)
+            await run(None, ensure_topics, self.bootstrap, [inbox], 1)
+        except Exception as exc:
+            raise ClusterError(f"could not create the cluster topics on {self.bootstrap}: {exc}") from exc
+        self.outbox = Outbox(self.bootstrap, self.node, self.incarnation)
+
+        def feed(fn: Any) -> Any:
+            return lambda batch: loop.call_soon_threadsafe(fn, batch)
+
+        self._inbox = Reader(self.bootstrap, inbox, "cluster-inbox", feed(self._on_inbox), from_end=True)
+        self._routes_in = Reader(self.bootstrap, c.routes_topic, "cluster-routes", feed(self._on_routes),
+                                 from_end=False, on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon))
+        # The inbox is positioned before anyone can learn we exist (our node row); the routes topic is
+        # replayed from the beginning over the database snapshot (older records lose to newer ones).
+        await run(None, self._inbox.assign)
+        await run(None, self._routes_in.assign)
+        await run(None, self.store.register_node, self.node, self.incarnation, inbox, now_ms())
+        await self._reload()
+        self._inbox.start()
+        self._routes_in.start()
+        self._db_thread = threading.Thread(target=self._db_loop, name="cluster-db", daemon=True)
+        self._db_thread.start()
+        self._timer = loop.call_later(c.sweep_s, self._sweep)
+        for account in list(self.server.conns):  # connected while we were joining
+            self.connected(account)
+        self.ready = True
+        log.info("cluster: node %s (incarnation %d) joined; %d peers alive, %d remote routes; inbox %s",
+                 self.node, self.incarnation, sum(p.alive for p in self.nodes.peers.values()), len(self.routes),
+                 inbox)
+
+    def begin_stop(self) -> None:
+        """Before the server stops: nothing more is handed over, and what is still waiting for
+        another node goes to the queue here (the server's stop flushes it)."""
+        self.ready = False
+        if self._timer is not None:
+            self._timer.cancel()
+        for token in list(self._pending):
+            self._fallback(token, self._pending.pop(token))
+
+    async def close(self) -> None:
+        """After the server stopped: acks flushed, our node row marked stopped (peers drop our
+        routes at once), threads ended."""
+        loop = asyncio.get_running_loop()
+        self._stop.set()
+        if self._db_thread is not None:
+            await loop.run_in_executor(None, self._db_thread.join, 5)
+        for reader in (self._inbox, self._routes_in):
+            if reader is not None:
+                await loop.run_in_executor(None, reader.stop)
+        if self.outbox is not None:
+            await loop.run_in_executor(None, self.outbox.close, 5.0)
+        try:
+            await loop.run_in_executor(None, self.store.mark_stopped, self.node, self.incarnation, now_ms())
+        except Exception:
+            log.exception("cluster: could not mark node %s stopped; peers will find it dead", self.node)
+
+    async def _reload(self) -> None:
+        """Peers and routes from the database (at start, and after the broker came back)."""
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(None, self.store.nodes)
+        self._on_nodes(rows)
+        alive = [n for n, p in self.nodes.peers.items() if p.alive]
+        for account, node, ts in await loop.run_in_executor(None, self.store.load_routes, alive):
+            self.routes.apply(account, node, True, ts)
+
+    def _reload_soon(self) -> None:
+        self.server.spawn(self._reload())
+
+    # -- the cluster's DB thread ---------------------------------------------------------------------------
+    def _db_loop(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        next_beat = 0.0
+        while not self._stop.is_set():
+            changes = []
+            while self._route_changes:
+                changes.append(self._route_changes.popleft())
+            try:
+                if changes:
+                    self.store.write_routes(self.node, changes)
+                while self._drops:
+                    node = self._drops[0]
+                    n = self.store.drop_routes(node)
+                    self._drops.popleft()
+                    log.info("cluster: dropped %d route rows of node %s", n, node)
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.config.heartbeat_s
+                    rows = self.store.heartbeat(self.node, self.incarnation, now_ms())
+                    loop.call_soon_threadsafe(self._on_nodes, rows)
+            except Exception as exc:  # the database is down: keep the changes, try again
+                log.warning("cluster: database write failed (%s); retrying", exc)
+                self._route_changes.extendleft(reversed(changes))
+                self._stop.wait(1.0)
+            self._stop.wait(self.config.route_flush_s)
+
+    def _on_nodes(self, rows: list[tuple[str, int, str, int, int | None]]) -> None:
+        died, born = self.nodes.observe(rows, time.monotonic(), now_ms())
+        for node in born:
+            log.info("cluster: node %s is alive", node)
+        for node in died:
+            gone = self.routes.drop_node(node)
+            n = 0
+            for token, entry in list(self._pending.items()):
+                if entry[3] == node:
+                    del self._pending[token]
+                    self._fallback(token, entry)
+                    n += 1
+            self._drops.append(node)
+            log.warning("cluster: node %s is dead or stopped: %d routes expired, %d handovers queued here",
+                        node, len(gone), n)
+
+    # -- hooks the server calls -------------------------------------------------------------------------
+    def hand_over(self, item: QueuedOut, out: Outgoing) -> bool:
+        """The recipient is not connected here: hand the message to the node it is on. False when no
+        live node has it (the server queues the message)."""
+        if not self.ready:
+            return False
+        node = self.routes.node_of.get(item.recipient)
+        if node is None:
+            return False
+        peer = self.nodes.alive(node)
+        if peer is None:
+            return False
+        token = next(self._tokens) & 0xFFFFFFFF
+        self._pending[token] = (out, item, time.monotonic() + self.config.handover_timeout_s, node)
+        assert self.outbox is not None
+        self.outbox.to_inbox(peer.inbox_topic, peer.incarnation, wire.handover(
+            token, item.message_id, item.kind, item.enqueued_at, item.recipient, item.sender, item.group,
+            item.ciphertext))
+        self.stats.handed_over += 1
+        return True
+
+    def connected(self, account: str) -> None:
+        if self.outbox is None:
+            return  # start() publishes whoever connected before it
+        ts = now_ms()
+        self._logins[account] = ts
+        self.outbox.to_topic(self.config.routes_topic, account, wire.route_record(self.node, True, ts))
+        self._route_changes.append((account, True, ts))
+        if self._loop is not None:
+            self._loop.call_later(self.config.queue_recheck_s, self._recheck, account)
+
+    def disconnected(self, account: str) -> None:
+        self._logins.pop(account, None)
+        if self.outbox is None:
+            return
+        ts = now_ms()
+        self.outbox.to_topic(self.config.routes_topic, account, wire.route_record(self.node, False, ts))
+        self._route_changes.append((account, False, ts))
+
+    def registered(self, account: str) -> None:
+        if self.outbox is not None:
+            self.outbox.to_topic(self.config.routes_topic, account, wire.account_record(self.node))
+
+    def group_changed(self, gid: str, member: str, added: bool) -> None:
+        if self.outbox is not None:
+            self.outbox.to_topic(self.config.routes_topic, gid, wire.group_record(self.node, gid, added, member))
+
+    def block_changed(self, blocker: str, blocked: str, on: bool) -> None:
+        if self.outbox is not None:
+            self.outbox.to_topic(self.config.routes_topic, blocker, wire.block_record(self.node, blocked, on))
+
+    # -- settling -------------------------------------------------------------------------------------------
+    def _fallback(self, token: int, entry: tuple[Outgoing, QueuedOut, float, str]) -> None:
+        """The destination did not take the message: commit it to the queue here, then ack."""
+        from relay.server.core import Outgoing
+
+        out, item, _, _ = entry
+        self.stats.fallbacks += 1
+        self._local[token] = (out, item)
+        self.server._queue(item, Outgoing(self._local_port, token, item.message_id, 1))  # type: ignore[arg-type]
+
+    def _on_local_status(self, token: int, status: int) -> None:
+        entry = self._local.pop(token, None)
+        if entry is None:
+            return
+        out, item = entry
+        if status == wire.FAILED:
+            self.server.reply_error(out.conn, out.rid, ErrorCode.INTERNAL, "could not queue the message; retry")
+            return
+        self.server._settle(out, queued=status == wire.QUEUED, refused=status == wire.REFUSED)
+        if status == wire.QUEUED:
+            self._poke(item.recipient, skip=self.node)  # a local recipient got it from the server's own write
+
+    def _on_ack(self, token: int, status: int) -> None:
+        entry = self._pending.pop(token, None)
+        if entry is None:
+            self.stats.late_acks += 1  # already queued here after a timeout: the copy there is a duplicate
+            return
+        self.stats.acks_received += 1
+        if status == wire.FAILED:
+            self._fallback(token, entry)
+            return
+        out, item, _, node = entry
+        self.server._settle(out, queued=status == wire.QUEUED, refused=status == wire.REFUSED)
+        if status == wire.QUEUED:
+            self._poke(item.recipient, skip=node)
+
+    def _poke(self, recipient: str, skip: str) -> None:
+        """A message for `recipient` is committed to the queue: if the account is connected (here or on
+        another live node), have that node deliver its queue now."""
+        if recipient in self.server.conns:
+            if skip != self.node:
+                self.server.spawn(self._deliver_queue(recipient))
+            return
+        node = self.routes.node_of.get(recipient)
+        peer = self.nodes.alive(node) if node is not None and node != skip else None
+        if peer is not None and self.outbox is not None:
+            self.stats.pokes += 1
+            self.outbox.to_inbox(peer.inbox_topic, peer.incarnation, wire.poke(recipient))
+
+    def _recheck(self, account: str) -> None:
+        if account in self.server.conns:
+            self.server.spawn(self._deliver_queue(account))
+
+    async def _deliver_queue(self, account: str) -> None:
+        server = self.server
+        conn = server.conns.get(account)
+        if conn is None:
+            return
+        queued = await server.run_db(server.store.load_queue, account, server.config.queue_quota)
+        if queued and server.conns.get(account) is conn and not conn.closed:
+            server._deliver_queued(conn, queued)
+
+    def _port(self, node: str, incarnation: int) -> AckPort:
+        port = self._ports.get((node, incarnation))
+        if port is None:
+            topic = self.config.inbox_topic(node)
+
+            def send_ack(token: int, status: int) -> None:
+                assert self.outbox is not None
+                self.stats.acks_sent += 1
+                self.outbox.to_inbox(topic, incarnation, wire.ack(token, status))
+
+            port = self._ports[(node, incarnation)] = AckPort(send_ack)
+        return port
+
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        try:
+            now = time.monotonic()
+            expired = [t for t, e in self._pending.items() if e[2] <= now]
+            for token in expired:
+                self._fallback(token, self._pending.pop(token))
+            if expired:
+                log.info("cluster: %d handovers not acked in %.1fs: queued here", len(expired),
+                         self.config.handover_timeout_s)
+        finally:
+            if self.ready:
+                self._timer = self._loop.call_later(self.config.sweep_s, self._sweep)
+
+    # -- input from the Kafka threads -------------------------------------------------------------------
+    def _on_inbox(self, batch: list[tuple[Any, bytes]]) -> None:
+        from relay.server.core import Outgoing
+
+        server = self.server
+        conns = server.conns
+        ttl = int(server.config.queue_ttl_s * 1000)
+        me = self.incarnation
+        for _key, value in batch:
+            try:
+                node, inc, to_inc, frames = wire.parse_record(value)
+            except wire.WireError as exc:
+                self.stats.rejected += 1
+                log.error("cluster: rejected an inbox record: %s", exc)
+                continue
+            if to_inc != me:
+                self.stats.stale += len(frames)  # for an earlier incarnation of this node: its sender queues it
+                continue
+            for frame in frames:
+                try:
+                    tag = frame[0]
+                    if tag == wire.H:
+                        token, mid, kind, ts, recipient, sender, group, ct = wire.parse_handover(frame)
+                        self.stats.handovers_received += 1
+                        out = Outgoing(self._port(node, inc), token, mid, 1)  # type: ignore[arg-type]
+                        rconn = conns.get(recipient)
+                        if rconn is not None and not rconn.closed:
+                            server.route(out, mid, sender, sender.encode(), recipient, group, kind, ts, ct, rconn)
+                        else:  # not (or no longer) here: into the queue, acked QUEUED
+                            server._queue(QueuedOut(mid, recipient, sender, group, kind, ct, ts, ts + ttl), out)
+                    elif tag == wire.A:
+                        self._on_ack(*wire.parse_ack(frame))
+                    elif tag == wire.P:
+                        account = wire.parse_poke(frame)
+                        if account in conns:
+                            server.spawn(self._deliver_queue(account))
+                    else:
+                        raise wire.WireError(f"unknown frame tag {tag!r}")
+                except (wire.WireError, UnicodeDecodeError, IndexError) as exc:
+                    self.stats.rejected += 1
+                    log.error("cluster: rejected a frame from %s: %s", node, exc)
+
+    def _on_routes(self, batch: list[tuple[Any, bytes]]) -> None:
+        server = self.server
+        for key, value in batch:
+            try:
+                tag, node, k, f = wire.parse_state(key, value)
+                if node == self.node:
+                    continue
+                if tag == "R":
+                    online, ts = f[0] == "1", int(f[1])
+                    self.routes.apply(k, node, online, ts)
+                    conn = server.conns.get(k)
+                    if online and conn is not None and self._logins.get(k, ts) < ts:
+                        # One device per account, cluster-wide: the newer login (on `node`) wins.
+                        self.stats.takeovers += 1
+                        conn.send(encode(FrameType.BYE, 0))
+                        conn.close()
+                        server.on_disconnect(conn)
+                elif tag == "A":
+                    server.accounts.add(k)
+                elif tag == "G":
+                    members = server.groups.setdefault(k, set())
+                    (members.add if f[1] == "+" else members.discard)(f[2])
+                elif tag == "B":
+                    (server.blocks.add if f[1] == "1" else server.blocks.discard)((k, f[0]))
+            except (wire.WireError, ValueError, IndexError) as exc:
+                self.stats.rejected += 1
+                log.error("cluster: rejected a routes record: %s", exc)
