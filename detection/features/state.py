@@ -176,22 +176,56 @@ class FeatureEngine:
         """Both doors (offline replay of one ts-ordered stream)."""
         return self.apply_outbound(ev), self.apply_inbound(ev)
 
-    # -- outbound --------------------------------------------------------------------------
     def _out_message(self, ev: Any) -> str:
-        ts, sender = ev.ts, ev.sender
+        self.send(ev.ts, ev.sender, ev.recipient, ev.first_contact)
+        return ev.sender
+
+    def _out_registered(self, ev: Any) -> None:
+        self.register(ev.ts, ev.account, ev.net_bucket)
+
+    def _out_session(self, ev: Any) -> None:
+        self.session(ev.ts, ev.account, ev.net_bucket)
+
+    def _out_group_add(self, ev: Any) -> str | None:
+        if ev.member is None:
+            return None
+        return ev.actor if self.group_add(ev.ts, ev.actor, ev.member_is_contact) is not None else None
+
+    def _in_message(self, ev: Any) -> None:
+        if ev.recipient is not None:
+            self.receive(ev.ts, ev.recipient, ev.sender)
+        # receiving a message is no reason to score the receiver
+
+    def _in_blocked(self, ev: Any) -> str:
+        self.block(ev.ts, ev.blocked)
+        return ev.blocked
+
+    def _in_report(self, ev: Any) -> str:
+        self.report(ev.ts, ev.reported, ev.messages_verified > 0)
+        return ev.reported
+
+    # -- what each signal does to an account (the doors above and the columnar replay in
+    # table.py both call these, so there is one definition of every update) ------------------
+    def send(self, ts: int, sender: str, recipient: str | None, first_contact: bool | None) -> AccountState:
+        """`sender` sent a message (to `recipient`, or to a group when None)."""
         st = self.accounts.get(sender)
         if st is None:
             st = self.accounts[sender] = AccountState(ts)
         st.n_out += 1
         st.sends_total += 1
         last, st.last_send_ts = st.last_send_ts, ts
-        gap = ts - last if last is not None and ts >= last else None
-        recipient = ev.recipient
+        if last is not None and ts >= last:
+            gap = ts - last
+            gap2 = gap * gap
+        else:
+            gap = -1
+            gap2 = 0
         if recipient is not None:
-            first = 1 if ev.first_contact else 0
+            first = 1 if first_contact else 0
             reply = 1 if recipient in st.inbound_from else 0
             for vec, dist in zip(st.vecs, st.dists):
-                v = vec.vector(ts)
+                b = ts // vec._width
+                v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
                 tot = vec.tot
                 v[SENDS] += 1
                 tot[SENDS] += 1
@@ -203,84 +237,95 @@ class FeatureEngine:
                 if reply:
                     v[REPLY] += 1
                     tot[REPLY] += 1
-                if gap is not None:
+                if gap >= 0:
                     v[GAPS] += 1
                     tot[GAPS] += 1
                     v[GAP_SUM] += gap
                     tot[GAP_SUM] += gap
-                    v[GAP_SQ] += gap * gap
-                    tot[GAP_SQ] += gap * gap
-                dist.see_current(v, recipient)
+                    v[GAP_SQ] += gap2
+                    tot[GAP_SQ] += gap2
+                if dist._last.get(recipient) != vec._head:
+                    dist.see_current(v, recipient)
         else:
             for vec in st.vecs:
-                v = vec.vector(ts)
+                b = ts // vec._width
+                v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
                 tot = vec.tot
                 v[SENDS] += 1
                 tot[SENDS] += 1
-                if gap is not None:
+                if gap >= 0:
                     v[GAPS] += 1
                     tot[GAPS] += 1
                     v[GAP_SUM] += gap
                     tot[GAP_SUM] += gap
-                    v[GAP_SQ] += gap * gap
-                    tot[GAP_SQ] += gap * gap
-        return sender
+                    v[GAP_SQ] += gap2
+                    tot[GAP_SQ] += gap2
+        return st
 
-    def _out_registered(self, ev: Any) -> None:
-        st = self.state(ev.account, ev.ts)
-        st.registered_ts = ev.ts
-        st.net_bucket = ev.net_bucket
-        self.book.register(ev.net_bucket, ev.ts)
+    def register(self, ts: int, account: str, net_bucket: str) -> AccountState:
+        """`account` registered from `net_bucket` (counted in this engine's NetBook)."""
+        st = self.state(account, ts)
+        st.registered_ts = ts
+        st.net_bucket = net_bucket
+        self.book.register(net_bucket, ts)
+        return st
 
-    def _out_session(self, ev: Any) -> None:
-        st = self.state(ev.account, ev.ts)
+    def session(self, ts: int, account: str, net_bucket: str | None) -> None:
+        """`account` opened a session (its first seen network stands in for a registration's)."""
+        st = self.accounts.get(account)
+        if st is None:
+            st = self.accounts[account] = AccountState(ts)
         if st.net_bucket is None:
-            st.net_bucket = ev.net_bucket
+            st.net_bucket = net_bucket
 
-    def _out_group_add(self, ev: Any) -> str | None:
-        if ev.member is None:
-            return None
-        st = self.state(ev.actor, ev.ts)
-        if ev.member_is_contact:
+    def group_add(self, ts: int, actor: str, member_is_contact: bool | None) -> AccountState | None:
+        """`actor` added a member to a group; the state when that member was a stranger (worth scoring)."""
+        st = self.state(actor, ts)
+        if member_is_contact:
             return None
         st.n_out += 1
-        for vec in st.vecs:
-            vec.add(ev.ts, STRANGERS, 1)
-        return ev.actor
+        self._add(st, ts, STRANGERS, 1)
+        return st
 
-    # -- inbound ---------------------------------------------------------------------------
-    def _in_message(self, ev: Any) -> None:
-        recipient = ev.recipient
-        if recipient is None:
-            return
-        st = self.state(recipient, ev.ts)
+    def receive(self, ts: int, recipient: str, sender: str) -> AccountState:
+        """`recipient` received a direct message from `sender`."""
+        st = self.accounts.get(recipient)
+        if st is None:
+            st = self.accounts[recipient] = AccountState(ts)
         seen = st.inbound_from
-        if ev.sender not in seen:
-            seen[ev.sender] = None
+        if sender not in seen:
+            seen[sender] = None
             if len(seen) > INBOUND_MEMORY:
                 del seen[next(iter(seen))]
-        for vec in st.vecs:
-            vec.add(ev.ts, RECEIVED, 1)
-        return  # receiving a message is no reason to score the receiver
+        self._add(st, ts, RECEIVED, 1)
+        return st
 
-    def _in_blocked(self, ev: Any) -> str:
-        st = self.state(ev.blocked, ev.ts)
+    def block(self, ts: int, blocked: str) -> AccountState:
+        """Someone blocked `blocked`."""
+        st = self.state(blocked, ts)
         st.blocks_total += 1
-        for vec in st.vecs:
-            vec.add(ev.ts, BLOCKS, 1)
-        return ev.blocked
+        self._add(st, ts, BLOCKS, 1)
+        return st
 
-    def _in_report(self, ev: Any) -> str:
-        st = self.state(ev.reported, ev.ts)
-        weight = VERIFIED_WEIGHT if ev.messages_verified > 0 else 1
+    def report(self, ts: int, reported: str, verified: bool) -> AccountState:
+        """Someone reported `reported`; a report whose messages the relay verified weighs VERIFIED_WEIGHT."""
+        st = self.state(reported, ts)
+        weight = VERIFIED_WEIGHT if verified else 1
         st.reports_total += weight
-        if ev.messages_verified > 0:
+        if verified:
             st.verified_reports_total += 1
         if st.first_report_ts is None:
-            st.first_report_ts = ev.ts
+            st.first_report_ts = ts
+        self._add(st, ts, REPORTS, weight)
+        return st
+
+    @staticmethod
+    def _add(st: AccountState, ts: int, channel: int, x: float) -> None:
         for vec in st.vecs:
-            vec.add(ev.ts, REPORTS, weight)
-        return ev.reported
+            b = ts // vec._width
+            v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
+            v[channel] += x
+            vec.tot[channel] += x
 
     # -- reading ---------------------------------------------------------------------------
     def features(self, account: str, ts: int) -> list[float]:
