@@ -60,6 +60,16 @@ def test_relay_store_on_both_backends(db_url: str) -> None:
             s.add(MessageCommitmentRow(commitment=legacy_commitment(old, a, b), expires_at=now + 60_000,
                                        reported=False))
         assert store.file_report(b, a, "spam", [old]) == (1, 1)
+        # and so does the 128-bit hex form (what SQLite stored before it stored 16-byte BLOBs)
+        hexed = os.urandom(16)
+        with db.session() as s, s.begin():
+            s.add(MessageCommitmentRow(commitment=commitment(hexed, a, b), expires_at=now + 60_000, reported=False))
+        assert store.file_report(b, a, "spam", [hexed]) == (1, 1)
+        if db.engine.dialect.name == "sqlite":  # new commitments are 16-byte BLOBs there
+            with db.engine.connect() as c:
+                lengths = {c.exec_driver_sql("SELECT length(commitment) FROM message_commitments "
+                                             "WHERE typeof(commitment) = 'blob'").scalars().all()[0]}
+            assert lengths == {16}
         # expiry keeps withheld rows
         store.enqueue([QueuedOut(os.urandom(16), b, a, None, 0, b"x", now, now - 1)], quota=10)
         store.set_withheld(a, True)
