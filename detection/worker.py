@@ -25,6 +25,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ class WorkerConfig:
     group: str = "sg-detect"
     batch: int = 5000  # records per poll
     poll_timeout_s: float = 0.01  # consume() waits this long to fill a batch; short keeps latency low
-    checkpoint_interval_s: float = 10.0
+    checkpoint_interval_s: float = 10.0  # at least this often ...
+    checkpoint_max_share: float = 0.05  # ... unless checkpoints would then take more than this share of the time
     max_poll_interval_ms: int = 15_000
     verify_timeout_s: float = 3.0  # how long a resume waits to read back the last checkpointed record
     align_slack_ms: int = 5_000  # signals partitions may drift this far apart in event time (see _align)
@@ -70,8 +72,7 @@ class WorkerConfig:
     schedule: ScoreSchedule = field(default_factory=ScoreSchedule)
 
 
-def _by_time(item: tuple[Any, ...]) -> tuple[int, int]:
-    return item[0], item[1]
+_TS = itemgetter(0)
 
 
 class Metrics:
@@ -145,12 +146,15 @@ class Worker:
             self._server, _ = start_http_server(port, self.cfg.metrics_host, registry=self.metrics.registry)
             self.metrics_url = f"http://{self.cfg.metrics_host}:{port}/metrics"
         self.consumed = 0  # records of both topics, malformed ones included
+        self.checkpoints = 0  # checkpoints written, and the seconds they took (bench)
+        self.checkpoint_s = 0.0
         self.n_signals = 0
         self.n_inbound = 0
         self.bad = 0
         self.applied: dict[str, int] = {}  # account -> ts of the relay's latest enforcement.applied
         self.score_latencies_ms: deque[int] = deque(maxlen=500_000)
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_every = self.cfg.checkpoint_interval_s  # grows with the state (checkpoint_max_share)
         self._last_refresh = time.monotonic()
         self._bad_logged = 0
         self.assigned = threading.Event()
@@ -239,11 +243,17 @@ class Worker:
         return saved == shard.offsets
 
     # -- the loop --------------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
-        # Millions of small long-lived objects (account state) make CPython's default cyclic-GC
-        # thresholds rescan them constantly; feature state has no cycles worth collecting often.
+    @staticmethod
+    def tune_gc() -> None:
+        """Millions of small long-lived objects (account state) make CPython's default cyclic-GC
+        thresholds rescan them constantly (a third of the worker's CPU at 1M signals, measured);
+        feature state has no cycles worth collecting often. `run()` calls it; so must anything
+        that drives `step()` itself for long."""
         gc.set_threshold(100_000, 50, 1000)
         gc.freeze()
+
+    def run(self, stop: threading.Event) -> None:
+        self.tune_gc()
         try:
             while not stop.is_set():
                 self.step()
@@ -260,7 +270,8 @@ class Worker:
             self.rules.refresh()
             self.models.refresh()
             self._update_lag()
-        if now - self._last_checkpoint >= self.cfg.checkpoint_interval_s:
+            self.sink.flush_scores()
+        if now - self._last_checkpoint >= self._checkpoint_every:
             self.checkpoint()
         return n
 
@@ -301,7 +312,7 @@ class Worker:
             else:
                 n_in += 1
             batch.append((ev.ts, i, ev, shard, is_signal, raw))
-        batch.sort(key=_by_time)
+        batch.sort(key=_TS)  # stable: equal times keep their batch order
         for _, i, ev, shard, is_signal, raw in batch:
             try:
                 if is_signal:
@@ -467,6 +478,7 @@ class Worker:
             shadow = challenger.score(matrix)
             self.metrics.scored.labels(challenger.version).inc(len(pending))
             records += [(r[0], challenger.version, r[2], float(shadow[r[0]]), True) for r in list(records)]
+        self.sink.flush_cases()
         if records:
             self._store(pending, matrix, records)
 
@@ -494,6 +506,7 @@ class Worker:
         (its sender's and its counterpart's) is then saved in both or in neither."""
         del all_dirty
         self._last_checkpoint = time.monotonic()
+        self.sink.flush()  # scores the state marks as stored go to the database first
         shards = [s for _, s in sorted(self.shards.items()) if s.dirty]
         if not shards:
             return
@@ -503,7 +516,13 @@ class Worker:
             log.error("checkpoint postponed: %d records still unsent to the broker", left)
             return
         nbytes = save_shards(self.db, self.cfg.group, self.signals_topic, shards)
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.metrics.checkpoint_seconds.observe(took)
+        # A checkpoint pickles whole shards: its cost grows with the state. Keep it under
+        # `checkpoint_max_share` of the time (a longer interval only means more replay after a crash).
+        self._checkpoint_every = max(self.cfg.checkpoint_interval_s, took / self.cfg.checkpoint_max_share)
+        self.checkpoints += 1
+        self.checkpoint_s += took
         self.metrics.accounts.set(sum(len(s.engine.accounts) for s in self.shards.values()))
         log.debug("checkpointed %d partitions (%d bytes) in %.3fs", len(shards), nbytes, time.perf_counter() - t0)
 
