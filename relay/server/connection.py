@@ -53,10 +53,11 @@ class Connection(asyncio.Protocol):
         self.bucket = ""
         self.peer = ""
         self.nonce: bytes | None = None
-        self.opened_at = self.last_seen = time.monotonic()
+        self.opened_at = time.monotonic()
+        self.last_seen = server.sweep_gen  # the sweep interval of its last complete frame (RelayServer._sweep)
         self.closed = False
         self.out: bytes | list[bytes] | None = None  # frames waiting for this iteration's write
-        self.budget = PRE_AUTH_BUDGET  # frames it may still send (refilled each sweep once logged in)
+        self.budget = PRE_AUTH_BUDGET  # frames it may still send (refilled each sweep interval once logged in)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import struct
@@ -216,6 +217,15 @@ class RelayServer:
         self.port = 0
         self._commit_ttl_ms = int(self.config.commitment_ttl_s * 1000)
         self._dirty: list[Connection] = []
+        # Sweep intervals are numbered (`sweep_gen`): a connection records the number of the interval of
+        # its last complete frame (`Connection.last_seen`) and gets a fresh frame budget with its first
+        # frame of an interval, so the sweep need not visit it. Each sweep visits the connections not
+        # logged in (`_pre_auth`: handshake timeout) and, every ~idle_timeout/8, all of them (idle
+        # timeout). At 10,000 users a pass over every connection twice a second was ~5% of the loop.
+        self.sweep_gen = 1
+        self._pre_auth: set[Connection] = set()
+        self._idle_sweeps = max(1, math.ceil(self.config.idle_timeout_s / self.config.sweep_interval_s))
+        self._idle_scan_every = max(1, round(self.config.idle_timeout_s / 8 / self.config.sweep_interval_s))
         self._ack_deadline = time.monotonic() + self.config.ack_timeout_s
         self.queue_depth = 0  # offline queue rows, refreshed by the purge job
         self.withheld_depth = 0
@@ -311,9 +321,11 @@ class RelayServer:
     def on_connect(self, conn: Connection) -> None:
         conn.bucket = net_bucket(conn.peer, self.config.net_salt)
         self.all_conns.add(conn)
+        self._pre_auth.add(conn)
 
     def on_disconnect(self, conn: Connection) -> None:
         self.all_conns.discard(conn)
+        self._pre_auth.discard(conn)
         account = conn.account
         if account is None or self.conns.get(account) is not conn:
             return
@@ -334,10 +346,12 @@ class RelayServer:
             return
         handlers = self._handlers
         n = len(frames)
-        if n:
-            # "Seen since the last sweep" (the sweep stamps the time, no clock read per read) — only
-            # for complete frames, so a client dribbling bytes that never finish a frame times out.
-            conn.last_seen = 0.0
+        if n and conn.last_seen != self.sweep_gen:
+            # Its first frames in this sweep interval (no clock read per read) — only complete frames
+            # count, so a client dribbling bytes that never finish a frame times out.
+            conn.last_seen = self.sweep_gen
+            if conn.account is not None:
+                conn.budget = FRAME_BUDGET  # FRAME_BUDGET frames per sweep interval once logged in
         conn.budget -= n
         self.stats.frames_in += n
         if conn.budget < 0:
@@ -496,6 +510,7 @@ class RelayServer:
         await self.enforcer.deliver_notices(account)
 
     def _authenticated(self, conn: Connection, account: str) -> None:
+        self._pre_auth.discard(conn)
         conn.budget = FRAME_BUDGET
         conn.account = account
         conn.account_b = account.encode()
@@ -747,17 +762,17 @@ class RelayServer:
                 del inflight[key]  # still in the database; delivered again at the next login
             else:
                 self._requeue(key)
-        idle, handshake = now - self.config.idle_timeout_s, now - self.config.handshake_timeout_s
-        for conn in list(self.all_conns):
-            if conn.account is not None:
-                conn.budget = FRAME_BUDGET
-            last_seen = conn.last_seen
-            if last_seen == 0.0:  # it sent something since the last sweep
-                conn.last_seen = last_seen = now
-            if (conn.account is None and conn.opened_at < handshake) or last_seen < idle:
-                self.stats.timeouts += 1
-                conn.send(encode_error(0, ErrorCode.TIMEOUT, "idle or unauthenticated for too long"))
-                conn.close()
+        self.sweep_gen = gen = self.sweep_gen + 1
+        idle, handshake = gen - self._idle_sweeps, now - self.config.handshake_timeout_s
+        late = [c for c in self._pre_auth if c.opened_at < handshake or c.last_seen < idle]
+        if gen % self._idle_scan_every == 0:
+            late += [c for c in self.all_conns if c.last_seen < idle and c.account is not None]
+        for conn in late:
+            if conn.closed:
+                continue
+            self.stats.timeouts += 1
+            conn.send(encode_error(0, ErrorCode.TIMEOUT, "idle or unauthenticated for too long"))
+            conn.close()
         self.enforcer.expire()
 
     async def _purge(self) -> None:
