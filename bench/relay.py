@@ -328,12 +328,15 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     if connected < 2 or failed > args.users * 0.01:
         raise BenchError(f"{target}: only {connected} of {args.users} users connected; first error: "
                          f"{next((r['error'] for r in replies if r['error']), '')}")
-    idle0 = cpu_seconds(pid)
-    time.sleep(2.0)
+    idle0, idle_threads0 = cpu_seconds(pid), thread_cpu(pid)
+    time.sleep(3.0)
     rss_idle = rss_bytes(pid)
-    idle_cpu_pct = 100 * (cpu_seconds(pid) - idle0) / 2.0  # what U idle users cost (timers, sweeps)
+    idle_cpu_pct = 100 * (cpu_seconds(pid) - idle0) / 3.0  # what U idle users cost (timers, sweeps)
+    idle_threads1 = thread_cpu(pid)
     out: dict[str, Any] = {"connected": connected, "rss_none": rss_none, "rss_idle": rss_idle,
-                           "rss_per_conn": (rss_idle - rss_none) / connected, "idle_cpu_pct": idle_cpu_pct}
+                           "rss_per_conn": (rss_idle - rss_none) / connected, "idle_cpu_pct": idle_cpu_pct,
+                           "idle_thread_cpu_pct": {k: round(100 * (v - idle_threads0.get(k, 0.0)) / 3.0, 2)
+                                                   for k, v in idle_threads1.items() if v > idle_threads0.get(k, 0.0)}}
 
     warm = min(max(args.messages // 10, 100), 5000)
     _run(loaders, warm, inflight=args.inflight)
