@@ -6,10 +6,15 @@ the worker's sink (detection.sink) then writes what it decides through
 the rule ids, the model version and the score.
 
 * auto-ban: score ≥ `ban_threshold` **and** minimum evidence of abuse that the account's own
-  metadata shows: a few messages sent, and either unsolicited outreach (first-contact messages,
-  strangers pulled into groups) or verified reports from its recipients. A score alone never bans
-  an account that has barely acted, nor one that only talks to people who know it — such an
-  account goes to review (`model_review`) instead;
+  metadata shows: a few messages sent, and either unsolicited outreach (strangers contacted first
+  in the last hour or the last day, strangers pulled into groups) or verified reports from its
+  recipients. A score alone never bans an account that has barely acted, nor one that only talks
+  to people who know it — such an account goes to review (`model_review`) instead;
+* an *established* account (older than `established_age_s`) that nobody has objected to yet (no
+  block, no verified report) is banned on outreach only once that outreach is older than the
+  last hour: a teacher writing to forty new parents looks like a spammer for the first minutes,
+  and unlike one once the parents answer. A fresh account (a blaster, a farm) is not given that
+  hour, and one objection is enough for anyone;
 * review case (`model_review`): `review_threshold` ≤ score < ban, priority = score × reach
   (1 + people reached in 24 h), once per account;
 * rules: `restrict`/`ban` act (actor = the rule), `review` opens a case;
@@ -43,6 +48,10 @@ _REPORTS = FEATURE_INDEX["reports_total"]
 _SENDS_1H = FEATURE_INDEX["sends_1h"]
 _BLOCKS = FEATURE_INDEX["blocks_total"]
 _FIRST_SHARE_1H = FEATURE_INDEX["first_contact_share_1h"]
+_FIRST_1H = FEATURE_INDEX["first_contacts_1h"]
+_FIRST_24H = FEATURE_INDEX["first_contacts_24h"]
+_STRANGERS_1H = FEATURE_INDEX["strangers_added_1h"]
+_AGE = FEATURE_INDEX["account_age_s"]
 
 
 _REPORT_COLS = [i for name, i in FEATURE_INDEX.items() if name.startswith("reports_per_recipient_")]
@@ -97,8 +106,12 @@ class Policy:
     review_threshold: float = 0.5
     min_sends: int = 3  # minimum evidence for a model ban: messages sent ...
     min_recipients: int = 3  # ... reaching at least this many people in 24 h (recipients + strangers added)
-    min_outreach: int = 3  # ... of them unsolicited: first-contact messages in 1 h + strangers added in 24 h
+    min_outreach: int = 3  # ... of them unsolicited: strangers contacted first (1 h or 24 h) + added to groups (24 h)
     min_verified_reports: int = 2  # ... or this many verified reports from its recipients
+    # An established account without objections needs `min_settled_outreach` of it to be older
+    # than the last hour (see the module docstring); None turns the rule off.
+    established_age_s: float | None = 7 * 86_400.0
+    min_settled_outreach: int = 2
     # Optional, off by default: a model ban also needs this many objections from recipients (blocks,
     # verified reports). For a model trained on little data (`sealguard up`'s warm-up), whose early
     # scores cannot tell a teacher's first messages to parents from a spammer's.
@@ -149,11 +162,21 @@ class Policy:
         return out
 
     def abuse_evidence(self, row: Sequence[float]) -> bool:
-        """Unsolicited outreach, or recipients' verified reports: what a model ban must rest on."""
-        outreach = round(row[_FIRST_SHARE_1H] * row[_SENDS_1H]) + row[_STRANGERS_24H]
-        if self.min_objections and row[_BLOCKS] + row[_VERIFIED] < self.min_objections:
+        """Unsolicited outreach, or recipients' verified reports: what a model ban must rest on.
+
+        Outreach = strangers contacted first (in the last hour, or the last day: a slow or talkative
+        spammer contacts one stranger an hour) + strangers added to groups in 24 h."""
+        strangers = row[_STRANGERS_24H]
+        outreach = max(round(row[_FIRST_SHARE_1H] * row[_SENDS_1H]), row[_FIRST_24H]) + strangers
+        objections = row[_BLOCKS] + row[_VERIFIED]
+        if self.min_objections and objections < self.min_objections:
             return False
-        return outreach >= self.min_outreach or row[_VERIFIED] >= self.min_verified_reports
+        if not (outreach >= self.min_outreach or row[_VERIFIED] >= self.min_verified_reports):
+            return False
+        if self.established_age_s is not None and objections < 1 and row[_AGE] >= self.established_age_s:
+            settled = row[_FIRST_24H] - row[_FIRST_1H] + strangers - row[_STRANGERS_1H]
+            return settled >= self.min_settled_outreach
+        return True
 
     def _ban(self, account: str, ts: int, actor: str, reason: ReasonCode, score: float | None,
              model_version: str | None, rule_ids: tuple[str, ...], st: AccountState) -> Verdict:

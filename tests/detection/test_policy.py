@@ -106,3 +106,38 @@ def test_min_objections_holds_a_model_ban_until_recipients_object() -> None:
         ["model_review"]
     out = p.decide(A, st, row(**outreach, blocks_total=2), 2, 0.99, "lgbm-1", [])
     assert out[0].action is Action.ban
+
+
+DAY_S = 86_400.0
+
+
+def test_slow_outreach_over_a_day_is_evidence() -> None:
+    """A slow or talkative spammer contacts one stranger an hour: a day's first contacts count."""
+    p, st = Policy(), AccountState(0)
+    slow = row(sends_total=30, recipients_24h=6, sends_1h=2, first_contact_share_1h=0.5, first_contacts_1h=1,
+               first_contacts_24h=5, account_age_s=3 * 3600)
+    assert Policy(established_age_s=None).abuse_evidence(slow)
+    out = p.decide(A, st, slow, 1, 0.99, "lgbm-1", [])
+    assert out[0].action is Action.ban
+
+
+def test_established_account_fan_out_waits_an_hour_unless_someone_objects() -> None:
+    """A teacher writing to forty new parents: an old account, every stranger contacted in the last
+    hour, nobody objecting. No ban on that burst alone; a ban once the outreach is older than the
+    hour and still scores high, or at once when a recipient blocks or verifiably reports."""
+    burst = dict(sends_total=25, recipients_24h=25, sends_1h=25, first_contact_share_1h=0.5, first_contacts_1h=12,
+                 first_contacts_24h=12, account_age_s=400 * DAY_S)
+    p, st = Policy(), AccountState(0)
+    out = p.decide(A, st, row(**burst), 1, 0.99, "lgbm-1", [])
+    assert not any(v.action is Action.ban for v in out)
+    assert [v.queue for v in out] == ["model_review"]
+    # ... the same account blocked by a recipient
+    p, st = Policy(), AccountState(0)
+    assert p.decide(A, st, row(**burst, blocks_total=1), 1, 0.99, "lgbm-1", [])[0].action is Action.ban
+    # ... or an hour later, its outreach settled and the score still high
+    later = dict(burst, sends_1h=0, first_contact_share_1h=0.0, first_contacts_1h=0)
+    p, st = Policy(), AccountState(0)
+    assert p.decide(A, st, row(**later), 2, 0.99, "lgbm-1", [])[0].action is Action.ban
+    # a fresh account (a blaster) is not given the hour
+    p, st = Policy(), AccountState(0)
+    assert p.decide(A, st, row(**dict(burst, account_age_s=600.0)), 1, 0.99, "lgbm-1", [])[0].action is Action.ban
