@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, bootstrap: str, node: str, incarnation: int, *, linger_ms: int = 2,
+    def __init__(self, bootstrap: str, node: str, incarnation: int, *, linger_ms: int = 10,
                  drain_s: float = 0.001) -> None:
         from sealguard.stream import producer
 
@@ -59,14 +59,18 @@ class Outbox:
 
     def _run(self) -> None:
         q, produce, poll = self._q, self._producer.produce, self._producer.poll
+        idle = 0
         while True:
             stopping = self._stop.is_set()
             if not q:
                 if stopping:
                     return
                 poll(0)
-                self._stop.wait(self.drain_s)
+                # Every millisecond while records flow; idle, every 5 (a wake-up costs CPU too).
+                idle = min(idle + 1, 5)
+                self._stop.wait(self.drain_s * idle)
                 continue
+            idle = 0
             inboxes: dict[tuple[str, int], list[bytes]] = {}
             n = len(q)
             for _ in range(n):
@@ -104,10 +108,14 @@ class Outbox:
 
 
 class Reader:
-    """Consume `topic` by assignment on a thread; `on_records(list[(key, value)])` on the loop."""
+    """Consume `topic` by assignment on a thread; `on_records(list[(key, value)])` on the loop.
+
+    `fetch_wait_ms` is the latency of an idle partition: Tansu (measured here) answers a fetch of an
+    empty partition only when that wait is over, even if records arrive meanwhile, and an empty
+    fetch costs it ~0.3 ms of CPU — 6 readers at 5 ms kept an idle broker at 41% of a core."""
 
     def __init__(self, bootstrap: str, topic: str, name: str, on_records: Callable[[list[tuple[Any, bytes]]], None],
-                 *, from_end: bool, on_reset: Callable[[], None] | None = None) -> None:
+                 *, from_end: bool, on_reset: Callable[[], None] | None = None, fetch_wait_ms: int = 100) -> None:
         from sealguard.stream import consumer
 
         self.topic = topic
@@ -121,7 +129,8 @@ class Reader:
         self._stop = threading.Event()
         self._consumer = consumer(bootstrap, f"{name}-{uuid.uuid4().hex[:8]}",
                                   **{"error_cb": self._on_error, "enable.auto.offset.store": False,
-                                     "fetch.wait.max.ms": 5, "fetch.error.backoff.ms": 50,
+                                     "fetch.wait.max.ms": fetch_wait_ms, "fetch.min.bytes": 1 << 20,
+                                     "fetch.error.backoff.ms": 50,
                                      "topic.metadata.refresh.interval.ms": 2000})
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 

@@ -37,7 +37,7 @@ from relay.cluster import wire
 from relay.cluster.bus import Outbox, Reader
 from relay.cluster.routes import NodeTable, RouteTable
 from relay.cluster.store import ClusterStore
-from relay.protocol import ErrorCode, FrameType, encode
+from relay.protocol import ErrorCode, FrameType, GroupOp, encode
 from relay.server.store import QueuedOut
 from sealguard.contracts import now_ms
 from sealguard.storage import Database
@@ -66,6 +66,7 @@ class ClusterConfig:
     route_flush_s: float = 0.1  # route rows are written in batches this often
     queue_recheck_s: float = 1.0  # a login re-reads the queue once more after this
     sweep_s: float = 0.25
+    inbox_fetch_wait_ms: int = 10  # an idle inbox answers a handover this late at most (see bus.Reader)
 
     def inbox_topic(self, node: str) -> str:
         return f"{self.inbox_prefix}{node}.v1"
@@ -156,7 +157,8 @@ class Cluster:
         def feed(fn: Any) -> Any:
             return lambda batch: loop.call_soon_threadsafe(fn, batch)
 
-        self._inbox = Reader(self.bootstrap, inbox, "cluster-inbox", feed(self._on_inbox), from_end=True)
+        self._inbox = Reader(self.bootstrap, inbox, "cluster-inbox", feed(self._on_inbox), from_end=True,
+                             fetch_wait_ms=c.inbox_fetch_wait_ms)
         self._routes_in = Reader(self.bootstrap, c.routes_topic, "cluster-routes", feed(self._on_routes),
                                  from_end=False, on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon))
         # The inbox is positioned before anyone can learn we exist (our node row); the routes topic is
@@ -301,9 +303,10 @@ class Cluster:
         if self.outbox is not None:
             self.outbox.to_topic(self.config.routes_topic, account, wire.account_record(self.node))
 
-    def group_changed(self, gid: str, member: str, added: bool) -> None:
+    def group_changed(self, gid: str, member: str, added: bool, actor: str) -> None:
         if self.outbox is not None:
-            self.outbox.to_topic(self.config.routes_topic, gid, wire.group_record(self.node, gid, added, member))
+            self.outbox.to_topic(self.config.routes_topic, gid,
+                                 wire.group_record(self.node, gid, added, member, actor))
 
     def block_changed(self, blocker: str, blocked: str, on: bool) -> None:
         if self.outbox is not None:
@@ -398,6 +401,31 @@ class Cluster:
             if self.ready:
                 self._timer = self._loop.call_later(self.config.sweep_s, self._sweep)
 
+    def _group_changed(self, gid: str, added: bool, member: str, actor: str) -> None:
+        """Membership changed on another node: ours in memory, and our connected members told, as the
+        features do for their own node (GROUP to a new member, GROUP_EVENT to the others)."""
+        server = self.server
+        members = server.groups.setdefault(gid, set())
+        if added:
+            if member in members:
+                return
+            members.add(member)
+            conn = server.conns.get(member)
+            if conn is not None:
+                conn.send(encode(FrameType.GROUP, 0, gid, sorted(members)))
+            event = encode(FrameType.GROUP_EVENT, 0, gid, actor, member, GroupOp.ADDED)
+            for m in members:
+                other = server.conns.get(m) if m != member else None
+                if other is not None:
+                    other.send(event)
+        elif member in members:
+            event = encode(FrameType.GROUP_EVENT, 0, gid, actor, member, GroupOp.REMOVED)
+            for m in members:  # the removed member hears it too
+                other = server.conns.get(m)
+                if other is not None:
+                    other.send(event)
+            members.discard(member)
+
     # -- input from the Kafka threads -------------------------------------------------------------------
     def _on_inbox(self, batch: list[tuple[Any, bytes]]) -> None:
         from relay.server.core import Outgoing
@@ -460,8 +488,7 @@ class Cluster:
                 elif tag == "A":
                     server.accounts.add(k)
                 elif tag == "G":
-                    members = server.groups.setdefault(k, set())
-                    (members.add if f[1] == "+" else members.discard)(f[2])
+                    self._group_changed(k, f[1] == "+", f[2], f[3])
                 elif tag == "B":
                     (server.blocks.add if f[1] == "1" else server.blocks.discard)((k, f[0]))
             except (wire.WireError, ValueError, IndexError) as exc:

@@ -20,7 +20,7 @@ partition) carries short ASCII records `TAG NODE FIELDS...`:
 
     R node 1|0 ts_ms          the account connected to / disconnected from node (key = account)
     A node                    the account (key) was registered on node
-    G node gid +|- member     group membership changed (key = gid)
+    G node gid +|- member actor   group membership changed (key = gid)
     B node blocked 1|0        the key (blocker) blocked / unblocked `blocked`
 """
 
@@ -153,8 +153,8 @@ def account_record(node: str) -> bytes:
     return f"A {node}".encode()
 
 
-def group_record(node: str, gid: str, added: bool, member: str) -> bytes:
-    return f"G {node} {gid} {'+' if added else '-'} {member}".encode()
+def group_record(node: str, gid: str, added: bool, member: str, actor: str) -> bytes:
+    return f"G {node} {gid} {'+' if added else '-'} {member} {actor}".encode()
 
 
 def block_record(node: str, blocked: str, on: bool) -> bytes:
@@ -171,7 +171,7 @@ def parse_state(key: bytes | None, value: bytes) -> tuple[str, str, str, list[st
         raise WireError("routes record is not ASCII") from None
     if len(parts) < 2 or parts[0] not in ("R", "A", "G", "B"):
         raise WireError(f"routes record {value[:40]!r} has no known tag")
-    want = {"R": 4, "A": 2, "G": 5, "B": 4}[parts[0]]
+    want = {"R": 4, "A": 2, "G": 6, "B": 4}[parts[0]]
     if len(parts) != want:
         raise WireError(f"routes record {parts[0]} has {len(parts)} fields, expected {want}")
     return parts[0], parts[1], key.decode("ascii", "replace"), parts[2:]

@@ -262,7 +262,7 @@ class Features:
             self.s.groups[gid] = {actor, *members}
             if self.s.cluster is not None:
                 for m in (actor, *members):
-                    self.s.cluster.group_changed(gid, m, True)
+                    self.s.cluster.group_changed(gid, m, True, actor)
             emit(book.group_created(gid, actor))
             for m in members:
                 emit(book.group_member_added(gid, actor, m))
@@ -288,7 +288,7 @@ class Features:
         def then(_: Any) -> bytes:
             members.add(member)
             if self.s.cluster is not None:
-                self.s.cluster.group_changed(gid, member, True)
+                self.s.cluster.group_changed(gid, member, True, actor)
             self.s.listener.emit(self.s.book.group_member_added(gid, actor, member))
             self._group_event(gid, actor, member, GroupOp.ADDED)
             other = self.s.conns.get(member)
@@ -310,7 +310,7 @@ class Features:
             self._group_event(gid, actor, member, GroupOp.REMOVED)  # the removed member hears it too
             members.discard(member)
             if self.s.cluster is not None:
-                self.s.cluster.group_changed(gid, member, False)
+                self.s.cluster.group_changed(gid, member, False, actor)
             self.s.listener.emit(self.s.book.group_member_removed(gid, actor, member))
             return encode(FrameType.OK, rid, len(members))
 

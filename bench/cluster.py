@@ -1,0 +1,472 @@
+"""`sealguard bench cluster --nodes N`: one relay node, then N relay nodes, on one broker and one database.
+
+In one run (issue 8):
+1. **single node** — `python -m sealguard relay` (no cluster) on PostgreSQL; the relay benchmark's
+   load processes (`bench/_load.py`) connect `--users` users and run a closed loop of `--messages`
+   100-byte messages; CPU of the relay and the broker per delivered message;
+2. **N nodes** — `sealguard relay --cluster --node-id relay-i` × N on the same broker and database;
+   the same load with user i on node i mod N, so a message crosses nodes with probability (N-1)/N;
+   CPU of every node plus the broker per delivered message, latency send → receipt (p99), and the
+   share of messages handed over between nodes (the nodes' `cluster_handed_over` counters);
+3. **a node killed under load** — real SDK clients (`bench/_harness_load.py`, vodozemac, a
+   supervisor per user that reconnects — to the next node — after the kill) send at `--kill-rate`
+   for `--kill-seconds`; halfway, the last node gets SIGKILL; then every message acked to its sender
+   must reach its recipient (`lost`), the killed node is started again;
+4. **bans** — `--bans` ban decisions through the moderation write path (`do_decide`: database,
+   then `sg.enforcement.v1`), paced at `--ban-rate`; for each, the time until every node's
+   `enforcement.applied` signal (its `ts`) — the p99 over decisions.
+
+Ends with `bench cluster: nodes=N msgs_per_s=.. cross_node_share=.. server_cpu_us_per_msg=..
+single_node_cpu_us_per_msg=.. p99_ms=.. lost=.. ban_all_nodes_p99_ms=..`. The database is a fresh
+PostgreSQL database next to SEALGUARD_TEST_PG (default postgres@127.0.0.1:5432/test), dropped at
+the end; the broker is an embedded Tansu unless SEALGUARD_KAFKA names one (then its CPU is not
+counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench._harness import Child, create_pg_database, drop_pg_database
+from bench._proc import cpu_seconds, metric_sum, percentile, raise_nofile, thread_cpu
+from bench.relay import Loader, _latencies, _split, all_do
+from sealguard.cli.app import print_figures
+from sealguard.net import free_port
+
+log = logging.getLogger("bench.cluster")
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("SEALGUARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+_READY = re.compile(r"relay: listening=(\S+):(\d+) metrics=(\S+) node=(\S+)")
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run; the message says which step failed."""
+
+
+# -- the nodes ------------------------------------------------------------------------------------
+
+class Nodes:
+    """N relay nodes as `python -m sealguard relay` processes on one broker and one database, each
+    on a fixed port (a killed node comes back on the same address), logs under `state/logs`.
+    With `cluster=False` and one node: the plain single relay."""
+
+    def __init__(self, state_dir: Path, kafka: str, db_url: str, n: int, *, cluster: bool = True,
+                 prefix: str | None = None, ack_timeout_s: float = 5.0, node_ttl_s: float = 3.0,
+                 limits: list[str] | None = None, partitions: int = 2) -> None:
+        self.state_dir = state_dir
+        self.logs = state_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.kafka, self.db_url, self.n = kafka, db_url, n
+        self.cluster = cluster
+        self.prefix = prefix or f"c{secrets.token_hex(3)}"
+        self.ack_timeout_s, self.node_ttl_s = ack_timeout_s, node_ttl_s
+        self.limits = limits or []
+        self.partitions = partitions
+        self.ports = [free_port("127.0.0.1") for _ in range(n)]
+        self.children: list[Child | None] = [None] * n
+        self.metrics_urls: list[str] = [""] * n
+
+    @property
+    def signals_topic(self) -> str:
+        return f"{self.prefix}.signals"
+
+    @property
+    def enforcement_topic(self) -> str:
+        return f"{self.prefix}.enforcement"
+
+    def node_id(self, i: int) -> str:
+        return f"relay-{i + 1}"
+
+    def env(self) -> dict[str, str]:
+        p = self.prefix
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEALGUARD_")}
+        env.update({"SEALGUARD_STATE_DIR": str(self.state_dir), "SEALGUARD_KAFKA": self.kafka,
+                    "SEALGUARD_DB_URL": self.db_url, "SEALGUARD_PARTITIONS": str(self.partitions),
+                    "SEALGUARD_SIGNALS_TOPIC": f"{p}.signals", "SEALGUARD_INBOUND_TOPIC": f"{p}.inbound",
+                    "SEALGUARD_ENFORCEMENT_TOPIC": f"{p}.enforcement", "SEALGUARD_SCORES_TOPIC": f"{p}.scores",
+                    "SEALGUARD_ROUTES_TOPIC": f"{p}.relay.routes", "SEALGUARD_INBOX_PREFIX": f"{p}.relay.node.",
+                    "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def start(self, i: int, timeout: float = 90.0) -> None:
+        args = ["relay", "--host", "127.0.0.1", "--port", str(self.ports[i]), "--metrics-port", "0",
+                "--ack-timeout", str(self.ack_timeout_s), "--node-id", self.node_id(i)]
+        if self.cluster:
+            args += ["--cluster", "--node-ttl", str(self.node_ttl_s)]
+        for spec in self.limits:
+            args += ["--limit", spec]
+        child = Child(self.node_id(i), args, self.env(), self.logs / f"{self.node_id(i)}.log")
+        self.children[i] = child
+        m = child.wait_for(_READY, timeout)
+        self.metrics_urls[i] = m.group(3)
+
+    def start_all(self) -> Nodes:
+        from sealguard.storage import Database
+
+        Database(self.db_url).dispose()  # migrations once, before the nodes race to run them
+        for i in range(self.n):
+            self.start(i)
+        return self
+
+    def kill(self, i: int) -> None:
+        child = self.children[i]
+        if child is not None:
+            child.kill()
+            self.children[i] = None
+
+    def stop(self) -> None:
+        for i, child in enumerate(self.children):
+            if child is not None:
+                child.stop()
+                self.children[i] = None
+
+    def __enter__(self) -> Nodes:
+        return self.start_all()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children if c is not None]
+
+    def metric(self, needle: str) -> float:
+        total = 0.0
+        for i, url in enumerate(self.metrics_urls):
+            if self.children[i] is None:
+                continue
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                total += metric_sum(resp.read().decode(), needle) or 0.0
+        return total
+
+
+def cpu_total(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+# -- 1 and 2: throughput, CPU, latency -----------------------------------------------------------------
+
+def closed_loop(nodes: Nodes, extra_pids: list[int], loaders: list[Loader], args: argparse.Namespace,
+                label: str) -> dict[str, Any]:
+    k = len(loaders)
+    counts = _split(args.users, k)
+    firsts = [sum(counts[:i]) for i in range(k)]
+    run_id = "c" + os.urandom(4).hex()
+    replies = all_do(loaders, [{"cmd": "connect", "target": "relay", "host": "127.0.0.1", "port": nodes.ports[0],
+                                "ports": nodes.ports, "first": f, "count": c, "concurrency": args.concurrency,
+                                "run_id": run_id, "keepalive_s": 50.0, "partners": args.partners}
+                               for f, c in zip(firsts, counts)])
+    connected = sum(r["connected"] for r in replies)
+    if connected < max(2, args.users * 0.99):
+        raise BenchError(f"{label}: only {connected} of {args.users} users connected; first error: "
+                         f"{next((r['error'] for r in replies if r['error']), '')}")
+    time.sleep(1.5)  # every node learns every route
+
+    def phase(count: int) -> tuple[list[dict[str, Any]], float, list[float]]:
+        windows = _split(args.inflight, k)
+        cmds = [{"cmd": "run", "count": c, "inflight": max(1, w), "timeout": 120.0}
+                for c, w in zip(_split(count, k), windows)]
+        rs = all_do(loaders, cmds)
+        for i, r in enumerate(rs):
+            if r.get("timed_out"):
+                log.warning("%s: load %d timed out: sent=%s received=%s acked=%s last_error=%s", label, i, r["sent"],
+                            r["received"], r["acked"], r["last_error"])
+        wall = (max(r["t_end"] for r in rs) - min(r["t_start"] for r in rs)) / 1e9
+        return rs, wall, _latencies(rs)
+
+    phase(min(max(args.messages // 10, 100), 3000))  # warm-up
+    pids = nodes.pids + extra_pids
+    handed0 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
+    per0 = [cpu_seconds(p) for p in pids]
+    threads0 = thread_cpu(pids[0])
+    rs, wall, lat = phase(args.messages)
+    per1 = [cpu_seconds(p) for p in pids]
+    threads1 = thread_cpu(pids[0])
+    cpu0, cpu1 = sum(per0), sum(per1)
+    handed1 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
+    delivered = sum(r["received"] for r in rs)
+    acked = sum(r["acked"] for r in rs)
+    if delivered:
+        names = [*(nodes.node_id(i) for i in range(nodes.n) if nodes.children[i] is not None), "broker"]
+        log.info("%s: CPU us per message by process: %s; threads of the first node: %s", label,
+                 {n: round((b - a) * 1e6 / delivered, 1) for n, a, b in zip(names, per0, per1)},
+                 {k: round((threads1[k] - threads0.get(k, 0.0)) * 1e6 / delivered, 1) for k in threads1
+                  if threads1[k] - threads0.get(k, 0.0) > 0})
+    if getattr(args, "profile", None) is not None and nodes.cluster:  # after the measured run: no skew
+        from bench.relay import PySpy, summarize_profile
+
+        spy = PySpy(nodes.pids[0], args.profile)
+        phase(args.messages)
+        spy.stop()
+        if args.profile.exists():
+            log.info("%s: profile of %s (py-spy):\n%s", label, nodes.node_id(0), summarize_profile(args.profile))
+    all_do(loaders, [{"cmd": "close"}] * k)
+    out = {"delivered": delivered, "acked": acked, "wall_s": wall,
+           "msgs_per_s": delivered / wall if wall > 0 else math.nan,
+           "cpu_us_per_msg": (cpu1 - cpu0) * 1e6 / delivered if delivered else math.nan,
+           "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+           "lost": max(0, acked - delivered),  # acked (SEND_ACK) but never received
+           "cross_node_share": (handed1 - handed0) / delivered if delivered else math.nan}
+    log.info("%s: %s", label, json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in out.items()}))
+    return out
+
+
+# -- 3: a node killed under load ------------------------------------------------------------------------
+
+async def kill_run(nodes: Nodes, args: argparse.Namespace) -> dict[str, Any]:
+    """SDK users spread over the nodes; the last node is killed halfway; every acked message must arrive."""
+    from bench._harness_load import BookedClient, Load, User, address
+    from relay.client import Identity
+
+    ports = nodes.ports
+
+    class RoamingClient(BookedClient):
+        """Connects to its own node; when that refuses (killed), to the next one — as a phone would."""
+
+        async def connect(self) -> None:
+            try:
+                await super().connect()
+            except OSError:
+                self.port = ports[(ports.index(self.port) + 1) % len(ports)]
+                raise
+
+    load = Load("127.0.0.1", ports[0], args.kill_users, partners=3, max_inflight=500)
+
+    async def setup() -> None:
+        sem = asyncio.Semaphore(10)
+
+        async def make(i: int) -> User:
+            async with sem:
+                c = RoamingClient("127.0.0.1", ports[i % len(ports)], Identity.generate(), bind_address=address(i),
+                                  request_timeout=15.0, ping_interval=20.0)
+                await c.connect()
+                await c.register()
+                await c.upload_prekeys(3 * load.k + 5)
+                return User(i, c, online=True)
+
+        load.users = list(await asyncio.gather(*(make(i) for i in range(load.n))))
+        for u in load.users:
+            u.partners = sorted({(u.index + d) % load.n for d in range(1, load.k + 1)} |
+                                {(u.index - d) % load.n for d in range(1, load.k + 1)})
+        await asyncio.sleep(1.0)  # registrations reach every node
+
+        async def contacts(u: User) -> None:
+            async with sem:
+                for p in u.partners:
+                    await u.client.add_contact(load.users[p].account)
+
+        await asyncio.gather(*(contacts(u) for u in load.users))
+        for u in load.users:
+            load._spawn(load._keep_connected(u))
+            load._spawn(load._read_inbox(u))
+
+    await setup()
+    await asyncio.sleep(1.0)
+    victim = nodes.n - 1
+    half = args.kill_seconds / 2
+    drive = asyncio.ensure_future(load.drive(args.kill_rate, args.kill_seconds))
+    await asyncio.sleep(half)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, nodes.kill, victim)
+    log.info("killed node %s (SIGKILL) after %.1fs of load", nodes.node_id(victim), half)
+    await drive
+    missing = await load.settle(args.settle_s)
+    relogins = 0
+    if missing:  # what is left must be in the queue: a login on any node delivers it
+        log.warning("%d acked messages not received after %.0fs; every user logs in again", len(missing),
+                    args.settle_s)
+        relogins = len(missing)
+        await load.relogin_all()
+        missing = await load.settle(args.settle_s)
+    out = {"sent": load.sent, "acked": len(load.acked), "failed": load.failed, "lost": len(missing),
+           "needed_relogin": relogins, "duplicates": load.duplicates(),
+           "reconnects": sum(u.reconnects for u in load.users)}
+    await load.close()
+    log.info("kill run: %s", json.dumps(out))
+    return out
+
+
+# -- 4: bans on every node ----------------------------------------------------------------------------
+
+def ban_run(nodes: Nodes, args: argparse.Namespace) -> dict[str, Any]:
+    from confluent_kafka import TopicPartition
+
+    from moderation.decisions import DecisionRequest, KafkaEnforcementPublisher, do_decide
+    from sealguard.contracts import Action, DecisionSource, ReasonCode, new_account_id
+    from sealguard.storage import Database
+    from sealguard.stream import consumer
+
+    db = Database(nodes.db_url, migrate=False)
+    publisher = KafkaEnforcementPublisher(nodes.kafka, nodes.enforcement_topic)
+    cons = consumer(nodes.kafka, f"bench-cluster-{secrets.token_hex(4)}")
+    meta = cons.list_topics(nodes.signals_topic, timeout=10).topics[nodes.signals_topic]
+    tps = []
+    for p in meta.partitions:
+        _, high = cons.get_watermark_offsets(TopicPartition(nodes.signals_topic, p), timeout=10, cached=False)
+        tps.append(TopicPartition(nodes.signals_topic, p, max(high, 0)))
+    cons.assign(tps)
+    node_ids = {nodes.node_id(i) for i in range(nodes.n) if nodes.children[i] is not None}
+    decided: dict[str, int] = {}  # decision id → created_at (ms)
+    applied: dict[str, dict[str, int]] = {}
+    try:
+        interval = 1.0 / args.ban_rate
+        t0 = time.monotonic()
+        for i in range(args.bans):
+            row = do_decide(db, publisher, DecisionRequest(new_account_id(), Action.ban, ReasonCode.spam,
+                                                           DecisionSource.reviewer, "bench-cluster"))
+            decided[row.id] = row.created_at
+            _drain(cons, applied, 0.0)
+            wait = t0 + (i + 1) * interval - time.monotonic()
+            if wait > 0:
+                _drain(cons, applied, wait)
+        publisher.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(len(applied.get(d, {})) < len(node_ids) for d in decided):
+            _drain(cons, applied, 0.2)
+    finally:
+        cons.close()
+        publisher.close()
+        db.dispose()
+    delays = sorted(max(applied[d].values()) - created for d, created in decided.items()
+                    if node_ids <= set(applied.get(d, {})))
+    incomplete = sum(1 for d in decided if not node_ids <= set(applied.get(d, {})))
+    out = {"bans": len(decided), "incomplete": incomplete, "p50_ms": percentile(delays, 50),
+           "p99_ms": percentile(delays, 99) if not incomplete else math.inf}
+    log.info("bans: %s", json.dumps(out))
+    return out
+
+
+def _drain(cons: Any, applied: dict[str, dict[str, int]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        msgs = cons.consume(1000, max(0.0, min(0.05, deadline - time.monotonic())))
+        for m in msgs:
+            v = m.value()
+            if m.error() is not None or not v or b'"enforcement.applied"' not in v:
+                continue
+            ev = json.loads(v)
+            applied.setdefault(ev["decision_id"], {})[ev["node"]] = int(ev["ts"])
+        if time.monotonic() >= deadline:
+            return
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="sealguard bench cluster", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=3, help="relay nodes in the cluster run")
+    ap.add_argument("--users", type=int, default=600, help="users of the closed-loop runs")
+    ap.add_argument("--messages", type=int, default=20_000, help="messages of each closed-loop run")
+    ap.add_argument("--inflight", type=int, default=300, help="most messages in flight at once (all loaders)")
+    ap.add_argument("--partners", type=int, default=10, help="conversations per user")
+    ap.add_argument("--load-procs", type=int, default=2, help="load processes")
+    ap.add_argument("--concurrency", type=int, default=50, help="handshakes in progress per load process")
+    ap.add_argument("--kill-users", type=int, default=60, help="SDK users of the node-kill run")
+    ap.add_argument("--kill-rate", type=float, default=100.0, help="messages per second of the node-kill run")
+    ap.add_argument("--kill-seconds", type=float, default=10.0, help="length of the node-kill run")
+    ap.add_argument("--settle-s", type=float, default=20.0, help="how long acked messages may take to arrive")
+    ap.add_argument("--bans", type=int, default=200, help="ban decisions timed to every node")
+    ap.add_argument("--ban-rate", type=float, default=50.0, help="ban decisions per second")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of the first cluster node, "
+                    "recorded during an extra closed-loop run after the measured one")
+    ap.add_argument("--state-dir", type=Path, default=None, help="keep the nodes' logs here (default: a temporary "
+                    "folder, removed at the end)")
+    args = ap.parse_args(argv)
+    if args.nodes < 2:
+        ap.error(f"--nodes must be at least 2 (got {args.nodes}): the cluster run compares with one node")
+    if args.users < 2 * args.nodes:
+        ap.error(f"--users must be at least twice --nodes (got {args.users})")
+    if args.kill_users < 2 * args.nodes:
+        ap.error(f"--kill-users must be at least twice --nodes (got {args.kill_users})")
+    for name in ("messages", "inflight", "bans", "load_procs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be positive")
+    if args.kill_rate <= 0 or args.kill_seconds <= 0 or args.ban_rate <= 0:
+        ap.error("--kill-rate, --kill-seconds and --ban-rate must be positive")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import uvloop
+
+    raise_nofile()
+    limits = ["send=100000:100000", "first_contact=100000:100000"]
+    with ExitStack() as stack:
+        state = args.state_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sg-bench-cluster-")))
+        state.mkdir(parents=True, exist_ok=True)
+        kafka = os.environ.get("SEALGUARD_KAFKA")
+        extra_pids: list[int] = []
+        if not kafka:
+            from sealguard.broker import EmbeddedBroker
+            from sealguard.settings import Settings
+
+            broker = stack.enter_context(EmbeddedBroker(Settings(state_dir=state), log_path=state / "broker.log"))
+            kafka = broker.bootstrap
+            assert broker.proc is not None
+            extra_pids = [broker.proc.pid]
+        else:
+            log.warning("SEALGUARD_KAFKA names a broker: its CPU is not counted")
+        try:
+            db_single = create_pg_database(PG_ADMIN_URL)
+            db_cluster = create_pg_database(PG_ADMIN_URL)
+        except Exception as exc:
+            raise BenchError(f"PostgreSQL at {PG_ADMIN_URL} is needed (SEALGUARD_TEST_PG): {exc}") from None
+        stack.callback(drop_pg_database, PG_ADMIN_URL, db_single)
+        stack.callback(drop_pg_database, PG_ADMIN_URL, db_cluster)
+        loaders = [Loader(i) for i in range(args.load_procs)]
+        stack.callback(lambda: [ld.stop() for ld in loaders])
+
+        with Nodes(state / "single", kafka, db_single, 1, cluster=False, limits=limits) as single:
+            one = closed_loop(single, extra_pids, loaders, args, "single node")
+        many = Nodes(state / "cluster", kafka, db_cluster, args.nodes, limits=limits)
+        stack.callback(many.stop)
+        many.start_all()
+        multi = closed_loop(many, extra_pids, loaders, args, f"{args.nodes} nodes")
+        killed = uvloop.run(kill_run(many, args))
+        # Started again from this (main) thread: a child's PR_SET_PDEATHSIG follows the thread that
+        # started it, and the event loop's executor threads end with the loop.
+        many.start(many.n - 1)
+        bans = ban_run(many, args)
+    figures: dict[str, Any] = {
+        "nodes": args.nodes, "msgs_per_s": _int(multi["msgs_per_s"]),
+        "cross_node_share": round(multi["cross_node_share"], 3),
+        "server_cpu_us_per_msg": round(multi["cpu_us_per_msg"], 1),
+        "single_node_cpu_us_per_msg": round(one["cpu_us_per_msg"], 1),
+        "p99_ms": round(multi["p99_ms"], 2), "lost": multi["lost"] + one["lost"] + killed["lost"],
+        "ban_all_nodes_p99_ms": bans["p99_ms"],
+    }
+    log.info("single node msgs_per_s=%.0f p99_ms=%.2f; kill run %s", one["msgs_per_s"], one["p99_ms"],
+             json.dumps(killed))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"figures": figures, "single": one, "cluster": multi, "kill": killed,
+                                         "bans": bans}, indent=2, default=str))
+    return figures
+
+
+def _int(value: float) -> int | float:
+    return round(value) if math.isfinite(value) else math.nan
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    print_figures("bench cluster", run(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    main(sys.argv[1:])

@@ -1,0 +1,197 @@
+"""Three relay nodes as separate processes on one broker and one PostgreSQL database.
+
+Clients (the SDK, real vodozemac) on different nodes message each other 1:1 and in a group, an
+offline recipient gets its queue on another node, a ban issued once holds on every node, and a node
+killed (SIGKILL) under load loses nothing it acknowledged. Nodes run with short timeouts (ack 2 s,
+node TTL 2 s) so failures resolve in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from bench._harness import create_pg_database, drop_pg_database
+from bench.cluster import PG_ADMIN_URL, Nodes, kill_run
+from relay.client import Banned, Identity, RelayClient
+from relay.cluster import wire
+from relay.cluster.routes import NodeTable, RouteTable
+from relay.protocol import DeliveryStatus
+
+
+@pytest.fixture(scope="module")
+def nodes(broker_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+    db = create_pg_database(PG_ADMIN_URL)
+    state = tmp_path_factory.mktemp("cluster")
+    ns = Nodes(state, broker_bootstrap, db, 3, ack_timeout_s=2.0, node_ttl_s=2.0)
+    try:
+        ns.start_all()
+        yield ns
+    finally:
+        ns.stop()
+        drop_pg_database(PG_ADMIN_URL, db)
+
+
+async def _client(nodes: Nodes, i: int, index: int) -> RelayClient:
+    c = RelayClient("127.0.0.1", nodes.ports[i], Identity.generate(), bind_address=f"127.9.{index}.1",
+                    request_timeout=15.0, ping_interval=20.0)
+    await c.connect()
+    await c.register()
+    await c.upload_prekeys(10)
+    return c
+
+
+async def _next(c: RelayClient, timeout: float = 15.0) -> tuple[str, bytes, str | None]:
+    r = await asyncio.wait_for(c.inbox.get(), timeout)
+    return r.sender, r.plaintext, r.group
+
+
+def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
+    async def main() -> None:
+        a, b, c = [await _client(nodes, i, 10 + i) for i in range(3)]
+        await asyncio.sleep(0.5)  # registrations and routes reach every node
+        try:
+            for s, r, text in ((a, b, b"a to b"), (b, c, b"b to c"), (c, a, b"c to a")):
+                mid = await s.send(r.account_id, text)
+                assert s.ack_status[mid] is DeliveryStatus.DELIVERED  # the other node's client acked it
+                assert await _next(r) == (s.account_id, text, None)
+            gid = await a.create_group([b.account_id, c.account_id])
+            await a.send_group(gid, b"hello group")
+            assert await _next(b) == (a.account_id, b"hello group", gid)
+            assert await _next(c) == (a.account_id, b"hello group", gid)
+            for _ in range(50):  # node 2 tells b the membership (GROUP, then GROUP_EVENTs)
+                if b.groups.get(gid) == {a.account_id, b.account_id, c.account_id}:
+                    break
+                await asyncio.sleep(0.1)
+            assert b.groups[gid] == {a.account_id, b.account_id, c.account_id}
+            await b.send_group(gid, b"from node 2")
+            assert await _next(a) == (b.account_id, b"from node 2", gid)
+            assert await _next(c) == (b.account_id, b"from node 2", gid)
+            # Offline: c leaves node 3; a's message is queued; c logs in on node 1 and gets it.
+            await c.close()
+            await asyncio.sleep(0.5)
+            mid = await a.send(c.account_id, b"while away")
+            assert a.ack_status[mid] is DeliveryStatus.QUEUED
+            c.port = nodes.ports[0]
+            await c.connect()
+            await c.login()
+            assert await _next(c) == (a.account_id, b"while away", None)
+            # c is now on node 1: b (node 2) reaches it there.
+            await asyncio.sleep(0.5)
+            mid = await b.send(c.account_id, b"found you")
+            assert b.ack_status[mid] is DeliveryStatus.DELIVERED
+            assert await _next(c) == (b.account_id, b"found you", None)
+        finally:
+            for x in (a, b, c):
+                await x.close()
+
+    uvloop.run(main())
+
+
+def test_a_ban_holds_on_every_node(nodes: Nodes) -> None:
+    from moderation.decisions import DecisionRequest, KafkaEnforcementPublisher, do_decide
+    from sealguard.contracts import Action, DecisionSource, ReasonCode
+    from sealguard.storage import Database, EnforcementApplicationRow
+
+    async def main() -> None:
+        x = await _client(nodes, 1, 30)
+        friend = await _client(nodes, 0, 31)
+        await asyncio.sleep(0.5)
+        db = Database(nodes.db_url, migrate=False)
+        publisher = KafkaEnforcementPublisher(nodes.kafka, nodes.enforcement_topic)
+        loop = asyncio.get_running_loop()
+        try:
+            row = await loop.run_in_executor(None, lambda: do_decide(db, publisher, DecisionRequest(
+                x.account_id, Action.ban, ReasonCode.spam, DecisionSource.reviewer, "rev-cluster")))
+            await loop.run_in_executor(None, publisher.flush)
+            await asyncio.wait_for(x.closed.wait(), 15)  # disconnected by node 2, where it was
+            assert x.banned is not None and x.banned[0] == row.id
+            for i in (0, 2):  # and refused on every other node
+                x.port = nodes.ports[i]
+                await x.connect()
+                with pytest.raises(Banned):
+                    await x.login()
+            deadline = time.monotonic() + 15
+            applied: set[str] = set()
+            while time.monotonic() < deadline and len(applied) < 3:
+                with db.session() as s:
+                    applied = set(s.scalars(EnforcementApplicationRow.__table__.select()
+                                            .with_only_columns(EnforcementApplicationRow.node)
+                                            .where(EnforcementApplicationRow.decision_id == row.id)))
+                await asyncio.sleep(0.2)
+            assert applied == {nodes.node_id(i) for i in range(3)}
+            with pytest.raises(Exception, match="RECIPIENT_UNAVAILABLE|cannot receive"):
+                await friend.send(x.account_id, b"to the banned")
+        finally:
+            publisher.close()
+            db.dispose()
+            await friend.close()
+
+    uvloop.run(main())
+
+
+def test_a_node_killed_under_load_loses_nothing_acked(nodes: Nodes) -> None:
+    out = uvloop.run(kill_run(nodes, argparse.Namespace(kill_users=12, kill_rate=30.0, kill_seconds=6.0,
+                                                        settle_s=20.0)))
+    nodes.start(nodes.n - 1)  # from this thread: a child dies with the thread that started it
+    assert out["acked"] > 50, out
+    assert out["lost"] == 0, out
+    assert out["reconnects"] >= 1, out  # the killed node's users reconnected elsewhere
+
+
+# -- the pure parts ----------------------------------------------------------------------------------
+
+def test_wire_round_trips_and_names_bad_input() -> None:
+    mid = secrets.token_bytes(16)
+    frame = wire.handover(7, mid, 1, 123, "a" * 21, "b" * 21, "g" * 21, b"cipher")
+    head = wire.record_head("relay-2", 11, 22)
+    (record,) = list(wire.frame_records(head, [frame, wire.ack(7, wire.QUEUED), wire.poke("c" * 21)]))
+    node, inc, to_inc, frames = wire.parse_record(record)
+    assert (node, inc, to_inc, len(frames)) == ("relay-2", 11, 22, 3)
+    assert wire.parse_handover(frames[0]) == (7, mid, 1, 123, "a" * 21, "b" * 21, "g" * 21, b"cipher")
+    assert wire.parse_ack(frames[1]) == (7, wire.QUEUED)
+    assert wire.parse_poke(frames[2]) == "c" * 21
+    with pytest.raises(wire.WireError, match="runs past the record's end"):
+        wire.parse_record(record[:-3])
+    with pytest.raises(wire.WireError, match="node id"):
+        wire.check_node_id("relay 1")
+    with pytest.raises(wire.WireError, match="expected 4"):
+        wire.parse_state(b"k", b"R relay-1 1")
+    big = [b"x" * 300_000] * 3
+    assert len(list(wire.frame_records(head, big))) == 3  # records stay under MAX_RECORD
+
+
+def test_routes_newer_wins_and_nodes_expire_on_our_clock() -> None:
+    routes = RouteTable()
+    assert routes.apply("acc", "n2", True, 100)
+    assert not routes.apply("acc", "n3", True, 90)  # older: ignored (a replay over a snapshot)
+    assert routes.apply("acc", "n3", True, 110)
+    assert not routes.apply("acc", "n2", False, 120)  # n2's late disconnect does not remove n3's route
+    assert routes.node_of["acc"] == "n3"
+    assert routes.drop_node("n3") == ["acc"]
+    table = NodeTable("n1", ttl_s=2.0)
+    row = ("n2", 5, "t.n2", 1_000_000, None)
+    assert table.observe([row], 10.0, 1_000_500) == ([], ["n2"])
+    assert table.observe([("n2", 5, "t.n2", 1_000_900, None)], 11.5, 0) == ([], [])  # changed: alive
+    assert table.observe([("n2", 5, "t.n2", 1_000_900, None)], 13.6, 0) == (["n2"], [])  # still: dead
+    assert table.observe([("n2", 6, "t.n2", 5, None)], 14.0, 0) == ([], ["n2"])  # restarted
+    assert table.observe([("n2", 6, "t.n2", 6, 7)], 14.5, 0) == (["n2"], [])  # stopped cleanly
+
+
+def test_bad_node_id_is_refused_by_the_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sealguard", "relay", "--cluster", "--node-id", "bad id"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={"SEALGUARD_STATE_DIR": str(tmp_path), "SEALGUARD_KAFKA": "127.0.0.1:1",
+                               "PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0
+    assert "node id 'bad id'" in proc.stderr
