@@ -25,7 +25,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from detection.features import FeatureEngine, NetBook
 from sealguard.contracts import now_ms
@@ -111,7 +112,7 @@ def load_shard(db: Database, group: str, state_topic: str, topics: list[str], pa
     blob = next((r.state for r in rows if r.topic == state_topic), None)
     shard = Shard.load(partition, blob)
     shard.offsets = {r.topic: int(r.next_offset) for r in rows if r.next_offset >= 0}
-    shard.saved = dict(shard.offsets)
+    shard.saved = {r.topic: int(r.next_offset) for r in rows}  # as stored (BEGINNING too): what save_shards expects
     return shard
 
 
@@ -123,23 +124,59 @@ def load_offsets(db: Database, group: str, topics: list[str], partition: int) ->
     return {t: int(o) for t, o in rows if o >= 0}
 
 
+class CheckpointFenced(RuntimeError):
+    """Another worker checkpointed one of these partitions since this one loaded or saved it: this
+    worker lost the partition (a zombie whose session expired) and must not overwrite newer state."""
+
+    def __init__(self, group: str, partitions: list[int]) -> None:
+        super().__init__(f"group {group}: partitions {partitions} were checkpointed by another worker since this "
+                         "one last read or wrote them; nothing was written (this worker lost them)")
+        self.partitions = partitions
+
+
 def save_shards(db: Database, group: str, state_topic: str, shards: list[Shard]) -> int:
     """Write each shard's state and next offsets, all in one transaction; returns bytes of state written.
 
-    The state rides on the `state_topic` row (the signals topic); other topics' rows carry offsets."""
+    The state rides on the `state_topic` row (the signals topic); other topics' rows carry offsets.
+    Each row is written only if it still holds what this worker last read or wrote (compare and
+    set on the offset; a row it never saw is inserted and must not exist): otherwise another worker
+    owns the partition now, the whole transaction is rolled back and CheckpointFenced raised."""
     now = now_ms()
     written = 0
     blobs = [shard.dump() for shard in shards]
-    with db.session() as s, s.begin():
-        for shard, blob in zip(shards, blobs):
-            written += len(blob)
-            offsets = dict(shard.offsets)
-            offsets.setdefault(state_topic, BEGINNING)
-            for topic, offset in offsets.items():
-                s.merge(DetectionCheckpointRow(consumer_group=group, topic=topic, partition=shard.partition,
-                                               next_offset=offset, state=blob if topic == state_topic else None,
-                                               updated_at=now))
-    for shard in shards:
+    writes: list[tuple[Shard, dict[str, int]]] = []
+    fenced: list[int] = []
+    try:
+        with db.session() as s, s.begin():
+            for shard, blob in zip(shards, blobs):
+                written += len(blob)
+                offsets = dict(shard.offsets)
+                offsets.setdefault(state_topic, BEGINNING)
+                writes.append((shard, offsets))
+                for topic, offset in offsets.items():
+                    state = blob if topic == state_topic else None
+                    before = shard.saved.get(topic)
+                    if before is None and topic == state_topic and shard.saved:
+                        before = BEGINNING  # every save writes this row: saved offsets without it mean BEGINNING
+                    if before is None:
+                        s.add(DetectionCheckpointRow(consumer_group=group, topic=topic, partition=shard.partition,
+                                                     next_offset=offset, state=state, updated_at=now))
+                        continue
+                    done = s.execute(update(DetectionCheckpointRow).where(
+                        DetectionCheckpointRow.consumer_group == group, DetectionCheckpointRow.topic == topic,
+                        DetectionCheckpointRow.partition == shard.partition,
+                        DetectionCheckpointRow.next_offset == before,
+                    ).values(next_offset=offset, state=state, updated_at=now)).rowcount
+                    if done != 1:
+                        fenced.append(shard.partition)
+                if fenced:
+                    break
+            if fenced:
+                raise CheckpointFenced(group, sorted(set(fenced)))
+            s.flush()
+    except IntegrityError:  # a row this worker never saw was inserted by another one
+        raise CheckpointFenced(group, sorted({sh.partition for sh, _ in writes})) from None
+    for shard, offsets in writes:
         shard.dirty = False
-        shard.saved = dict(shard.offsets)
+        shard.saved = offsets
     return written

@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from sqlalchemy import create_engine, text
 from sqlalchemy import select as sql_select
 
-from detection.checkpoint import Shard, load_shard
+from detection.checkpoint import CheckpointFenced, Shard, load_offsets, load_shard, save_shards
 from detection.features import FeatureEngine
 from detection.features.operators import REPLY
 from detection.quick_model import labelled_table, train_quick_model
@@ -343,3 +343,40 @@ def test_a_counterpart_side_re_keyed_again_is_applied_once() -> None:
     assert not back.first_time(1, 100, 90), "a late copy carrying the older floor is still caught"
     assert back.first_time(1, 200, 160)
     assert back.applied[1][2] == {150, 200}, "offsets under the floor before last are forgotten"
+
+
+def test_a_zombie_worker_cannot_overwrite_a_newer_checkpoint(db_url: str) -> None:
+    """A worker whose session expired still holds its shards; once the partition's new owner has
+    checkpointed, the zombie's checkpoint is refused whole (compare and set on the offsets)."""
+    db = Database(db_url)
+    try:
+        zombie = Shard(2)
+        zombie.offsets = {"sig": 10}
+        save_shards(db, "g", "sig", [zombie])
+        owner = load_shard(db, "g", "sig", ["sig", "inb"], 2)
+        owner.offsets = {"sig": 15, "inb": 3}
+        save_shards(db, "g", "sig", [owner])
+        zombie.offsets = {"sig": 12}
+        bystander = Shard(3)
+        bystander.offsets = {"sig": 1}
+        with pytest.raises(CheckpointFenced, match=r"partitions \[2\] were checkpointed by another worker") as err:
+            save_shards(db, "g", "sig", [bystander, zombie])
+        assert err.value.partitions == [2]
+        assert load_offsets(db, "g", ["sig", "inb"], 3) == {}, "nothing of the refused transaction was written"
+        assert load_shard(db, "g", "sig", ["sig", "inb"], 2).offsets == {"sig": 15, "inb": 3}
+        owner.offsets = {"sig": 20, "inb": 4}
+        save_shards(db, "g", "sig", [owner])  # the owner goes on
+        inbound_only = Shard(4)  # consumed only inbound copies: its state row says BEGINNING
+        inbound_only.offsets = {"inb": 2}
+        save_shards(db, "g", "sig", [inbound_only])
+        inbound_only.saved = {"inb": 2}  # as a worker records a checkpoint a forked child wrote
+        inbound_only.offsets = {"sig": 1, "inb": 3}
+        save_shards(db, "g", "sig", [inbound_only])
+        assert load_offsets(db, "g", ["sig", "inb"], 4) == {"sig": 1, "inb": 3}
+        first, second = Shard(5), Shard(5)  # two workers racing to write a partition's first checkpoint
+        first.offsets = second.offsets = {"sig": 1}
+        save_shards(db, "g", "sig", [first])
+        with pytest.raises(CheckpointFenced):
+            save_shards(db, "g", "sig", [second])
+    finally:
+        db.dispose()
