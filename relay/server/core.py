@@ -98,7 +98,10 @@ class RelayConfig:
     commitment_ttl_s: float = 30 * 86400.0
     media_ttl_s: float = 7 * 86400.0
     flush_interval_s: float = 0.002  # batching window for queue writes (a sender waits on them)
-    commitment_flush_s: float = 0.25  # report commitments wait longer: nobody waits on them
+    # Report commitments wait longer: nobody waits on them (a report flushes them first), and each
+    # commit rewrites the index pages it touched — random keys touch most of them — so one commit a
+    # second costs ~40% less per row than four (measured 12 → 7 µs per row at 100k-200k rows).
+    commitment_flush_s: float = 1.0
     notice_poll_s: float = 1.0
     reconcile_interval_s: float = 5.0  # active decisions re-read from the database (the truth) this often
     sweep_interval_s: float = 0.5

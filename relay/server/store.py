@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ def legacy_commitment(message_id: bytes, sender: str, recipient: str) -> str:
 
 
 _blake2b = hashlib.blake2b
+_HASH_CHUNK = 500
 COMMITMENT_CACHE_KIB = 32 * 1024  # SQLite page cache of a connection that inserts commitments (default 2 MiB)
 
 
@@ -325,12 +327,17 @@ class RelayStore:
         if not items:
             return
         b2 = _blake2b
-        if self._binary_commitments:
-            rows: list[tuple[str | bytes, int]] = [
-                (b2(m + snd.encode() + rcpt.encode(), digest_size=16).digest(), exp) for m, snd, rcpt, exp in items]
-        else:
-            rows = [(b2(m + snd.encode() + rcpt.encode(), digest_size=16).hexdigest(), exp)
-                    for m, snd, rcpt, exp in items]
+        rows: list[tuple[str | bytes, int]] = []
+        for i in range(0, len(items), _HASH_CHUNK):
+            if i:
+                time.sleep(0)  # hand the GIL to the event loop between chunks: a batch is up to a second of messages
+            chunk = items[i:i + _HASH_CHUNK]
+            if self._binary_commitments:
+                rows += [(b2(m + snd.encode() + rcpt.encode(), digest_size=16).digest(), exp)
+                         for m, snd, rcpt, exp in chunk]
+            else:
+                rows += [(b2(m + snd.encode() + rcpt.encode(), digest_size=16).hexdigest(), exp)
+                         for m, snd, rcpt, exp in chunk]
         rows.sort()
         engine = self.db.engine
         sqlite = engine.dialect.name == "sqlite"
