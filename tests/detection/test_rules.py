@@ -72,3 +72,20 @@ def test_a_broken_file_at_start_is_an_error(tmp_path: Path) -> None:
     path.write_text("rules: 3")
     with pytest.raises(RulesError, match="rules.yaml"):
         RuleBook(path)
+
+
+def _row(**values: float) -> list[float]:
+    r = [0.0] * len(FEATURE_NAMES)
+    for k, v in values.items():
+        r[FEATURE_INDEX[k]] = v
+    return r
+
+
+def test_group_stuffing_by_an_account_without_conversations_bans_and_an_admin_does_not() -> None:
+    book = RuleBook()
+    stuffer = _row(strangers_added_1h=25, strangers_added_24h=25, account_age_s=20 * 86_400.0)
+    assert [(r.id, r.action) for r in book.hits(stuffer) if r.action == "ban"] == [
+        ("group_stuffing_without_a_life", "ban")]
+    admin = _row(strangers_added_1h=25, strangers_added_24h=25, received_24h=40, recipients_24h=30,
+                 account_age_s=400 * 86_400.0)
+    assert not [r for r in book.hits(admin) if r.action == "ban"]
