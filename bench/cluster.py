@@ -371,7 +371,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--nodes", type=int, default=3, help="relay nodes in the cluster run")
     ap.add_argument("--users", type=int, default=600, help="users of the closed-loop runs")
     ap.add_argument("--messages", type=int, default=20_000, help="messages of each closed-loop run")
-    ap.add_argument("--inflight", type=int, default=300, help="most messages in flight at once (all loaders)")
+    ap.add_argument("--inflight", type=int, default=2000, help="most messages in flight at once (all loaders); "
+                    "enough that the cluster, whose hops wait for batching, is not bound by latency")
     ap.add_argument("--partners", type=int, default=10, help="conversations per user")
     ap.add_argument("--load-procs", type=int, default=2, help="load processes")
     ap.add_argument("--concurrency", type=int, default=50, help="handshakes in progress per load process")

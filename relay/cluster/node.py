@@ -66,7 +66,12 @@ class ClusterConfig:
     route_flush_s: float = 0.1  # route rows are written in batches this often
     queue_recheck_s: float = 1.0  # a login re-reads the queue once more after this
     sweep_s: float = 0.25
-    inbox_fetch_wait_ms: int = 10  # an idle inbox answers a handover this late at most (see bus.Reader)
+    # Kafka request rates: Tansu charges ~0.3-0.9 ms of CPU per request whatever it carries, so each
+    # node's handovers leave in one produce request per `linger_ms` and its inbox is fetched at most
+    # once per `inbox_fetch_wait_ms` — each hop waits up to both (see bus.py).
+    linger_ms: int = 20
+    inbox_fetch_wait_ms: int = 20
+    routes_fetch_wait_ms: int = 250
 
     def inbox_topic(self, node: str) -> str:
         return f"{self.inbox_prefix}{node}.v1"
@@ -152,7 +157,7 @@ class Cluster:
             await run(None, ensure_topics, self.bootstrap, [inbox], 1)
         except Exception as exc:
             raise ClusterError(f"could not create the cluster topics on {self.bootstrap}: {exc}") from exc
-        self.outbox = Outbox(self.bootstrap, self.node, self.incarnation)
+        self.outbox = Outbox(self.bootstrap, self.node, self.incarnation, linger_ms=c.linger_ms)
 
         def feed(fn: Any) -> Any:
             return lambda batch: loop.call_soon_threadsafe(fn, batch)
@@ -160,7 +165,8 @@ class Cluster:
         self._inbox = Reader(self.bootstrap, inbox, "cluster-inbox", feed(self._on_inbox), from_end=True,
                              fetch_wait_ms=c.inbox_fetch_wait_ms)
         self._routes_in = Reader(self.bootstrap, c.routes_topic, "cluster-routes", feed(self._on_routes),
-                                 from_end=False, on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon))
+                                 from_end=False, on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon),
+                                 fetch_wait_ms=c.routes_fetch_wait_ms, partitions=c.partitions)
         # The inbox is positioned before anyone can learn we exist (our node row); the routes topic is
         # replayed from the beginning over the database snapshot (older records lose to newer ones).
         await run(None, self._inbox.assign)
