@@ -18,10 +18,14 @@ skipped; it never stops the worker.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
+import os
+import signal
 import threading
 import time
+import warnings
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -55,6 +59,7 @@ class WorkerConfig:
     poll_timeout_s: float = 0.01  # consume() waits this long to fill a batch; short keeps latency low
     checkpoint_interval_s: float = 10.0  # at least this often ...
     checkpoint_max_share: float = 0.05  # ... unless checkpoints would then take more than this share of the time
+    checkpoint_fork: bool = True  # periodic checkpoints pickle and write in a forked child (POSIX, file/server DB)
     max_poll_interval_ms: int = 15_000
     verify_timeout_s: float = 3.0  # how long a resume waits to read back the last checkpointed record
     align_slack_ms: int = 5_000  # signals partitions may drift this far apart in event time (see _align)
@@ -73,6 +78,16 @@ class WorkerConfig:
 
 
 _TS = itemgetter(0)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked child: SIGKILL when the parent dies (Linux), and exit now if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class Metrics:
@@ -155,6 +170,11 @@ class Worker:
         self.score_latencies_ms: deque[int] = deque(maxlen=500_000)
         self._last_checkpoint = time.monotonic()
         self._checkpoint_every = self.cfg.checkpoint_interval_s  # grows with the state (checkpoint_max_share)
+        self._saver: tuple[int, list[Shard], dict[int, dict[str, int]], float] | None = None  # a forked checkpoint
+        # Forking needs POSIX, and a database another process can open (not an in-memory SQLite).
+        self._can_fork = (self.cfg.checkpoint_fork and hasattr(os, "fork")
+                          and not self.db.url.startswith(("sqlite://:memory:", "sqlite:///:memory:"))
+                          and self.db.url not in ("sqlite://", "sqlite:///"))
         self._last_refresh = time.monotonic()
         self._bad_logged = 0
         self.assigned = threading.Event()
@@ -272,7 +292,9 @@ class Worker:
             self._update_lag()
             self.sink.flush_scores()
         if now - self._last_checkpoint >= self._checkpoint_every:
-            self.checkpoint()
+            self.checkpoint(background=True)
+        elif self._saver is not None:
+            self._reap(block=False)
         return n
 
     def _process(self, msgs: list[Any]) -> int:
@@ -499,13 +521,21 @@ class Worker:
             log.error("could not store %d scores: %s", len(out), type(exc).__name__)
 
     # -- durability ------------------------------------------------------------------------
-    def checkpoint(self, all_dirty: bool = False) -> None:
+    def checkpoint(self, all_dirty: bool = False, *, background: bool = False) -> None:
         """Flush re-keyed records first (they must not be lost), then save state + offsets together.
 
         Every dirty shard goes in the same transaction: a signal applied in-process to two shards
-        (its sender's and its counterpart's) is then saved in both or in neither."""
+        (its sender's and its counterpart's) is then saved in both or in neither.
+
+        `background` (the periodic checkpoints of `step`): pickling a large state takes seconds,
+        and every decision due meanwhile would wait for it. So a forked child — a copy-on-write
+        snapshot of this very moment — pickles and writes it while this process goes on; its
+        partitions count as saved (`Shard.saved`) only once the child succeeded, and as dirty again
+        if it failed. Revocation, close and explicit calls save in-process, after any running child."""
         del all_dirty
         self._last_checkpoint = time.monotonic()
+        if self._saver is not None and not self._reap(block=not background):
+            return  # the previous background checkpoint is still writing
         self.sink.flush()  # scores the state marks as stored go to the database first
         shards = [s for _, s in sorted(self.shards.items()) if s.dirty]
         if not shards:
@@ -515,8 +545,14 @@ class Worker:
         if left:
             log.error("checkpoint postponed: %d records still unsent to the broker", left)
             return
+        if background and self._can_fork:
+            self._fork_save(shards, t0)
+            return
         nbytes = save_shards(self.db, self.cfg.group, self.signals_topic, shards)
-        took = time.perf_counter() - t0
+        self._checkpointed(time.perf_counter() - t0)
+        log.debug("checkpointed %d partitions (%d bytes) in %.3fs", len(shards), nbytes, time.perf_counter() - t0)
+
+    def _checkpointed(self, took: float) -> None:
         self.metrics.checkpoint_seconds.observe(took)
         # A checkpoint pickles whole shards: its cost grows with the state. Keep it under
         # `checkpoint_max_share` of the time (a longer interval only means more replay after a crash).
@@ -524,7 +560,47 @@ class Worker:
         self.checkpoints += 1
         self.checkpoint_s += took
         self.metrics.accounts.set(sum(len(s.engine.accounts) for s in self.shards.values()))
-        log.debug("checkpointed %d partitions (%d bytes) in %.3fs", len(shards), nbytes, time.perf_counter() - t0)
+
+    def _fork_save(self, shards: list[Shard], t0: float) -> None:
+        offsets = {s.partition: dict(s.offsets) for s in shards}
+        parent = os.getpid()
+        with warnings.catch_warnings():  # 3.12+ warns about fork with threads: the child touches none of them
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: write the snapshot, touch nothing else (no Kafka client), never return
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                _die_with_parent(parent)  # an orphan must not write an old snapshot over a new owner's
+                save_shards(Database(self.db.url, migrate=False), self.cfg.group, self.signals_topic, shards)
+                code = 0
+            except BaseException:  # reported through the exit code
+                log.exception("background checkpoint failed")
+            finally:
+                os._exit(code)
+        for s in shards:
+            s.dirty = False
+        self._saver = (pid, shards, offsets, t0)
+
+    def _reap(self, block: bool) -> bool:
+        """Collect the background checkpoint's outcome; False while it is still running."""
+        assert self._saver is not None
+        pid, shards, offsets, t0 = self._saver
+        got, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        if got == 0:
+            return False
+        self._saver = None
+        if os.waitstatus_to_exitcode(status) == 0:
+            for s in shards:  # what save_shards records in-process: the offsets now checkpointed
+                s.saved = offsets[s.partition]
+            self._checkpointed(time.perf_counter() - t0)
+        else:
+            log.error("background checkpoint of partitions %s failed (exit %s); they are saved again next time",
+                      [s.partition for s in shards], os.waitstatus_to_exitcode(status))
+            for s in shards:
+                s.dirty = True
+        return True
 
     def _update_lag(self) -> None:
         try:

@@ -98,3 +98,48 @@ def test_worker_scores_decides_and_resumes(topics: Settings, tiny_model: Path) -
         worker2.close()
     with db.session() as ses:
         assert ses.scalar(select(func.count()).select_from(DecisionRow).where(DecisionRow.action == "ban")) == len(bans)
+
+
+def test_background_checkpoint_is_written_by_a_forked_child(topics: Settings, tiny_model: Path, monkeypatch) -> None:
+    """The periodic checkpoint pickles and writes in a forked child while the worker goes on; its
+    partitions count as saved (the re-keying floor) only once the child succeeded, and a failed
+    child leaves them dirty for the next checkpoint."""
+    s = Synth(seed=4).population(normal=12, blasters=1, drips=0, farm=0, minutes=2)
+    write_pointer(topics.state_dir, "champion", "lgbm-t1", tiny_model)
+    _produce(topics, s.events)
+    cfg = WorkerConfig(group="g-fork", checkpoint_interval_s=3600, metrics_port=None, max_poll_interval_ms=6000)
+    db = Database(topics.database_url)
+    worker = Worker(topics, cfg, db)
+    try:
+        _run_until(worker, lambda: worker.n_signals >= len(s.events))
+        dirty = [sh for sh in worker.shards.values() if sh.dirty]
+        assert dirty
+
+        def boom(*_args: object) -> int:
+            raise RuntimeError("database unreachable")
+
+        monkeypatch.setattr("detection.worker.save_shards", boom)  # the child inherits it
+        worker.checkpoint(background=True)
+        assert worker._saver is not None and not any(sh.dirty for sh in dirty), "handed to the child"
+        assert worker._reap(block=True)  # the child failed ...
+        monkeypatch.undo()
+        assert all(sh.dirty for sh in dirty), "... so a failed child leaves its partitions dirty"
+        assert worker.checkpoints == 0
+
+        worker.checkpoint(background=True)
+        pid = worker._saver[0] if worker._saver else None
+        assert pid is not None
+        deadline = time.monotonic() + 30
+        while worker._saver is not None and time.monotonic() < deadline:
+            worker.step()  # the worker goes on; the child is reaped when it is done
+            time.sleep(0.01)
+        assert worker._saver is None and worker.checkpoints == 1
+        assert all(sh.saved == sh.offsets and not sh.dirty for sh in dirty)
+    finally:
+        worker.close()
+    with db.session() as ses:
+        rows = ses.scalars(select(DetectionCheckpointRow).where(DetectionCheckpointRow.consumer_group == "g-fork")).all()
+    saved = {(r.topic, r.partition): r.next_offset for r in rows}
+    for sh in dirty:
+        assert saved[(topics.signals_topic, sh.partition)] == sh.offsets[topics.signals_topic]
+    assert any(r.state for r in rows)
