@@ -134,7 +134,7 @@ class Nodes:
                 child.stop()
                 self.children[i] = None
 
-    def __enter__(self) -> Nodes:
+    def __enter__(self) -> Nodes:  # noqa: PYI034
         return self.start_all()
 
     def __exit__(self, *exc: object) -> None:
@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             db_single = create_pg_database(PG_ADMIN_URL)
             db_cluster = create_pg_database(PG_ADMIN_URL)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - say plainly why the bench cannot run
             raise BenchError(f"PostgreSQL at {PG_ADMIN_URL} is needed (SEALGUARD_TEST_PG): {exc}") from None
         stack.callback(drop_pg_database, PG_ADMIN_URL, db_single)
         stack.callback(drop_pg_database, PG_ADMIN_URL, db_cluster)

@@ -244,7 +244,7 @@ class Cluster:
                     next_beat = time.monotonic() + self.config.heartbeat_s
                     rows = self.store.heartbeat(self.node, self.incarnation, now_ms())
                     loop.call_soon_threadsafe(self._on_nodes, rows)
-            except Exception as exc:  # the database is down: keep the changes, try again
+            except Exception as exc:  # noqa: BLE001 - the database is down: keep the changes, try again
                 log.warning("cluster: database write failed (%s); retrying", exc)
                 self._route_changes.extendleft(reversed(changes))
                 self._stop.wait(1.0)
@@ -275,8 +275,8 @@ class Cluster:
         node = self.routes.node_of.get(item.recipient)
         if node is None:
             return False
-        peer = self.nodes.alive(node)
-        if peer is None:
+        peer = self.nodes.peers.get(node)
+        if peer is None or not peer.alive:
             return False
         token = next(self._tokens) & 0xFFFFFFFF
         self._pending[token] = (out, item, time.monotonic() + self.config.handover_timeout_s, node)
@@ -383,12 +383,12 @@ class Cluster:
     def _port(self, node: str, incarnation: int) -> AckPort:
         port = self._ports.get((node, incarnation))
         if port is None:
-            topic = self.config.inbox_topic(node)
+            assert self.outbox is not None
+            to_inbox, ack, topic, stats = self.outbox.to_inbox, wire.ack, self.config.inbox_topic(node), self.stats
 
             def send_ack(token: int, status: int) -> None:
-                assert self.outbox is not None
-                self.stats.acks_sent += 1
-                self.outbox.to_inbox(topic, incarnation, wire.ack(token, status))
+                stats.acks_sent += 1
+                to_inbox(topic, incarnation, ack(token, status))
 
             port = self._ports[(node, incarnation)] = AckPort(send_ack)
         return port

@@ -13,12 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("nodes", "msgs_per_s", "cross_node_share", "server_cpu_us_per_msg", "single_node_cpu_us_per_msg", "p99_ms",
         "lost", "ban_all_nodes_p99_ms")
 NUMBER = r"(?:-?\d+(?:\.\d+)?(?:e[+-]?\d+)?|nan|inf)"
 
 
+@pytest.mark.postgres
 def test_cluster_bench_line_shape(broker_bootstrap: str) -> None:
     env = dict(os.environ)
     env["SEALGUARD_KAFKA"] = broker_bootstrap

@@ -53,6 +53,7 @@ async def _next(c: RelayClient, timeout: float = 15.0) -> tuple[str, bytes, str 
     return r.sender, r.plaintext, r.group
 
 
+@pytest.mark.postgres
 def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
     async def main() -> None:
         a, b, c = [await _client(nodes, i, 10 + i) for i in range(3)]
@@ -95,6 +96,7 @@ def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
     uvloop.run(main())
 
 
+@pytest.mark.postgres
 def test_a_ban_holds_on_every_node(nodes: Nodes) -> None:
     from moderation.decisions import DecisionRequest, KafkaEnforcementPublisher, do_decide
     from sealguard.contracts import Action, DecisionSource, ReasonCode
@@ -137,6 +139,7 @@ def test_a_ban_holds_on_every_node(nodes: Nodes) -> None:
     uvloop.run(main())
 
 
+@pytest.mark.postgres
 def test_a_node_killed_under_load_loses_nothing_acked(nodes: Nodes) -> None:
     out = uvloop.run(kill_run(nodes, argparse.Namespace(kill_users=12, kill_rate=30.0, kill_seconds=6.0,
                                                         settle_s=20.0)))
@@ -144,6 +147,18 @@ def test_a_node_killed_under_load_loses_nothing_acked(nodes: Nodes) -> None:
     assert out["acked"] > 50, out
     assert out["lost"] == 0, out
     assert out["reconnects"] >= 1, out  # the killed node's users reconnected elsewhere
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_soak_a_longer_run_with_a_kill_loses_nothing(nodes: Nodes) -> None:
+    """The same at a size closer to use: 60 users, 100 messages/s for 30 s, a node killed halfway."""
+    out = uvloop.run(kill_run(nodes, argparse.Namespace(kill_users=60, kill_rate=100.0, kill_seconds=30.0,
+                                                        settle_s=30.0)))
+    nodes.start(nodes.n - 1)
+    assert out["acked"] > 2000, out
+    assert out["lost"] == 0, out
+    assert out["duplicates"] == 0, out
 
 
 # -- the pure parts ----------------------------------------------------------------------------------
