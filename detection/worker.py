@@ -22,6 +22,7 @@ import ctypes
 import gc
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
@@ -37,7 +38,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from detection.checkpoint import Shard, load_offsets, load_shard, save_shards
+from detection.checkpoint import CheckpointFenced, Shard, load_offsets, load_shard, save_shards
 from detection.features import NetView, ScoreSchedule, feature_row
 from detection.model import ModelSlots
 from detection.policy import Policy, ban_scores
@@ -170,7 +171,7 @@ class Worker:
         self.score_latencies_ms: deque[int] = deque(maxlen=500_000)
         self._last_checkpoint = time.monotonic()
         self._checkpoint_every = self.cfg.checkpoint_interval_s  # grows with the state (checkpoint_max_share)
-        self._saver: tuple[int, list[Shard], dict[int, dict[str, int]], float] | None = None  # a forked checkpoint
+        self._saver: tuple[int, int, list[Shard], float] | None = None  # a forked checkpoint: pid, pipe, shards, t0
         # Forking needs POSIX, and a database another process can open (not an in-memory SQLite).
         self._can_fork = (self.cfg.checkpoint_fork and hasattr(os, "fork")
                           and not self.db.url.startswith(("sqlite://:memory:", "sqlite:///:memory:"))
@@ -562,44 +563,60 @@ class Worker:
         self.metrics.accounts.set(sum(len(s.engine.accounts) for s in self.shards.values()))
 
     def _fork_save(self, shards: list[Shard], t0: float) -> None:
-        offsets = {s.partition: dict(s.offsets) for s in shards}
         parent = os.getpid()
+        rfd, wfd = os.pipe()  # the child's outcome: what save_shards recorded, or the fenced partitions
         with warnings.catch_warnings():  # 3.12+ warns about fork with threads: the child touches none of them
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:  # the child: write the snapshot, touch nothing else (no Kafka client), never return
-            code = 1
+            code, outcome = 1, b""
             try:
+                os.close(rfd)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 _die_with_parent(parent)  # an orphan must not write an old snapshot over a new owner's
                 save_shards(Database(self.db.url, migrate=False), self.cfg.group, self.signals_topic, shards)
-                code = 0
+                code, outcome = 0, pickle.dumps({sh.partition: sh.saved for sh in shards})
+            except CheckpointFenced as exc:
+                code, outcome = 2, pickle.dumps(exc.partitions)
             except BaseException:  # reported through the exit code
                 log.exception("background checkpoint failed")
             finally:
-                os._exit(code)
+                try:
+                    os.write(wfd, outcome)  # a few hundred bytes: fits the pipe, never blocks
+                finally:
+                    os._exit(code)
+        os.close(wfd)
         for s in shards:
             s.dirty = False
-        self._saver = (pid, shards, offsets, t0)
+        self._saver = (pid, rfd, shards, t0)
 
     def _reap(self, block: bool) -> bool:
-        """Collect the background checkpoint's outcome; False while it is still running."""
+        """Collect the background checkpoint's outcome; False while it is still running. A fenced
+        one raises CheckpointFenced here, as an in-process checkpoint would."""
         assert self._saver is not None
-        pid, shards, offsets, t0 = self._saver
+        pid, rfd, shards, t0 = self._saver
         got, status = os.waitpid(pid, 0 if block else os.WNOHANG)
         if got == 0:
             return False
         self._saver = None
-        if os.waitstatus_to_exitcode(status) == 0:
-            for s in shards:  # what save_shards records in-process: the offsets now checkpointed
-                s.saved = offsets[s.partition]
+        chunks = []
+        while chunk := os.read(rfd, 65536):
+            chunks.append(chunk)
+        os.close(rfd)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            saved = pickle.loads(b"".join(chunks))
+            for s in shards:  # exactly what save_shards recorded in the child
+                s.saved = saved[s.partition]
             self._checkpointed(time.perf_counter() - t0)
-        else:
-            log.error("background checkpoint of partitions %s failed (exit %s); they are saved again next time",
-                      [s.partition for s in shards], os.waitstatus_to_exitcode(status))
-            for s in shards:
-                s.dirty = True
+            return True
+        for s in shards:
+            s.dirty = True
+        if code == 2:
+            raise CheckpointFenced(self.cfg.group, pickle.loads(b"".join(chunks)))
+        log.error("background checkpoint of partitions %s failed (exit %s); they are saved again next time",
+                  [s.partition for s in shards], code)
         return True
 
     def _update_lag(self) -> None:
