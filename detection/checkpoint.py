@@ -156,8 +156,16 @@ def save_shards(db: Database, group: str, state_topic: str, shards: list[Shard])
                 for topic, offset in offsets.items():
                     state = blob if topic == state_topic else None
                     before = shard.saved.get(topic)
-                    if before is None and topic == state_topic and shard.saved:
-                        before = BEGINNING  # every save writes this row: saved offsets without it mean BEGINNING
+                    if before is None and topic == state_topic:
+                        # Every save writes this row, with BEGINNING when no signal was consumed yet (a
+                        # shard made dirty by counterpart sides only); a record of it may lack that entry.
+                        before = BEGINNING if s.execute(update(DetectionCheckpointRow).where(
+                            DetectionCheckpointRow.consumer_group == group, DetectionCheckpointRow.topic == topic,
+                            DetectionCheckpointRow.partition == shard.partition,
+                            DetectionCheckpointRow.next_offset == BEGINNING,
+                        ).values(next_offset=offset, state=state, updated_at=now)).rowcount == 1 else None
+                        if before is not None:
+                            continue
                     if before is None:
                         s.add(DetectionCheckpointRow(consumer_group=group, topic=topic, partition=shard.partition,
                                                      next_offset=offset, state=state, updated_at=now))

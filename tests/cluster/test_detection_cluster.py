@@ -373,6 +373,12 @@ def test_a_zombie_worker_cannot_overwrite_a_newer_checkpoint(db_url: str) -> Non
         inbound_only.offsets = {"sig": 1, "inb": 3}
         save_shards(db, "g", "sig", [inbound_only])
         assert load_offsets(db, "g", ["sig", "inb"], 4) == {"sig": 1, "inb": 3}
+        sides_only = Shard(6)  # dirty from counterpart sides applied in-process, nothing consumed itself
+        save_shards(db, "g", "sig", [sides_only])
+        sides_only.saved = {}  # as a worker records a forked checkpoint of no offsets
+        sides_only.offsets = {"sig": 5}
+        save_shards(db, "g", "sig", [sides_only])
+        assert load_offsets(db, "g", ["sig"], 6) == {"sig": 5}
         first, second = Shard(5), Shard(5)  # two workers racing to write a partition's first checkpoint
         first.offsets = second.offsets = {"sig": 1}
         save_shards(db, "g", "sig", [first])
