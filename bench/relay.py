@@ -525,10 +525,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.info("floor (bench/_floor_relay.py --coalesce, same run): cpu_us_per_msg=%.1f msgs_per_s=%.0f "
                  "half_load_p99_ms=%.2f rss_bytes_per_idle_conn=%.0f; relay/floor=%.2f floor/mosquitto=%.2f",
                  floor["cpu_us_per_msg"], floor["msgs_per_s"], floor.get("half_p99_ms", math.nan),
-                 floor["rss_per_conn"], relay.get("cpu_us_per_msg", math.nan) / floor["cpu_us_per_msg"],
-                 floor["cpu_us_per_msg"] / mosq.get("cpu_us_per_msg", math.nan) if mosq else math.nan)
+                 floor["rss_per_conn"], _ratio(relay.get("cpu_us_per_msg"), floor["cpu_us_per_msg"]),
+                 _ratio(floor["cpu_us_per_msg"], mosq.get("cpu_us_per_msg")))
     _verdict(figures, mosq, relay, floor)
     return figures
+
+
+def _ratio(a: float | None, b: float | None) -> float:
+    """a / b, or nan when either is missing or b is 0 (a tiny run can read 0 CPU ticks)."""
+    return a / b if a is not None and b else math.nan
 
 
 def _int(value: float | None) -> int | None:

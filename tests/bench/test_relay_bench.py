@@ -5,6 +5,7 @@ Shape only: figures are measured by the benchmark itself, never asserted on time
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -45,10 +46,19 @@ def _mosquitto_running() -> bool:
     return subprocess.run(["pgrep", "-x", "mosquitto"], capture_output=True, check=False).returncode == 0
 
 
-def test_relay_and_mosquitto_line_shape(broker_bootstrap: str) -> None:
+def test_relay_and_mosquitto_line_shape(broker_bootstrap: str, tmp_path: Path) -> None:
     mosquitto = _mosquitto_running()  # started by the machine; without it, the relay half still runs
+    out = tmp_path / "figures.json"
     line, err = _bench(["--users", "24", "--messages", "400", "--half-messages", "200", "--inflight", "50",
-                        *([] if mosquitto else ["--skip-mosquitto"])], kafka=broker_bootstrap)
+                        "--floor", "--json", str(out), *([] if mosquitto else ["--skip-mosquitto"])],
+                       kafka=broker_bootstrap)
+    # --floor: the protocol's floor measured in the same run; every phase says who set its tail
+    data = json.loads(out.read_text())
+    assert data["floor"]["cpu_us_per_msg"] >= 0 and data["floor"]["connected"] == 24
+    for key in ("cpu_pressure_pct", "server_preempted_per_s", "half_cpu_pressure_pct", "half_loadavg"):
+        assert key in data["relay"], key
+    assert isinstance(data["relay"]["idle_thread_cpu_pct"], dict)
+    assert "relay/floor=" in err and "half-load phase: p99_ms=" in err
     f = _figures(line)
     assert f["users"] == 24 and f["msgs"] == 400
     for key in ("msgs_per_s", "server_cpu_us_per_msg", "p50_ms", "p99_ms", "half_load_p99_ms"):
