@@ -2,8 +2,10 @@
 
 * `Outbox` — one producer thread. The event loop appends (topic, key, value) for the routes topic
   and (topic, to_incarnation, frame) for a node's inbox to a deque (an append: nothing blocks the
-  loop); the thread drains it every 5 ms, packs each destination's frames into as few records as
-  fit (`wire.frame_records`) and hands them to librdkafka (`linger.ms`: ClusterConfig.linger_ms).
+  loop); the thread drains it every `drain_s` (ClusterConfig.batch_ms), packs each destination's
+  frames into as few records as fit (`wire.frame_records`) and hands them to librdkafka at once
+  (`linger.ms` 1). Tansu's CPU goes by records and requests, not bytes: one record per destination
+  per drain keeps both low.
 * `Reader` — one consumer thread per input, by assignment (no consumer group, nothing committed):
   the node's inbox from its end, the routes topic from the beginning. Each poll's records reach
   the loop as one `call_soon_threadsafe`.
@@ -30,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, bootstrap: str, node: str, incarnation: int, *, linger_ms: int = 10,
-                 drain_s: float = 0.005) -> None:
+    def __init__(self, bootstrap: str, node: str, incarnation: int, *, drain_s: float = 0.02,
+                 linger_ms: int = 1) -> None:
         from sealguard.stream import producer
 
         self.node, self.incarnation = node, incarnation
@@ -59,19 +61,14 @@ class Outbox:
 
     def _run(self) -> None:
         q, produce, poll = self._q, self._producer.produce, self._producer.poll
-        idle = 0
         while True:
             stopping = self._stop.is_set()
             if not q:
                 if stopping:
                     return
                 poll(0)
-                # Every `drain_s` while records flow (librdkafka lingers longer anyway, and each
-                # wake-up takes the GIL from the event loop); idle, up to 4 × less often.
-                idle = min(idle + 1, 4)
-                self._stop.wait(self.drain_s * idle)
+                self._stop.wait(self.drain_s)
                 continue
-            idle = 0
             inboxes: dict[tuple[str, int], list[bytes]] = {}
             n = len(q)
             for _ in range(n):
@@ -85,6 +82,8 @@ class Outbox:
                 for value in wire.frame_records(head, frames):
                     self._produce(produce, poll, topic, None, value)
             poll(0)
+            if not stopping:
+                self._stop.wait(self.drain_s)
 
     def _produce(self, produce: Callable[..., None], poll: Callable[[float], int], topic: str, key: str | None,
                  value: bytes) -> None:

@@ -67,9 +67,9 @@ class ClusterConfig:
     queue_recheck_s: float = 1.0  # a login re-reads the queue once more after this
     sweep_s: float = 0.25
     # Kafka request rates: Tansu charges ~0.3-0.9 ms of CPU per request whatever it carries, so each
-    # node's handovers leave in one produce request per `linger_ms` and its inbox is fetched at most
-    # once per `inbox_fetch_wait_ms` — each hop waits up to both (see bus.py).
-    linger_ms: int = 20
+    # node's handovers leave as one record per destination every `batch_ms` and its inbox is fetched
+    # at most once per `inbox_fetch_wait_ms` — each hop waits up to both (see bus.py).
+    batch_ms: int = 20
     inbox_fetch_wait_ms: int = 20
     routes_fetch_wait_ms: int = 250
 
@@ -157,7 +157,7 @@ class Cluster:
             await run(None, ensure_topics, self.bootstrap, [inbox], 1)
         except Exception as exc:
             raise ClusterError(f"could not create the cluster topics on {self.bootstrap}: {exc}") from exc
-        self.outbox = Outbox(self.bootstrap, self.node, self.incarnation, linger_ms=c.linger_ms)
+        self.outbox = Outbox(self.bootstrap, self.node, self.incarnation, drain_s=c.batch_ms / 1000)
 
         def feed(fn: Any) -> Any:
             return lambda batch: loop.call_soon_threadsafe(fn, batch)
