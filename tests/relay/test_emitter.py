@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from relay.emitter import KafkaEmitter
 from relay.signals import SignalBook
 from sealguard.broker import EmbeddedBroker
-from sealguard.contracts import MessageKind, decode, new_account_id
+from sealguard.contracts import MessageKind, decode, key_of, new_account_id
 from sealguard.net import free_port
 from sealguard.settings import Settings
 from sealguard.stream import ensure_topics
@@ -29,7 +29,8 @@ def count_records(bootstrap: str, topic: str, partitions: int, want: int, timeou
     while n < want and time.monotonic() < deadline:
         for m in c.consume(1000, 0.3):
             if m.error() is None:
-                decode(m.value())
+                event = decode(m.value())
+                assert m.key() == key_of(event).encode()  # keyed by the account the signal is about
                 n += 1
     c.close()
     return n
@@ -63,7 +64,10 @@ def test_signals_buffer_while_the_broker_is_down_and_drain_when_it_returns(tmp_p
         emitter = KafkaEmitter(broker.bootstrap, settings.signals_topic, max_buffer=10_000)
         for _ in range(50):
             emitter.emit(book.message_sent(a, b, 100, MessageKind.text, True))
+        for _ in range(20):  # the relay's fast path: message.sent as plain fields
+            emitter.emit_message_sent(a, b, 100, 0, False, True, 1234)
         assert emitter.flush(20) == 0
+        assert count_records(broker.bootstrap, settings.signals_topic, 1, 70) == 70
         broker.kill()
         for _ in range(200):
             emitter.emit(book.message_sent(a, b, 100, MessageKind.text, True))
