@@ -370,7 +370,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sealguard bench cluster", description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=3, help="relay nodes in the cluster run")
     ap.add_argument("--users", type=int, default=600, help="users of the closed-loop runs")
-    ap.add_argument("--messages", type=int, default=20_000, help="messages of each closed-loop run")
+    ap.add_argument("--messages", type=int, default=50_000, help="messages of each closed-loop run (long enough that "
+                    "a shared machine's noise averages out)")
     ap.add_argument("--inflight", type=int, default=2000, help="most messages in flight at once (all loaders); "
                     "enough that the cluster, whose hops wait for batching, is not bound by latency")
     ap.add_argument("--partners", type=int, default=10, help="conversations per user")
