@@ -412,6 +412,24 @@ def test_many_clients_on_distinct_source_addresses_get_distinct_net_buckets(tmp:
     run(main())
 
 
+def test_the_frame_budget_refills_every_sweep_interval(tmp: Path) -> None:
+    """The sweep no longer visits every connection: a connection refills its own budget with its
+    first frame of each sweep interval. 40 PINGs (4,000 of 5,000) per interval, four intervals."""
+    async def main() -> None:
+        async with harness(tmp, sweep_interval_s=0.2) as h:
+            a, b = await h.user(), await h.user()
+            for _ in range(4):
+                gen = h.server.sweep_gen
+                a._write(encode(FrameType.PING, 0) * 40)
+                await eventually(lambda gen=gen: h.server.sweep_gen > gen, timeout=5)
+            await asyncio.sleep(0.1)
+            assert a.connected and not a.closed.is_set()
+            await a.send(b.account_id, b"still here")
+            assert (await asyncio.wait_for(b.inbox.get(), 5)).plaintext == b"still here"
+
+    run(main())
+
+
 def test_client_over_plain_identity_pickle(tmp: Path) -> None:
     async def main() -> None:
         async with harness(tmp) as h:
