@@ -6,6 +6,8 @@ for a few hundred thousand events, ten minutes for ten million. Training reads w
 is known, `ts` is a non-negative integer, every field the type requires is present, account ids
 look like account ids — and rows come out as light named tuples with the same attribute names as
 the contract's events, which is all the feature operators read (`ev.type`, `ev.ts`, `ev.sender` …).
+Training does not even make those: `read_columns` returns only the columns the feature replay reads
+(a pyarrow Table, for `detection.features.plan_replay`), checking every row group on the way.
 
 A broken file raises DatasetError naming the file, the column, the event type and the first
 offending row.
@@ -140,3 +142,77 @@ def is_sorted_by_ts(path: Path) -> bool:
             return False
         last = ts[len(ts) - 1].as_py()
     return True
+
+
+def open_signals(path: Path) -> tuple[Path, pq.ParquetFile]:
+    file = _signals_path(path)
+    if not file.exists():
+        raise DatasetError(f"{file} does not exist (a dataset directory needs signals.parquet)")
+    try:
+        return file, pq.ParquetFile(file)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DatasetError(f"{file}: not a readable Parquet file: {exc}") from None
+
+
+def read_columns(path: Path, columns: tuple[str, ...], *, check: tuple[int, int] = (0, 1)) -> pa.Table:
+    """The file's `columns` (those it has) as one Table, each row group checked with `check_batch`.
+
+    `check=(k, n)` checks only row groups `k, k + n, k + 2n, …` (with all their columns): n readers
+    of one file, each checking its share, together check every row once."""
+    file, pf = open_signals(path)
+    present = [c for c in columns if c in pf.schema_arrow.names]
+    k, n = check
+    parts = []
+    offset = 0
+    for g in range(pf.metadata.num_row_groups):
+        rows = pf.metadata.row_group(g).num_rows
+        if g % n == k:
+            group = pf.read_row_group(g)
+            for batch in group.to_batches(max_chunksize=1 << 22):
+                check_batch(batch, file, offset)
+                offset += batch.num_rows
+            group = group.select(present)
+        else:
+            group = pf.read_row_group(g, columns=present)
+            offset += rows
+        parts.append(group)
+    if not parts:
+        return pf.schema_arrow.empty_table().select(present)
+    return pa.concat_tables(parts)
+
+
+def ts_sorted(table: pa.Table) -> bool:
+    """True when `ts` never decreases through the table."""
+    import numpy as np
+
+    ts = table.column("ts").to_numpy()
+    return bool(len(ts) < 2 or (np.diff(ts) >= 0).all())
+
+
+def feature_shard(path: str, shard: int, shards: int, out: str) -> dict[str, float]:
+    """One process's share of the offline feature replay (see `detection.features.table`): read the
+    replay columns (checking row groups shard, shard + shards, …), replay the doors of the accounts
+    in `shard`, pickle its ShardRows to `out`. Returns its stage timings (CPU and wall seconds)."""
+    import gc
+    import pickle
+    import time
+
+    from detection.features.table import REPLAY_COLUMNS, plan_replay, replay_shard
+
+    gc.disable()  # millions of small acyclic objects: the cyclic collector finds nothing in them
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    table = read_columns(Path(path), REPLAY_COLUMNS, check=(shard, shards))
+    if not ts_sorted(table):
+        raise DatasetError(f"{path} is not in time order; the feature replay needs ts order "
+                           f"(`sealguard dataset build` writes it sorted)")
+    cpu1 = time.process_time()
+    plan = plan_replay(table)
+    del table  # the plan holds what the replay needs
+    cpu2 = time.process_time()
+    rows = replay_shard(plan, shard, shards)
+    cpu3 = time.process_time()
+    with open(out, "wb") as fh:
+        pickle.dump(rows, fh, protocol=5)
+    return {"read_cpu": cpu1 - cpu0, "plan_cpu": cpu2 - cpu1, "replay_cpu": cpu3 - cpu2,
+            "cpu": time.process_time() - cpu0, "wall": time.perf_counter() - wall0, "rows": float(len(rows)),
+            "signals": float(plan.events)}

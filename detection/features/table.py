@@ -126,7 +126,7 @@ def shard_of(account: str, shards: int) -> int:
 class ReplayPlan:
     """Each event's two doors as arrays: what it does, to which account (a code into `names`)."""
 
-    columns: Any  # the pyarrow Table it was planned from (for the rare slow path)
+    self_events: dict[int, dict[str, Any]]  # events acting on one account through both doors (rare), as rows
     names: np.ndarray  # account ids (object), then None: code -1 reads None
     buckets: np.ndarray  # net buckets (object), then None
     ts: np.ndarray
@@ -194,7 +194,10 @@ def plan_replay(table: Any) -> ReplayPlan:
     nets = pc.dictionary_encode(col("net_bucket"))
     bucket = pc.fill_null(nets.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
     ts = pc.cast(col("ts"), pa.int64()).to_numpy()
-    return ReplayPlan(columns=table, names=_with_none(both.dictionary), buckets=_with_none(nets.dictionary), ts=ts,
+    both_doors = np.flatnonzero((out_kind != 0) & (in_kind != 0) & (out_acct == in_acct))
+    self_events = {int(i): table.slice(int(i), 1).to_pylist()[0] for i in both_doors}
+    return ReplayPlan(self_events=self_events, names=_with_none(both.dictionary), buckets=_with_none(nets.dictionary),
+                      ts=ts,
                       out_kind=out_kind, out_acct=out_acct, in_kind=in_kind, in_acct=in_acct,
                       out_flag=np.asarray(out_flag, dtype=bool), in_flag=np.asarray(in_flag, dtype=bool),
                       bucket=bucket)
@@ -331,7 +334,7 @@ def _replay(plan: ReplayPlan, event: np.ndarray, kinds: np.ndarray, acct: np.nda
 
 def _self_event(plan: ReplayPlan, i: int, engine: FeatureEngine, schedule: ScoreSchedule,
                 every: bool) -> list[tuple[str, list[float]]]:
-    ev = SimpleNamespace(**{k: None for k in REPLAY_COLUMNS} | plan.columns.slice(i, 1).to_pylist()[0])
+    ev = SimpleNamespace(**{k: None for k in REPLAY_COLUMNS} | plan.self_events[i])
     out, inn = engine.apply_outbound(ev), engine.apply_inbound(ev)
     got = []
     for account, received in ((out, False), (inn, True)):

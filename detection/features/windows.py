@@ -63,9 +63,18 @@ class RollingVector:
     def _advance(self, b: int) -> list[float]:
         """The vector of bucket `b` (created if needed), after expiring buckets older than the window."""
         ring = self._ring
-        if b <= self._head:
+        head = self._head
+        if b <= head:
             return ring[-1][1]
-        vec: list[float] = [0] * self._channels
+        if head <= b - self._n:  # the whole ring fell out (an account idle for a window): nothing to subtract
+            if ring:
+                ring.clear()
+                self.tot = [0] * self._channels
+            vec: list[float] = [0] * self._channels
+            ring.append((b, vec))
+            self._head = b
+            return vec
+        vec = [0] * self._channels
         ring.append((b, vec))
         self._head = b
         self._expire(b)
@@ -100,10 +109,13 @@ class RollingVector:
     def totals(self, ts: int) -> list[float]:
         """Live sums as of `ts` (expires without creating a bucket)."""
         b = ts // self._width
-        if self._ring and b > self._head:
-            self._expire(b)
-            if not self._ring:
+        if b > self._head and self._ring:
+            if self._head <= b - self._n:  # everything fell out: the sums are zero (they are integers)
+                self._ring.clear()
                 self._head = -1
+                self.tot = [0] * self._channels
+            else:
+                self._expire(b)
         return self.tot
 
     def move(self, from_bucket: int, channel: int, ts: int) -> None:
