@@ -138,6 +138,7 @@ class Cluster:
         self._ports: dict[tuple[str, int], AckPort] = {}
         self._local_port = AckPort(self._on_local_status)
         self._logins: dict[str, int] = {}  # local account → when it logged in (ms)
+        self._taking_over: str | None = None
         self._route_changes: deque[tuple[str, bool, int]] = deque()
         self._drops: deque[str] = deque()  # dead nodes whose route rows to delete
         self._stop = threading.Event()
@@ -305,6 +306,30 @@ class Cluster:
         self.outbox.to_topic(self.config.routes_topic, account, wire.route_record(self.node, False, ts))
         self._route_changes.append((account, False, ts))
 
+    def presence_changed(self, account: str, online: bool) -> None:
+        """The features told the account's contacts on this node; tell those on other nodes (one
+        frame per node), and a client that came online which of its contacts are online elsewhere."""
+        if self.outbox is None or account == self._taking_over:
+            return
+        server = self.server
+        contacts = server.book.contacts_of(account)
+        if not contacts:
+            return
+        node_of, by_node = self.routes.node_of, {}
+        for c in contacts:
+            node = node_of.get(c)
+            if node is not None and c not in server.conns:
+                by_node.setdefault(node, []).append(c)
+        for node, watchers in by_node.items():
+            peer = self.nodes.peers.get(node)
+            if peer is not None and peer.alive:
+                self.outbox.to_inbox(peer.inbox_topic, peer.incarnation, wire.presence(account, online, watchers))
+        conn = server.conns.get(account) if online else None
+        if conn is not None:
+            for watchers in by_node.values():
+                for c in watchers:
+                    conn.send(encode(FrameType.PRESENCE, 0, c, 1))
+
     def registered(self, account: str) -> None:
         if self.outbox is not None:
             self.outbox.to_topic(self.config.routes_topic, account, wire.account_record(self.node))
@@ -468,6 +493,13 @@ class Cluster:
                         account = wire.parse_poke(frame)
                         if account in conns:
                             server.spawn(self._deliver_queue(account))
+                    elif tag == wire.S:
+                        account, online, watchers = wire.parse_presence(frame)
+                        presence = encode(FrameType.PRESENCE, 0, account, int(online))
+                        for w in watchers:
+                            wconn = conns.get(w)
+                            if wconn is not None:
+                                wconn.send(presence)
                     else:
                         raise wire.WireError(f"unknown frame tag {tag!r}")
                 except (wire.WireError, UnicodeDecodeError, IndexError) as exc:
@@ -490,7 +522,16 @@ class Cluster:
                         self.stats.takeovers += 1
                         conn.send(encode(FrameType.BYE, 0))
                         conn.close()
-                        server.on_disconnect(conn)
+                        self._taking_over = k  # it is online (there), not gone: no "offline" presence
+                        try:
+                            server.on_disconnect(conn)
+                        finally:
+                            self._taking_over = None
+                        online_frame = encode(FrameType.PRESENCE, 0, k, 1)
+                        for c in server.book.contacts_of(k):
+                            other = server.conns.get(c)
+                            if other is not None:
+                                other.send(online_frame)
                 elif tag == "A":
                     server.accounts.add(k)
                 elif tag == "G":

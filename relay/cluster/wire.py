@@ -11,6 +11,8 @@ batch rather than one per message:
     ACK       'A' token u32 | status u8      — DELIVERED, QUEUED (in the database), REFUSED, FAILED
     POKE      'P' recipient 21               — "a message for this account was just committed to the
                                                queue; if it is connected to you, deliver the queue"
+    PRESENCE  'S' account 21 | online u8 | watcher 21 * n
+                                             — "tell these clients of yours the account came / went"
 
 A record addressed to another incarnation of the destination (`to_incarnation`) is ignored: its
 sender has, or will, put the message in the database queue itself (see node.py).
@@ -34,7 +36,7 @@ from relay.protocol import ACCOUNT_ID_LEN, MESSAGE_ID_LEN
 
 VERSION = 1
 NODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-H, A, P = ord("H"), ord("A"), ord("P")
+H, A, P, S = ord("H"), ord("A"), ord("P"), ord("S")
 
 # Statuses carried by ACK (1 and 2 are the protocol's DeliveryStatus values).
 DELIVERED, QUEUED, REFUSED, FAILED = 1, 2, 3, 4
@@ -74,6 +76,18 @@ def ack(token: int, status: int) -> bytes:
 
 def poke(recipient: str) -> bytes:
     return b"P" + recipient.encode()
+
+
+def presence(account: str, online: bool, watchers: list[str]) -> bytes:
+    return b"S" + account.encode() + (b"\x01" if online else b"\x00") + "".join(watchers).encode()
+
+
+def parse_presence(frame: bytes) -> tuple[str, bool, list[str]]:
+    n = ACCOUNT_ID_LEN
+    if len(frame) < 2 + n or (len(frame) - 2 - n) % n:
+        raise WireError(f"PRESENCE of {len(frame)} bytes is not 2 + 21 × (1 + watchers)")
+    body = frame[2 + n:].decode("ascii")
+    return frame[1:1 + n].decode("ascii"), frame[1 + n] == 1, [body[i:i + n] for i in range(0, len(body), n)]
 
 
 def frame_records(head: bytes, frames: list[bytes]) -> Iterator[bytes]:

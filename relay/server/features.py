@@ -149,6 +149,8 @@ class Features:
                 for contact in self.s.book.contacts_of(account):
                     if contact in self.s.conns:
                         conn.send(encode(FrameType.PRESENCE, 0, contact, 1))
+        if self.s.cluster is not None:  # contacts on other nodes
+            self.s.cluster.presence_changed(account, online)
 
     def _on_claim_handle(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
         (handle,) = decode_payload(FrameType.CLAIM_HANDLE, payload)

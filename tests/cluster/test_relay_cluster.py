@@ -97,6 +97,36 @@ def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
 
 
 @pytest.mark.postgres
+def test_presence_reaches_contacts_on_other_nodes(nodes: Nodes) -> None:
+    async def until(pred: object, what: str) -> None:
+        for _ in range(100):
+            if pred():  # type: ignore[operator]
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"not within 5 s: {what}")
+
+    async def main() -> None:
+        x = await _client(nodes, 0, 40)
+        y = await _client(nodes, 1, 41)
+        await asyncio.sleep(0.5)
+        try:
+            await x.add_contact(y.account_id)
+            await y.add_contact(x.account_id)
+            await y.close()
+            await until(lambda: x.presence.get(y.account_id) is False, "x hears y (node 2) went")
+            y.port = nodes.ports[2]
+            await y.connect()
+            await y.login()
+            await until(lambda: x.presence.get(y.account_id) is True, "x hears y came back on node 3")
+            await until(lambda: y.presence.get(x.account_id) is True, "y learns x is online on node 1")
+        finally:
+            await x.close()
+            await y.close()
+
+    uvloop.run(main())
+
+
+@pytest.mark.postgres
 def test_a_ban_holds_on_every_node(nodes: Nodes) -> None:
     from moderation.decisions import DecisionRequest, KafkaEnforcementPublisher, do_decide
     from sealguard.contracts import Action, DecisionSource, ReasonCode
@@ -173,6 +203,10 @@ def test_wire_round_trips_and_names_bad_input() -> None:
     assert wire.parse_handover(frames[0]) == (7, mid, 1, 123, "a" * 21, "b" * 21, "g" * 21, b"cipher")
     assert wire.parse_ack(frames[1]) == (7, wire.QUEUED)
     assert wire.parse_poke(frames[2]) == "c" * 21
+    assert wire.parse_presence(wire.presence("a" * 21, True, ["b" * 21, "c" * 21])) == ("a" * 21, True,
+                                                                                     ["b" * 21, "c" * 21])
+    with pytest.raises(wire.WireError, match="PRESENCE"):
+        wire.parse_presence(b"S" + b"a" * 21 + b"\x01" + b"b" * 5)
     with pytest.raises(wire.WireError, match="runs past the record's end"):
         wire.parse_record(record[:-3])
     with pytest.raises(wire.WireError, match="node id"):
