@@ -191,6 +191,59 @@ def test_soak_a_longer_run_with_a_kill_loses_nothing(nodes: Nodes) -> None:
     assert out["duplicates"] == 0, out
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_broker_restart_is_survived(tmp_path: Path) -> None:
+    """Tansu restarts empty: the nodes' readers create their topics again and reload routes from the
+    database; messages cross nodes again, and nothing acked meanwhile is lost."""
+    from sealguard.broker import EmbeddedBroker
+    from sealguard.settings import Settings
+
+    db = create_pg_database(PG_ADMIN_URL)
+    broker = EmbeddedBroker(Settings(state_dir=tmp_path), log_path=tmp_path / "broker.log").start()
+    ns = Nodes(tmp_path / "nodes", broker.bootstrap, db, 2, ack_timeout_s=2.0, node_ttl_s=2.0)
+    try:
+        ns.start_all()
+
+        async def main() -> None:
+            a, b = await _client(ns, 0, 50), await _client(ns, 1, 51)
+            await asyncio.sleep(0.5)
+            try:
+                mid = await a.send(b.account_id, b"before")
+                assert a.ack_status[mid] is DeliveryStatus.DELIVERED
+                assert await _next(b) == (a.account_id, b"before", None)
+                await asyncio.get_running_loop().run_in_executor(None, broker.restart)
+                got: list[bytes] = []
+                for i in range(40):  # while the nodes find the new broker: acked = delivered or queued
+                    mid = await a.send(b.account_id, b"during %d" % i)
+                    assert a.ack_status[mid] in (DeliveryStatus.DELIVERED, DeliveryStatus.QUEUED)
+                    await asyncio.sleep(0.25)
+                while not b.inbox.empty():
+                    got.append((await _next(b))[1])
+                await b.close()
+                b.port = ns.ports[1]
+                await b.connect()
+                await b.login()  # whatever was queued comes now
+                deadline = time.monotonic() + 15
+                while len(set(got)) < 40 and time.monotonic() < deadline:
+                    try:
+                        got.append((await _next(b, 1.0))[1])
+                    except TimeoutError:
+                        pass
+                assert {b"during %d" % i for i in range(40)} <= set(got)
+                mid = await a.send(b.account_id, b"after")
+                assert a.ack_status[mid] is DeliveryStatus.DELIVERED  # handed over again, not queued
+            finally:
+                await a.close()
+                await b.close()
+
+        uvloop.run(main())
+    finally:
+        ns.stop()
+        broker.stop()
+        drop_pg_database(PG_ADMIN_URL, db)
+
+
 # -- the pure parts ----------------------------------------------------------------------------------
 
 def test_wire_round_trips_and_names_bad_input() -> None:
