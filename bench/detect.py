@@ -267,9 +267,18 @@ def main(argv: list[str]) -> None:
             proc = ctx.Process(target=_live_producer, args=(s.kafka, s.signals_topic, str(bg_file), signals_per_s / 2,
                                                             args.live_seconds, args.spammers, victims, str(out_file)))
             proc.start()
+            steps: list[float] = []
+            live_t0, live_cpu0, ckpt0 = time.perf_counter(), time.process_time(), worker.checkpoints
             while proc.is_alive():
+                t = time.perf_counter()
                 worker.step()
+                steps.append(time.perf_counter() - t)
             proc.join()
+            live_wall = time.perf_counter() - live_t0
+            log.info("live: worker busy %.0f%% of the wall clock (CPU %.1fs in %.1fs); longest steps %s ms; "
+                     "%d checkpoints", 100 * (time.process_time() - live_cpu0) / live_wall,
+                     time.process_time() - live_cpu0, live_wall,
+                     [round(x * 1000) for x in sorted(steps)[-5:]], worker.checkpoints - ckpt0)
             head, accounts_line = out_file.read_text().splitlines()[:2]
             spam_accounts = accounts_line.split()
             sent, spam, _bg, live_s, _ = head.split()
