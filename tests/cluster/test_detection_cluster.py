@@ -19,6 +19,7 @@ import collections
 import importlib.util
 import json
 import os
+import re
 import secrets
 import select
 import signal
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from detection.checkpoint import CheckpointFenced, Shard, load_offsets, load_sha
 from detection.features import FeatureEngine
 from detection.features.operators import REPLY
 from detection.quick_model import labelled_table, train_quick_model
-from sealguard.contracts import encode, key_of
+from sealguard.contracts import encode, key_of, new_account_id, new_event_id
 from sealguard.settings import Settings
 from sealguard.storage import Database, DecisionRow, DetectionCheckpointRow
 from sealguard.stream import ensure_topics, producer
@@ -150,6 +152,11 @@ class Feeder:
         assert err is None, f"produce failed: {err}"
         self.ends[msg.partition()] = max(self.ends[msg.partition()], msg.offset() + 1)
 
+    def extra(self, events: list[Any]) -> None:
+        for ev in events:
+            self.p.produce(self.topic, key=key_of(ev), value=encode(ev), on_delivery=self._delivered)
+        assert self.p.flush(30) == 0
+
     def feed(self, upto: int, chunks: int = 1, pause_s: float = 0.0) -> None:
         todo = self.events[self.sent:upto]
         size = max(1, -(-len(todo) // chunks))
@@ -159,6 +166,36 @@ class Feeder:
             assert self.p.flush(30) == 0
             time.sleep(pause_s)
         self.sent = upto
+
+
+def _partitions_loaded(w: WorkerProc) -> set[int]:
+    """The partitions a worker process loaded from checkpoints (its log says so on assignment)."""
+    return {int(m) for m in re.findall(r"partition (\d+): resumed", w.log_path.read_text())}
+
+
+def _late_spammer(template: str, events: list[Any], partition: int, after_ts: int) -> tuple[str, list[Any]]:
+    """A fresh account on `partition` that repeats a banned blaster's first signals (and what its
+    victims did back) from `after_ts` on, so its ban is decided at a moment of the test's choosing."""
+    while True:
+        account = new_account_id()
+        if zlib.crc32(account.encode()) % PARTITIONS == partition:
+            break
+    fields = ("account", "sender", "blocked", "reported", "actor")
+    mine = [e for e in events if any(getattr(e, f, None) == template for f in fields)][:60]
+    shift = after_ts - mine[0].ts
+    out = [e.model_copy(update={"id": new_event_id(), "ts": e.ts + shift,
+                                **{f: account for f in fields if getattr(e, f, None) == template}}) for e in mine]
+    return account, out
+
+
+def _wait_decided(db: Database, account: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.session() as s:
+            if s.scalars(sql_select(DecisionRow.id).where(DecisionRow.account == account)).first():
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"no decision on {account} in {timeout}s")
 
 
 def _consumed_more(w: WorkerProc, topic: str, before: float, timeout: float = 20.0) -> float:
@@ -251,6 +288,7 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
            "SEALGUARD_ENFORCEMENT_TOPIC": settings.enforcement_topic, "SEALGUARD_SCORES_TOPIC": settings.scores_topic}
     events = live.events
     n = len(events)
+    blasters = [a for a, kind in live.spammers.items() if kind == "blaster"]
     feeder = Feeder(settings, events)
     workers: list[WorkerProc] = []
     try:
@@ -268,12 +306,18 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
         assert w2.signals_consumed(settings.signals_topic) > 0, "worker 2 got partitions in the rebalance"
         assert w1.signals_consumed(settings.signals_topic) > 0
 
-        # Phase 3: worker 1 is killed (SIGKILL: no checkpoint on the way out) while the stream flows.
+        # Phase 3: worker 1 is killed (SIGKILL: no checkpoint on the way out) while the stream flows,
+        # right after it banned a spammer on one of its partitions: the ban is committed, the state
+        # that records it is not, so worker 2 consumes the spammer's signals again.
         feeder.feed(5 * n // 6, chunks=6, pause_s=0.3)
+        w1_parts = set(range(PARTITIONS)) - _partitions_loaded(w2)
+        late, spam = _late_spammer(blasters[0], events, min(w1_parts or {0}), events[5 * n // 6].ts)
         before = w1.signals_consumed(settings.signals_topic)
+        feeder.extra(spam)
         feeder.feed(5 * n // 6 + 40)
+        _wait_decided(db, late)
         consumed_by_w1 = _consumed_more(w1, settings.signals_topic, before)
-        w1.kill()  # right after it consumed something new: that is not checkpointed yet
+        w1.kill()
         workers.remove(w1)
         feeder.feed(n, chunks=6, pause_s=0.3)
         _wait_checkpointed(db, group, settings.signals_topic, feeder.ends, 90, workers)
@@ -292,8 +336,9 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
         for w in workers:
             w.proc.kill()
             w.proc.wait(10)
-    replayed = consumed_by_w1 + consumed_by_w2 - n
-    print(f"cluster: signals={n} worker1={consumed_by_w1:.0f} worker2={consumed_by_w2:.0f} replayed={replayed:.0f} "
+    events = events + spam  # what the stream held, for the reference below
+    replayed = consumed_by_w1 + consumed_by_w2 - len(events)
+    print(f"cluster: signals={len(events)} worker1={consumed_by_w1:.0f} worker2={consumed_by_w2:.0f} replayed={replayed:.0f} "
           f"inbound={sum(inbound.ends.values())}")
 
     # Exactly once: one decision row per decision, one enforcement record per decision, a spammer banned once.
@@ -301,9 +346,8 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
         decisions = s.scalars(sql_select(DecisionRow)).all()
     per_account = collections.Counter((d.account, d.action) for d in decisions)
     assert all(c == 1 for c in per_account.values()), f"decided twice: {per_account.most_common(3)}"
-    blasters = [a for a, kind in live.spammers.items() if kind == "blaster"]
     banned = {d.account for d in decisions if d.action == "ban"}
-    assert set(blasters) <= banned, "every blaster is banned"
+    assert set(blasters) | {late} <= banned, "every blaster is banned, the late one too"
     assert not banned & set(live.normal), "no normal account is banned"
     enforcement = TopicCounter(broker_bootstrap, settings.enforcement_topic, PARTITIONS)
     try:
@@ -325,7 +369,7 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
     wrong = {a: (_summary(held[a]), _summary(st)) for a, st in reference.accounts.items()
              if _summary(held[a]) != _summary(st)}
     assert not wrong, f"{len(wrong)} accounts differ from the reference, e.g. {next(iter(wrong.items()))}"
-    for a in blasters:
+    for a in [*blasters, late]:
         assert held[a].action == "ban", "the ban is part of the checkpointed state"
     db.dispose()
 
