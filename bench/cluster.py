@@ -3,7 +3,8 @@
 In one run (issue 8):
 1. **single node** — `python -m sealguard relay` (no cluster) on PostgreSQL; the relay benchmark's
    load processes (`bench/_load.py`) connect `--users` users and run a closed loop of `--messages`
-   100-byte messages; CPU of the relay and the broker per delivered message;
+   100-byte messages (`--repeats` measured runs, the median kept: the machine is shared); CPU of the
+   relay and the broker per delivered message;
 2. **N nodes** — `sealguard relay --cluster --node-id relay-i` × N on the same broker and database;
    the same load with user i on node i mod N, so a message crosses nodes with probability (N-1)/N;
    CPU of every node plus the broker per delivered message, latency send → receipt (p99), and the
@@ -190,22 +191,34 @@ def closed_loop(nodes: Nodes, extra_pids: list[int], loaders: list[Loader], args
 
     phase(min(max(args.messages // 10, 100), 3000))  # warm-up
     pids = nodes.pids + extra_pids
-    handed0 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
-    per0 = [cpu_seconds(p) for p in pids]
-    threads0 = thread_cpu(pids[0])
-    rs, wall, lat = phase(args.messages)
-    per1 = [cpu_seconds(p) for p in pids]
-    threads1 = thread_cpu(pids[0])
-    cpu0, cpu1 = sum(per0), sum(per1)
-    handed1 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
-    delivered = sum(r["received"] for r in rs)
-    acked = sum(r["acked"] for r in rs)
-    if delivered:
-        names = [*(nodes.node_id(i) for i in range(nodes.n) if nodes.children[i] is not None), "broker"]
-        log.info("%s: CPU us per message by process: %s; threads of the first node: %s", label,
-                 {n: round((b - a) * 1e6 / delivered, 1) for n, a, b in zip(names, per0, per1)},
-                 {k: round((threads1[k] - threads0.get(k, 0.0)) * 1e6 / delivered, 1) for k in threads1
-                  if threads1[k] - threads0.get(k, 0.0) > 0})
+    names = [*(nodes.node_id(i) for i in range(nodes.n) if nodes.children[i] is not None), "broker"]
+    runs: list[dict[str, Any]] = []
+    all_lat: list[float] = []
+    for _ in range(args.repeats):  # the machine is shared: the median run of several
+        handed0 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
+        per0 = [cpu_seconds(p) for p in pids]
+        threads0 = thread_cpu(pids[0])
+        rs, wall, lat = phase(args.messages)
+        per1 = [cpu_seconds(p) for p in pids]
+        threads1 = thread_cpu(pids[0])
+        handed1 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
+        delivered = sum(r["received"] for r in rs)
+        acked = sum(r["acked"] for r in rs)
+        all_lat.extend(lat)
+        run = {"delivered": delivered, "acked": acked, "wall_s": wall, "handed": handed1 - handed0,
+               "msgs_per_s": delivered / wall if wall > 0 else math.nan,
+               "cpu_us_per_msg": (sum(per1) - sum(per0)) * 1e6 / delivered if delivered else math.nan}
+        runs.append(run)
+        if delivered:
+            log.info("%s: %.0f msgs/s, %.1f us of CPU per message by process: %s; threads of the first node: %s",
+                     label, run["msgs_per_s"], run["cpu_us_per_msg"],
+                     {n: round((b - a) * 1e6 / delivered, 1) for n, a, b in zip(names, per0, per1)},
+                     {k: round((threads1[k] - threads0.get(k, 0.0)) * 1e6 / delivered, 1) for k in threads1
+                      if threads1[k] - threads0.get(k, 0.0) > 0})
+    median = sorted(runs, key=lambda r: r["cpu_us_per_msg"])[len(runs) // 2]
+    delivered = sum(r["delivered"] for r in runs)
+    acked = sum(r["acked"] for r in runs)
+    all_lat.sort()
     if getattr(args, "profile", None) is not None and nodes.cluster:  # after the measured run: no skew
         from bench.relay import PySpy, summarize_profile
 
@@ -215,12 +228,12 @@ def closed_loop(nodes: Nodes, extra_pids: list[int], loaders: list[Loader], args
         if args.profile.exists():
             log.info("%s: profile of %s (py-spy):\n%s", label, nodes.node_id(0), summarize_profile(args.profile))
     all_do(loaders, [{"cmd": "close"}] * k)
-    out = {"delivered": delivered, "acked": acked, "wall_s": wall,
-           "msgs_per_s": delivered / wall if wall > 0 else math.nan,
-           "cpu_us_per_msg": (cpu1 - cpu0) * 1e6 / delivered if delivered else math.nan,
-           "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+    out = {"delivered": delivered, "acked": acked, "runs": len(runs),
+           "msgs_per_s": median["msgs_per_s"], "cpu_us_per_msg": median["cpu_us_per_msg"],
+           "cpu_us_per_msg_runs": [round(r["cpu_us_per_msg"], 1) for r in runs],
+           "p50_ms": percentile(all_lat, 50), "p99_ms": percentile(all_lat, 99),
            "lost": max(0, acked - delivered),  # acked (SEND_ACK) but never received
-           "cross_node_share": (handed1 - handed0) / delivered if delivered else math.nan}
+           "cross_node_share": sum(r["handed"] for r in runs) / delivered if delivered else math.nan}
     log.info("%s: %s", label, json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in out.items()}))
     return out
 
@@ -370,8 +383,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sealguard bench cluster", description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=3, help="relay nodes in the cluster run")
     ap.add_argument("--users", type=int, default=600, help="users of the closed-loop runs")
-    ap.add_argument("--messages", type=int, default=50_000, help="messages of each closed-loop run (long enough that "
+    ap.add_argument("--messages", type=int, default=30_000, help="messages of each closed-loop run (long enough that "
                     "a shared machine's noise averages out)")
+    ap.add_argument("--repeats", type=int, default=3, help="measured closed-loop runs per setup; the figures are "
+                    "the median run's (p99 over all of them)")
     ap.add_argument("--inflight", type=int, default=2000, help="most messages in flight at once (all loaders); "
                     "enough that the cluster, whose hops wait for batching, is not bound by latency")
     ap.add_argument("--partners", type=int, default=10, help="conversations per user")
@@ -395,7 +410,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error(f"--users must be at least twice --nodes (got {args.users})")
     if args.kill_users < 2 * args.nodes:
         ap.error(f"--kill-users must be at least twice --nodes (got {args.kill_users})")
-    for name in ("messages", "inflight", "bans", "load_procs"):
+    for name in ("messages", "inflight", "bans", "load_procs", "repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     if args.kill_rate <= 0 or args.kill_seconds <= 0 or args.ban_rate <= 0:
