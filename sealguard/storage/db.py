@@ -9,13 +9,14 @@ sized in the database URL, so every process reads it from `SEALGUARD_DB_URL`:
 
     postgresql+psycopg://host/db?pool_size=10&max_overflow=20&pool_timeout=30&pool_recycle=1800
 
-Several processes may start at once against one PostgreSQL (relay nodes, workers): `upgrade`
-holds a PostgreSQL advisory lock, so the first runs the migrations and the others wait, then
-find nothing to do.
+Several processes may start at once against one database (relay nodes, workers): `upgrade`
+holds a lock — a PostgreSQL advisory lock, or an flock on a file next to the SQLite file — so the
+first runs the migrations and the others wait, then find nothing to do.
 """
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,17 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str) -> None:
     """Bring the schema at `url` to the newest revision of every branch (one runner at a time on PostgreSQL)."""
     if url.startswith("sqlite"):
-        command.upgrade(alembic_config(url), "heads")
+        path = url.removeprefix("sqlite:///")
+        if not url.startswith("sqlite:///") or path in ("", ":memory:"):
+            command.upgrade(alembic_config(url), "heads")
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.migrate-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                command.upgrade(alembic_config(url), "heads")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
         return
     bare, _ = pool_options(url)
     engine = create_engine(bare, poolclass=NullPool)

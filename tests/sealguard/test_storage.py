@@ -159,15 +159,16 @@ def test_postgres_pool_is_bounded_and_survives_killed_connections(pg_url: str) -
 
 
 @pytest.mark.postgres
-def test_nodes_starting_together_migrate_once(pg_url: str) -> None:
-    """Relay nodes and workers start at once against an empty PostgreSQL: one runs the migrations
-    (advisory lock), the others wait and find nothing to do."""
+def test_nodes_starting_together_migrate_once(db_url: str) -> None:
+    """Relay nodes and workers start at once against an empty database: one runs the migrations
+    (a PostgreSQL advisory lock, a file lock beside SQLite), the others wait and find nothing to do.
+    Without the lock two of three failed ("table accounts already exists", duplicate pg_type)."""
     code = "import sys; from sealguard.storage import upgrade; upgrade(sys.argv[1])"
-    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
-    db = Database(pg_url, migrate=False)
+    db = Database(db_url, migrate=False)
     try:
         assert set(Base.metadata.tables) <= set(inspect(db.engine).get_table_names())
     finally:
