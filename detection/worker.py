@@ -59,7 +59,8 @@ class WorkerConfig:
     batch: int = 5000  # records per poll
     poll_timeout_s: float = 0.01  # consume() waits this long to fill a batch; short keeps latency low
     checkpoint_interval_s: float = 10.0  # at least this often ...
-    checkpoint_max_share: float = 0.05  # ... unless checkpoints would then take more than this share of the time
+    checkpoint_max_share: float = 0.05  # ... unless checkpoints would then take more than this share of the time,
+    checkpoint_max_interval_s: float = 300.0  # ... but never less often than this (bounds replay after a crash)
     checkpoint_fork: bool = True  # periodic checkpoints pickle and write in a forked child (POSIX, file/server DB)
     max_poll_interval_ms: int = 15_000
     verify_timeout_s: float = 3.0  # how long a resume waits to read back the last checkpointed record
@@ -557,7 +558,8 @@ class Worker:
         self.metrics.checkpoint_seconds.observe(took)
         # A checkpoint pickles whole shards: its cost grows with the state. Keep it under
         # `checkpoint_max_share` of the time (a longer interval only means more replay after a crash).
-        self._checkpoint_every = max(self.cfg.checkpoint_interval_s, took / self.cfg.checkpoint_max_share)
+        self._checkpoint_every = min(max(self.cfg.checkpoint_interval_s, took / self.cfg.checkpoint_max_share),
+                                     max(self.cfg.checkpoint_interval_s, self.cfg.checkpoint_max_interval_s))
         self.checkpoints += 1
         self.checkpoint_s += took
         self.metrics.accounts.set(sum(len(s.engine.accounts) for s in self.shards.values()))
