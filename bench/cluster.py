@@ -114,6 +114,8 @@ class Nodes:
         self.children[i] = child
         m = child.wait_for(_READY, timeout)
         self.metrics_urls[i] = m.group(3)
+        if all(c is not None for c in self.children):
+            self.wait_joined()
 
     def start_all(self) -> Nodes:
         from sealguard.storage import Database
@@ -121,7 +123,27 @@ class Nodes:
         Database(self.db_url).dispose()  # migrations once, before the nodes race to run them
         for i in range(self.n):
             self.start(i)
+        self.wait_joined()
         return self
+
+    def wait_joined(self, timeout: float = 30.0) -> None:
+        """Until every running node counts every other running node alive (each learns of a new
+        peer at its next heartbeat): before that, messages to the newcomer's clients are queued."""
+        if not self.cluster:
+            return
+        running = [i for i in range(self.n) if self.children[i] is not None]
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = []
+            for i in running:
+                with urllib.request.urlopen(self.metrics_urls[i], timeout=10) as resp:
+                    seen.append(metric_sum(resp.read().decode(), "cluster_peers_alive") or 0.0)
+            if all(v >= len(running) - 1 for v in seen):
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"relay nodes see {seen} live peers after {timeout:.0f}s, expected "
+                                 f"{len(running) - 1} each; logs in {self.logs}")
+            time.sleep(0.1)
 
     def kill(self, i: int) -> None:
         child = self.children[i]

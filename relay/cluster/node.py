@@ -71,7 +71,7 @@ class ClusterConfig:
     # at most once per `inbox_fetch_wait_ms` — each hop waits up to both (see bus.py).
     batch_ms: int = 20
     inbox_fetch_wait_ms: int = 20
-    routes_fetch_wait_ms: int = 250
+    routes_fetch_wait_ms: int = 100
 
     def inbox_topic(self, node: str) -> str:
         return f"{self.inbox_prefix}{node}.v1"
