@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from moderation.errors import DecisionRejected, ErrorCode, ModerationError
@@ -91,8 +91,22 @@ def active_decision(session: Session, account: str) -> DecisionRow | None:
     return next((r for r in rows if r.expires_at is None or r.expires_at > now), None)
 
 
+def lock_account(session: Session, account: str) -> None:
+    """Serialise decisions on one account until the transaction ends, so two concurrent bans (a
+    zombie detection worker and the partition's new owner, two reviewers) cannot both read "not
+    banned" and both write. PostgreSQL: an advisory lock per account. SQLite: the database's write
+    lock, taken by a write that touches nothing before the read (pysqlite begins the transaction
+    only at the first write, so the read would otherwise run outside it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:a))"), {"a": "decision:" + account})
+    else:
+        session.execute(update(DecisionRow).where(DecisionRow.account == account, DecisionRow.id.is_(None))
+                        .values(status=DecisionRow.status))
+
+
 def check_decision(session: Session, req: DecisionRequest) -> None:
     """Refuse what would be a double decision: banning the banned, lifting what is not there."""
+    lock_account(session, req.account)
     current = active_decision(session, req.account)
     if req.action is Action.ban and current is not None and current.action == Action.ban.value:
         raise DecisionRejected(f"account {req.account} is already banned by decision {current.id}",

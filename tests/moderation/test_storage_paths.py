@@ -119,3 +119,34 @@ def test_audit_log_is_append_only(world_factory: Any, db_url: str) -> None:
         with pytest.raises(DatabaseError, match="append-only"), world.db.session() as s, s.begin():
             s.execute(stmt)
     assert n(world, AuditLogRow, AuditLogRow.note == "first warning") == 1
+
+
+def test_concurrent_bans_of_one_account_make_one_decision(world_factory: Any, db_url: str) -> None:
+    """Six automatic bans of one account at once (e.g. a zombie detection worker and the partition's
+    new owner): exactly one decision is written and published, the others are refused as doubles."""
+    from moderation.decisions import DecisionRequest, do_decide
+    from moderation.errors import DecisionRejected
+    from sealguard.contracts import Action, DecisionSource, ReasonCode
+
+    world = world_factory(db_url)
+    account = world.account()
+    outcomes: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def ban(i: int) -> None:
+        req = DecisionRequest(account=account, action=Action.ban, reason_code=ReasonCode.rule_hit,
+                              source=DecisionSource.auto, actor=f"rule.r{i}", evidence={"score": 0.99})
+        barrier.wait()
+        try:
+            do_decide(world.db, world.publisher, req)
+            outcomes.append("banned")
+        except DecisionRejected:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=ban, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["banned"] + ["refused"] * 5
+    assert n(world, DecisionRow, DecisionRow.account == account, DecisionRow.action == "ban") == 1
