@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     inbound_topic: str = "sg.signals.inbound.v1"  # signals re-keyed by the counterpart account
     enforcement_topic: str = "sg.enforcement.v1"
     scores_topic: str = "sg.scores.v1"
+    net_topic: str = "sg.net.v1"  # registrations keyed by net_bucket, read whole by every detection worker ("" = off)
     broker_port: int = 0  # 0 → a free port
 
     # Database. Unset → a SQLite file (WAL) under state_dir.

@@ -1,0 +1,300 @@
+"""Registrations per network bucket over ALL partitions, for every detection worker.
+
+Signals are keyed by account, so one network bucket's registrations spread over every partition
+of `sg.signals.v1`: a worker holding 1/W of the partitions would see about 1/W of a farm's burst
+(`net_registrations_*`, the `farm_burst` rule). Offline (training, evaluation) counts them
+globally; so must serving.
+
+* When a worker consumes an `account.registered` on its signals partition, `NetFeed.publish`
+  counts it at once in the worker's `GlobalNetBook` and republishes the raw record, keyed by
+  `net_bucket`, to the net topic (`Settings.net_topic`, `sg.net.v1`).
+* Every worker runs the feed: a thread that assigns itself every partition of the net topic (no
+  consumer group, nothing committed) from the beginning of the log, so after a restart the 24 h
+  windows are rebuilt, and counts each registration in the same `GlobalNetBook`.
+* A registration happens once per account, so the book de-duplicates by account (a rolling
+  memory of `retention_ms`): a worker's own registrations read back from the topic, a signal
+  replayed after a crash and republished again, or a replay of the whole topic count once.
+* `NetFeedView` is what the engines read (`FeatureEngine.net`): the larger of the global count
+  and the sum of the held partitions' own `NetBook`s — both are lower bounds of the truth, so
+  while the feed catches up after a start (or after a broker reset emptied the topic) a worker
+  counts at least what it did without the feed.
+* A broker reset (Tansu restarts with an empty log) does not stop the worker: like the relay's
+  enforcement consumer, the feed notices that the log shrank or the broker came back and reads
+  the new log from the beginning; what the book already holds stays (de-duplicated).
+
+A worker without the feed (`Settings.net_topic` empty) and offline engines are unchanged: they
+read their own `NetBook` or a `NetView` over the partitions held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from detection.features.state import NetBook
+from detection.features.windows import WINDOWS
+from sealguard.contracts import ContractError, decode
+
+log = logging.getLogger(__name__)
+
+RETENTION_MS = 26 * 3_600_000  # the 24 h window, plus slack for a worker whose event time lags the others
+
+
+class GlobalNetBook:
+    """Registration times per network bucket, de-duplicated by account; thread-safe.
+
+    Counting is exact whatever order registrations arrive in (a feed reads partitions in no
+    particular order): the window of `w` as of `ts` holds the registrations at or before `ts` in
+    buckets `ts // width - n + 1 … ts // width` — the definition of `detection.features.windows`,
+    and what the offline replay counts (it sees events in time order)."""
+
+    def __init__(self, retention_ms: int = RETENTION_MS) -> None:
+        self.retention_ms = retention_ms
+        self.times: dict[str, list[int]] = {}  # net bucket -> sorted registration times
+        self.seen: dict[str, int] = {}  # account -> its registration time (the de-duplication memory)
+        self.newest = 0
+        self.duplicates = 0
+        self._lock = threading.Lock()
+        self._prune_at = 1024
+
+    def add(self, account: str, bucket: str, ts: int) -> bool:
+        """Count `account`'s registration from `bucket` at `ts`; False if it was already counted
+        (or is older than the retention)."""
+        with self._lock:
+            if account in self.seen:
+                self.duplicates += 1
+                return False
+            if ts < self.newest - self.retention_ms:
+                return False
+            self.seen[account] = ts
+            times = self.times.get(bucket)
+            if times is None:
+                self.times[bucket] = [ts]
+            elif ts >= times[-1]:
+                times.append(ts)
+            else:
+                insort(times, ts)
+            self.newest = max(self.newest, ts)
+            if len(self.seen) >= self._prune_at:
+                self._prune()
+            return True
+
+    def _prune(self) -> None:
+        """Forget what fell out of the retention (called under the lock, amortised)."""
+        oldest = self.newest - self.retention_ms
+        self.seen = {a: t for a, t in self.seen.items() if t >= oldest}
+        for bucket in list(self.times):
+            times = self.times[bucket]
+            cut = bisect_left(times, oldest)
+            if cut >= len(times):
+                del self.times[bucket]
+            elif cut:
+                del times[:cut]
+        self._prune_at = max(1024, 2 * len(self.seen))
+
+    def count(self, bucket: str | None, w: int, ts: int) -> float:
+        if bucket is None:
+            return 0.0
+        with self._lock:
+            times = self.times.get(bucket)
+            if not times:
+                return 0.0
+            window = WINDOWS[w]
+            lo = (ts // window.width_ms - window.buckets + 1) * window.width_ms
+            return float(bisect_right(times, ts) - bisect_left(times, lo))
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+
+class NetFeedView:
+    """What a worker's engines read: max(global count, sum of the held partitions' NetBooks)."""
+
+    def __init__(self, book: GlobalNetBook, local: Sequence[NetBook]) -> None:
+        self.book = book
+        self.local = local  # the worker's own list, kept current on (re)assignment
+
+    def register(self, bucket: str, ts: int) -> None:  # pragma: no cover - writes go to one partition's book
+        raise TypeError("register through a partition's NetBook")
+
+    def count(self, bucket: str | None, w: int, ts: int) -> float:
+        if bucket is None:
+            return 0.0
+        n = 0.0
+        for b in self.local:
+            vecs = b.buckets.get(bucket)
+            if vecs is not None:
+                n += vecs[w].totals(ts)[0]
+        g = self.book.count(bucket, w, ts)
+        return max(n, g)
+
+
+class NetFeed:
+    """Republishes the registrations this worker consumes; reads everyone's back on a thread."""
+
+    def __init__(self, bootstrap: str, topic: str, local: Sequence[NetBook], producer: Any, *,
+                 partitions: int = 4, registry: Any = None, health_interval_s: float = 2.0,
+                 retention_ms: int = RETENTION_MS) -> None:
+        from sealguard.stream import consumer, ensure_topics
+
+        self.topic = topic
+        self.producer = producer
+        self.book = GlobalNetBook(retention_ms)
+        self.view = NetFeedView(self.book, local)
+        self.health_interval_s = health_interval_s
+        self.received = 0  # records read from the net topic
+        self.rejected = 0
+        self.resets = 0
+        self._down = False
+        self._assigned: list[int] = []
+        self._stop = threading.Event()
+        ensure_topics(bootstrap, [topic], partitions)
+        self._consumer = consumer(bootstrap, "sg-netfeed-unused", **{  # assign(), never subscribe(): no group
+            "error_cb": self._on_error, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            "topic.metadata.refresh.interval.ms": 2000})
+        self._gauge = self._dups = None
+        if registry is not None:
+            from prometheus_client import Counter, Gauge
+
+            self._gauge = Gauge("sealguard_detect_net_registrations",
+                                "Registrations counted in the global net book (distinct accounts, last 26 h)",
+                                registry=registry)
+            self._dups = Counter("sealguard_detect_net_duplicates", "Registrations seen again and not counted",
+                                 registry=registry)
+        self._thread = threading.Thread(target=self._run, name="net-feed", daemon=True)
+
+    @classmethod
+    def for_worker(cls, settings: Any, local: Sequence[NetBook], producer: Any, registry: Any = None) -> NetFeed | None:
+        """The feed of a worker, started; None when `settings.net_topic` is empty (per-partition counts)."""
+        topic = getattr(settings, "net_topic", "")
+        if not topic or not settings.kafka:
+            return None
+        feed = cls(settings.kafka, topic, local, producer, partitions=settings.partitions, registry=registry)
+        feed.start()
+        return feed
+
+    # -- the worker's side (main thread) ---------------------------------------------------
+    def publish(self, ev: Any, raw: bytes) -> None:
+        """An `account.registered` this worker consumed: count it now, and tell the other workers."""
+        self._count(ev.account, ev.net_bucket, ev.ts)
+        self.producer.produce(self.topic, key=ev.net_bucket, value=raw)
+
+    def _count(self, account: str, bucket: str, ts: int) -> None:
+        if self.book.add(account, bucket, ts):
+            if self._gauge is not None:
+                self._gauge.set(len(self.book))
+        elif self._dups is not None:
+            self._dups.inc()
+
+    # -- the feed (its own thread) ---------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) and not self._down:
+            log.warning("net feed: broker unreachable: %s", err.str())
+            self._down = True
+
+    def _partitions(self) -> list[int] | None:
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=2)
+        except KafkaException as exc:
+            log.debug("net feed: no metadata yet: %s", exc)
+            return None
+        tmeta = meta.topics.get(self.topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            return None
+        return sorted(tmeta.partitions)
+
+    def _assign(self) -> bool:
+        """(Re)read every partition from the beginning (what the book already holds is skipped)."""
+        partitions = self._partitions()
+        if partitions is None:
+            return False
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._assigned = partitions
+        log.info("net feed: reading %d partitions of %s from the beginning", len(partitions), self.topic)
+        return True
+
+    def _log_reset(self) -> bool:
+        """The partitions changed, or one ends before our position (Tansu restarted with an empty
+        log: it answers such a fetch with nothing rather than OFFSET_OUT_OF_RANGE)."""
+        partitions = self._partitions()
+        if partitions is None:
+            return False
+        if partitions != self._assigned:
+            return True
+        try:
+            for tp in self._consumer.position([TopicPartition(self.topic, p) for p in partitions]):
+                if tp.offset < 0:
+                    continue
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                if high < tp.offset:
+                    return True
+        except KafkaException as exc:
+            log.debug("net feed: could not check the log: %s", exc)
+        return False
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("net feed stopped; net_* features fall back to the partitions held")
+
+    def _loop(self) -> None:
+        assigned = False
+        next_check = time.monotonic() + self.health_interval_s
+        while not self._stop.is_set():
+            if not assigned or self._down:
+                if self._assign():
+                    if self._down:
+                        self.resets += 1
+                        log.info("net feed: broker back, reading %s again from the beginning", self.topic)
+                    assigned, self._down = True, False
+                else:
+                    self._stop.wait(0.5)
+                continue
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.health_interval_s
+                if self._log_reset():
+                    log.warning("net feed: the log of %s was reset; reading it from the beginning", self.topic)
+                    self.resets += 1
+                    assigned = False
+                    continue
+            msgs = self._consumer.consume(num_messages=1000, timeout=0.2)
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError.OFFSET_OUT_OF_RANGE:
+                        self.resets += 1
+                        assigned = False
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("net feed: %s", err.str())
+                    continue
+                try:
+                    ev = decode(m.value())
+                    if ev.type != "account.registered":
+                        raise ContractError(f"a {ev.type} record, not account.registered")
+                except ContractError as exc:
+                    self.rejected += 1
+                    log.error("net feed: skipped a record at %s[%d]@%d: %s", self.topic, m.partition(), m.offset(),
+                              exc)
+                    continue
+                account, bucket, ts = ev.account, ev.net_bucket, ev.ts  # type: ignore[attr-defined]
+                self.received += 1
+                self._count(account, bucket, ts)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self._consumer.close()
+        except RuntimeError:
+            pass
