@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from sealguard.contracts import Action, new_account_id, now_ms
@@ -287,10 +287,11 @@ class RelayStore:
         if not pairs:
             return 0
         n = 0
+        key = tuple_(QueuedMessageRow.message_id, QueuedMessageRow.recipient)
         with self.db.session() as s, s.begin():
-            for mid, recipient in pairs:
-                n += s.execute(delete(QueuedMessageRow).where(QueuedMessageRow.message_id == mid.hex(),
-                                                              QueuedMessageRow.recipient == recipient)).rowcount
+            for i in range(0, len(pairs), 500):  # one statement per 500 rows, not one per message
+                chunk = [(mid.hex(), recipient) for mid, recipient in pairs[i:i + 500]]
+                n += s.execute(delete(QueuedMessageRow).where(key.in_(chunk))).rowcount
         return n
 
     def set_withheld(self, account: str, withheld: bool, banned: Collection[str] = ()) -> int:

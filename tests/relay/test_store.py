@@ -46,6 +46,11 @@ def test_relay_store_on_both_backends(db_url: str) -> None:
         assert store.set_withheld(a, False, banned=set()) == 2
         assert store.delete_queued([(items[0].message_id, b)]) == 1
         assert store.queue_depth() == (1, 0)
+        # acks deleted in chunks: 1,100 at once, plus one the queue never held
+        many = [QueuedOut(os.urandom(16), a, b, None, 0, b"ct", now, now + 60_000) for _ in range(1100)]
+        assert all(store.enqueue(many, quota=2000))
+        assert store.delete_queued([(m.message_id, a) for m in many] + [(os.urandom(16), a)]) == 1100
+        assert store.queue_depth() == (1, 0)
         # commitments and report verification
         mids = [os.urandom(16) for _ in range(3)]
         store.add_commitments([(m, a, b, now + 60_000) for m in mids])
