@@ -37,7 +37,7 @@ from relay.cluster import wire
 from relay.cluster.bus import Outbox, Reader
 from relay.cluster.routes import NodeTable, RouteTable
 from relay.cluster.store import ClusterStore
-from relay.protocol import ErrorCode, FrameType, GroupOp, encode
+from relay.protocol import DeliveryStatus, ErrorCode, FrameType, GroupOp, encode
 from relay.server.store import QueuedOut
 from sealguard.contracts import now_ms
 from sealguard.storage import Database
@@ -330,6 +330,13 @@ class Cluster:
                 for c in watchers:
                     conn.send(encode(FrameType.PRESENCE, 0, c, 1))
 
+    def receipt(self, sender: str, mid: bytes, recipient: str) -> None:
+        """A queued message was delivered here and its sender is not: tell the sender's node."""
+        node = self.routes.node_of.get(sender)
+        peer = self.nodes.peers.get(node) if node is not None else None
+        if peer is not None and peer.alive and self.outbox is not None:
+            self.outbox.to_inbox(peer.inbox_topic, peer.incarnation, wire.receipt(mid, sender, recipient))
+
     def registered(self, account: str) -> None:
         if self.outbox is not None:
             self.outbox.to_topic(self.config.routes_topic, account, wire.account_record(self.node))
@@ -493,6 +500,11 @@ class Cluster:
                         account = wire.parse_poke(frame)
                         if account in conns:
                             server.spawn(self._deliver_queue(account))
+                    elif tag == wire.D:
+                        mid, sender, recipient = wire.parse_receipt(frame)
+                        sconn = conns.get(sender)
+                        if sconn is not None:
+                            sconn.send(encode(FrameType.RECEIPT, 0, mid, recipient, DeliveryStatus.DELIVERED))
                     elif tag == wire.S:
                         account, online, watchers = wire.parse_presence(frame)
                         presence = encode(FrameType.PRESENCE, 0, account, int(online))

@@ -13,6 +13,8 @@ batch rather than one per message:
                                                queue; if it is connected to you, deliver the queue"
     PRESENCE  'S' account 21 | online u8 | watcher 21 * n
                                              — "tell these clients of yours the account came / went"
+    RECEIPT   'D' mid 16 | sender 21 | recipient 21
+                                             — "your client's queued message reached its recipient"
 
 A record addressed to another incarnation of the destination (`to_incarnation`) is ignored: its
 sender has, or will, put the message in the database queue itself (see node.py).
@@ -36,7 +38,7 @@ from relay.protocol import ACCOUNT_ID_LEN, MESSAGE_ID_LEN
 
 VERSION = 1
 NODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-H, A, P, S = ord("H"), ord("A"), ord("P"), ord("S")
+H, A, P, S, D = ord("H"), ord("A"), ord("P"), ord("S"), ord("D")
 
 # Statuses carried by ACK (1 and 2 are the protocol's DeliveryStatus values).
 DELIVERED, QUEUED, REFUSED, FAILED = 1, 2, 3, 4
@@ -88,6 +90,17 @@ def parse_presence(frame: bytes) -> tuple[str, bool, list[str]]:
         raise WireError(f"PRESENCE of {len(frame)} bytes is not 2 + 21 × (1 + watchers)")
     body = frame[2 + n:].decode("ascii")
     return frame[1:1 + n].decode("ascii"), frame[1 + n] == 1, [body[i:i + n] for i in range(0, len(body), n)]
+
+
+def receipt(mid: bytes, sender: str, recipient: str) -> bytes:
+    return b"D" + mid + sender.encode() + recipient.encode()
+
+
+def parse_receipt(frame: bytes) -> tuple[bytes, str, str]:
+    n, m = ACCOUNT_ID_LEN, MESSAGE_ID_LEN
+    if len(frame) != 1 + m + 2 * n:
+        raise WireError(f"RECEIPT of {len(frame)} bytes, expected {1 + m + 2 * n}")
+    return frame[1:1 + m], frame[1 + m:1 + m + n].decode("ascii"), frame[1 + m + n:].decode("ascii")
 
 
 def frame_records(head: bytes, frames: list[bytes]) -> Iterator[bytes]:

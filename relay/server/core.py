@@ -643,6 +643,8 @@ class RelayServer:
                 sconn = self.conns.get(pending.sender)
                 if sconn is not None:
                     sconn.send(encode(FrameType.RECEIPT, 0, mid, account, DeliveryStatus.DELIVERED))
+                elif self.cluster is not None:  # the sender may be on another node
+                    self.cluster.receipt(pending.sender, mid, account)
             elif pending.out is not None:
                 self._settle(pending.out, queued=False)
         if len(deletes) > n:

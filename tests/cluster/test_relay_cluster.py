@@ -84,7 +84,26 @@ def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
             await c.connect()
             await c.login()
             assert await _next(c) == (a.account_id, b"while away", None)
-            # c is now on node 1: b (node 2) reaches it there.
+            for _ in range(50):  # the receipt reaches a on node 1 (c logged in there too: local)
+                if mid in a.delivered_ids:
+                    break
+                await asyncio.sleep(0.1)
+            assert mid in a.delivered_ids
+            # b (node 2) writes to c while c is away again; c comes back on node 3: b's receipt crosses.
+            await c.close()
+            await asyncio.sleep(0.5)
+            mid = await b.send(c.account_id, b"away again")
+            assert b.ack_status[mid] is DeliveryStatus.QUEUED
+            c.port = nodes.ports[2]
+            await c.connect()
+            await c.login()
+            assert await _next(c) == (b.account_id, b"away again", None)
+            for _ in range(50):
+                if mid in b.delivered_ids:
+                    break
+                await asyncio.sleep(0.1)
+            assert mid in b.delivered_ids
+            # c is now on node 3 again: b (node 2) reaches it there.
             await asyncio.sleep(0.5)
             mid = await b.send(c.account_id, b"found you")
             assert b.ack_status[mid] is DeliveryStatus.DELIVERED
