@@ -171,10 +171,17 @@ class NetFeed:
 
     @classmethod
     def for_worker(cls, settings: Any, local: Sequence[NetBook], producer: Any, registry: Any = None) -> NetFeed | None:
-        """The feed of a worker, started; None when `settings.net_topic` is empty (per-partition counts)."""
+        """The feed of a worker, started; None when `settings.net_topic` is empty (per-partition counts).
+
+        The net topic mirrors one signals topic: a deployment (or a test, a bench) that names its own
+        signals topic but leaves `net_topic` at its default gets `<signals topic>.net`, so two
+        streams sharing a broker never count each other's registrations."""
         topic = getattr(settings, "net_topic", "")
         if not topic or not settings.kafka:
             return None
+        fields = type(settings).model_fields
+        if topic == fields["net_topic"].default and settings.signals_topic != fields["signals_topic"].default:
+            topic = f"{settings.signals_topic}.net"
         feed = cls(settings.kafka, topic, local, producer, partitions=settings.partitions, registry=registry)
         feed.start()
         return feed

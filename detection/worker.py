@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from detection.checkpoint import CheckpointFenced, Shard, load_offsets, load_shard, save_shards
 from detection.features import NetView, ScoreSchedule, feature_row
 from detection.model import ModelSlots
+from detection.netfeed import NetFeed
 from detection.policy import Policy, ban_scores
 from detection.rules import RuleBook
 from detection.sink import ScoreRecord, Sink
@@ -151,7 +152,10 @@ class Worker:
         self._paused: set[int] = set()
         self.n_local = 0  # counterpart sides applied in-process (no round trip through the inbound topic)
         self._books: list[Any] = []
-        self.net = NetView(self._books)
+        # net_* features count every partition's registrations (detection/netfeed.py); without the
+        # feed (Settings.net_topic empty) only the partitions this worker holds.
+        self.netfeed = NetFeed.for_worker(settings, self._books, self.producer, self.metrics.registry)
+        self.net: Any = self.netfeed.view if self.netfeed is not None else NetView(self._books)
         self.consumer.subscribe([self.signals_topic, self.inbound_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self.metrics_url: str | None = None
@@ -346,6 +350,8 @@ class Worker:
                         self._rekey(other, ev, raw, pending, shard, msgs[i].offset())
                     if ev.type == "enforcement.applied":
                         self._on_applied(shard, ev)
+                    elif ev.type == "account.registered" and self.netfeed is not None:
+                        self.netfeed.publish(ev, raw)
                 elif self._first_time(shard, msgs[i]):
                     self._due(shard, shard.engine.apply_inbound(ev), ev.ts, True, pending)
             except (ValueError, TypeError, AttributeError, KeyError) as exc:
@@ -643,6 +649,8 @@ class Worker:
                 self.consumer.close()
             except Exception:  # noqa: BLE001 - closing twice is fine
                 pass
+            if self.netfeed is not None:
+                self.netfeed.stop()
             self.producer.flush(10)
             self.sink.publisher.flush(10)  # type: ignore[union-attr]
             if self._server is not None:
