@@ -145,6 +145,7 @@ class NetFeed:
 
         self.topic = topic
         self.producer = producer
+        self._bootstrap, self._npartitions = bootstrap, partitions
         self.book = GlobalNetBook(retention_ms)
         self.view = NetFeedView(self.book, local)
         self.health_interval_s = health_interval_s
@@ -216,8 +217,19 @@ class NetFeed:
             return None
         tmeta = meta.topics.get(self.topic)
         if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            self._create()
             return None
         return sorted(tmeta.partitions)
+
+    def _create(self) -> None:
+        """The topic is missing: a broker reset took it (the embedded broker re-creates only
+        `Settings.topics`). Create it again; the worker's republished registrations wait for it."""
+        from sealguard.stream import StreamError, ensure_topics
+
+        try:
+            ensure_topics(self._bootstrap, [self.topic], self._npartitions)
+        except (StreamError, KafkaException) as exc:
+            log.debug("net feed: could not create %s yet: %s", self.topic, exc)
 
     def _assign(self) -> bool:
         """(Re)read every partition from the beginning (what the book already holds is skipped)."""

@@ -1,13 +1,23 @@
 """The global net book of detection/netfeed.py: de-duplication by account, exact windows whatever
-the arrival order, retention, and the view's fallback to the partitions held (no broker needed;
-the cluster test tests/cluster/test_net_feed.py runs the feed between two worker processes)."""
+the arrival order, retention, the view's fallback to the partitions held, and the feed across a
+broker reset (tests/cluster/test_net_feed.py runs the feed between two worker processes)."""
 
 from __future__ import annotations
 
 import random
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from detection.features import WINDOWS, NetBook, NetView
-from detection.netfeed import GlobalNetBook, NetFeedView
+from detection.netfeed import GlobalNetBook, NetFeed, NetFeedView
+from sealguard.broker import EmbeddedBroker
+from sealguard.contracts import encode, new_account_id
+from sealguard.contracts.signals import AccountRegistered
+from sealguard.contracts.types import ClientKind
+from sealguard.settings import Settings
+from sealguard.stream import producer
 
 H = 3_600_000
 
@@ -79,3 +89,52 @@ def test_the_view_never_counts_less_than_the_partitions_held() -> None:
     assert view.count("net-1", 0, t0 + 100) == 10.0
     assert view.count("net-1", 1, t0 + 100) == 10.0
     assert view.count("net-9", 0, t0 + 100) == 0.0
+
+
+def _until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def test_the_feed_counts_others_and_itself_once_and_survives_a_broker_reset(tmp_path: Path) -> None:
+    tag = secrets.token_hex(3)
+    settings = Settings(state_dir=tmp_path / "state", partitions=2, signals_topic=f"f{tag}.signals",
+                        inbound_topic=f"f{tag}.inbound", enforcement_topic=f"f{tag}.enf", scores_topic=f"f{tag}.scores")
+
+    def reg(ts: int) -> AccountRegistered:
+        return AccountRegistered(account=new_account_id(), net_bucket="n0000000000aa", client_kind=ClientKind.mobile,
+                                 ts=ts)
+
+    with EmbeddedBroker(settings) as broker:
+        live = settings.model_copy(update={"kafka": broker.bootstrap})
+        p = producer(broker.bootstrap)
+        feed = NetFeed.for_worker(live, [], p)
+        assert feed is not None and feed.topic == f"f{tag}.signals.net"  # follows its signals topic
+        feed.health_interval_s = 0.3
+        try:
+            t0 = 1_800_000_000_000
+            other = reg(t0)  # another worker's registration, read from the topic
+            p.produce(feed.topic, key=other.net_bucket, value=encode(other))
+            p.flush(10)
+            _until(lambda: len(feed.book) == 1, "another worker's registration counted")
+            own = reg(t0 + 1000)
+            feed.publish(own, encode(own))  # counted at once ...
+            assert len(feed.book) == 2
+            p.flush(10)
+            _until(lambda: feed.book.duplicates == 1, "own registration read back")  # ... and not again
+            assert len(feed.book) == 2
+
+            broker.restart()  # Tansu comes back empty: the topic and its log are gone
+            later = reg(t0 + 2000)
+            _until(lambda: feed.resets >= 1, "reset noticed")
+            p.produce(feed.topic, key=later.net_bucket, value=encode(later))
+            p.flush(30)
+            _until(lambda: len(feed.book) == 3, "a registration on the new log counted")
+            assert feed._thread.is_alive()
+            assert feed.book.count("n0000000000aa", 2, t0 + 3000) == 3.0  # what it knew before the reset stays
+        finally:
+            feed.stop()
