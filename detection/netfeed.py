@@ -141,11 +141,11 @@ class NetFeed:
     def __init__(self, bootstrap: str, topic: str, local: Sequence[NetBook], producer: Any, *,
                  partitions: int = 4, registry: Any = None, health_interval_s: float = 2.0,
                  retention_ms: int = RETENTION_MS) -> None:
-        from sealguard.stream import consumer, ensure_topics
+        from sealguard.stream import consumer
 
         self.topic = topic
         self.producer = producer
-        self._bootstrap, self._npartitions = bootstrap, partitions
+        self._bootstrap, self._npartitions, self._retention_ms = bootstrap, partitions, retention_ms
         self.book = GlobalNetBook(retention_ms)
         self.view = NetFeedView(self.book, local)
         self.health_interval_s = health_interval_s
@@ -155,7 +155,7 @@ class NetFeed:
         self._down = False
         self._assigned: list[int] = []
         self._stop = threading.Event()
-        ensure_topics(bootstrap, [topic], partitions)
+        self._create()
         self._consumer = consumer(bootstrap, "sg-netfeed-unused", **{  # assign(), never subscribe(): no group
             "error_cb": self._on_error, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
             "topic.metadata.refresh.interval.ms": 2000})
@@ -222,14 +222,26 @@ class NetFeed:
         return sorted(tmeta.partitions)
 
     def _create(self) -> None:
-        """The topic is missing: a broker reset took it (the embedded broker re-creates only
-        `Settings.topics`). Create it again; the worker's republished registrations wait for it."""
-        from sealguard.stream import StreamError, ensure_topics
+        """Create the topic if it is missing, keeping records for the retention (the feed re-reads
+        it whole at every start: a day of registrations, not the broker's default week). Also
+        after a broker reset took it (the embedded broker re-creates only `Settings.topics`); the
+        worker's republished registrations wait for it."""
+        from confluent_kafka.admin import NewTopic
+
+        from sealguard.stream import admin
 
         try:
-            ensure_topics(self._bootstrap, [self.topic], self._npartitions)
-        except (StreamError, KafkaException) as exc:
-            log.debug("net feed: could not create %s yet: %s", self.topic, exc)
+            client = admin(self._bootstrap)
+            if self.topic in client.list_topics(timeout=10).topics:
+                return
+            new = NewTopic(self.topic, num_partitions=self._npartitions, replication_factor=1,
+                           config={"retention.ms": str(self._retention_ms)})
+            for fut in client.create_topics([new], operation_timeout=10).values():
+                fut.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" in str(exc):
+                return
+            log.warning("net feed: could not create %s yet (tried again while it is missing): %s", self.topic, exc)
 
     def _assign(self) -> bool:
         """(Re)read every partition from the beginning (what the book already holds is skipped)."""
