@@ -79,7 +79,7 @@ class Outbox:
                     self._produce(produce, poll, topic, key, value)
             for (topic, to_inc), frames in inboxes.items():
                 head = wire.record_head(self.node, self.incarnation, to_inc)
-                for value in wire.frame_records(head, frames):
+                for value in wire.frame_records(head, wire.merge_acks(frames)):
                     self._produce(produce, poll, topic, None, value)
             poll(0)
             if not stopping:

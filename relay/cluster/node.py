@@ -494,6 +494,10 @@ class Cluster:
                             server.route(out, mid, sender, sender.encode(), recipient, group, kind, ts, ct, rconn)
                         else:  # not (or no longer) here: into the queue, acked QUEUED
                             server._queue(QueuedOut(mid, recipient, sender, group, kind, ct, ts, ts + ttl), out)
+                    elif tag == wire.M:
+                        on_ack = self._on_ack
+                        for token, status in wire.parse_acks(frame):
+                            on_ack(token, status)
                     elif tag == wire.A:
                         self._on_ack(*wire.parse_ack(frame))
                     elif tag == wire.P:

@@ -9,6 +9,7 @@ batch rather than one per message:
     HANDOVER  'H' token u32 | mid 16 | kind u8 | ts u64 | recipient 21 | sender 21 | group_len u8 | group
                 | ciphertext                 — "deliver this to your client, then ack me token"
     ACK       'A' token u32 | status u8      — DELIVERED, QUEUED (in the database), REFUSED, FAILED
+    ACKS      'M' (token u32 | status u8)*   — the ACKs of one batch, merged by the outbox thread
     POKE      'P' recipient 21               — "a message for this account was just committed to the
                                                queue; if it is connected to you, deliver the queue"
     PRESENCE  'S' account 21 | online u8 | watcher 21 * n
@@ -38,7 +39,7 @@ from relay.protocol import ACCOUNT_ID_LEN, MESSAGE_ID_LEN
 
 VERSION = 1
 NODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-H, A, P, S, D = ord("H"), ord("A"), ord("P"), ord("S"), ord("D")
+H, A, P, S, D, M = ord("H"), ord("A"), ord("P"), ord("S"), ord("D"), ord("M")
 
 # Statuses carried by ACK (1 and 2 are the protocol's DeliveryStatus values).
 DELIVERED, QUEUED, REFUSED, FAILED = 1, 2, 3, 4
@@ -48,6 +49,7 @@ _INC = struct.Struct(">II")
 _LEN = struct.Struct(">I")
 _HANDOVER = struct.Struct(f">BI{MESSAGE_ID_LEN}sBQ{ACCOUNT_ID_LEN}s{ACCOUNT_ID_LEN}sB")
 _ACK = struct.Struct(">BIB")
+_ACKS_ITEM = struct.Struct(">IB")
 MAX_RECORD = 512 * 1024  # a record's frames stop here (Kafka's default max message size is 1 MB)
 
 
@@ -74,6 +76,22 @@ def handover(token: int, mid: bytes, kind: int, ts: int, recipient: str, sender:
 
 def ack(token: int, status: int) -> bytes:
     return _ACK.pack(A, token, status)
+
+
+def merge_acks(frames: list[bytes]) -> list[bytes]:
+    """One ACKS frame for every ACK among `frames` (the others unchanged, first): the receiving loop
+    then handles one frame per batch instead of one per message."""
+    acks = [f for f in frames if len(f) == _ACK.size and f[0] == A]
+    if len(acks) < 2:
+        return frames
+    return [f for f in frames if not (len(f) == _ACK.size and f[0] == A)] + [
+        b"M" + b"".join([f[1:] for f in acks])]
+
+
+def parse_acks(frame: bytes) -> Iterator[tuple[int, int]]:
+    if (len(frame) - 1) % _ACKS_ITEM.size:
+        raise WireError(f"ACKS of {len(frame)} bytes is not 1 + 5 × n")
+    return _ACKS_ITEM.iter_unpack(frame[1:])
 
 
 def poke(recipient: str) -> bytes:

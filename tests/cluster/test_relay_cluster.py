@@ -277,6 +277,10 @@ def test_wire_round_trips_and_names_bad_input() -> None:
     assert wire.parse_poke(frames[2]) == "c" * 21
     assert wire.parse_presence(wire.presence("a" * 21, True, ["b" * 21, "c" * 21])) == ("a" * 21, True,
                                                                                      ["b" * 21, "c" * 21])
+    merged = wire.merge_acks([wire.ack(1, wire.DELIVERED), frames[0], wire.ack(2, wire.QUEUED)])
+    assert merged[0] == frames[0] and list(wire.parse_acks(merged[1])) == [(1, wire.DELIVERED), (2, wire.QUEUED)]
+    with pytest.raises(wire.WireError, match="ACKS"):
+        list(wire.parse_acks(b"M" + b"x" * 7))
     with pytest.raises(wire.WireError, match="PRESENCE"):
         wire.parse_presence(b"S" + b"a" * 21 + b"\x01" + b"b" * 5)
     with pytest.raises(wire.WireError, match="runs past the record's end"):
