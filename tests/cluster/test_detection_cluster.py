@@ -121,6 +121,13 @@ class WorkerProc:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    def metric(self, name: str) -> float:
+        body = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+        for line in body.splitlines():
+            if line.split(" ", 1)[0] == name:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
@@ -329,6 +336,13 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
             _wait_checkpointed(db, group, settings.inbound_topic, inbound.ends, 60, workers)
         finally:
             inbound.close()
+        # Registrations of every partition, counted once (worker 1's republished ones, the signals
+        # replayed after the kill and republished again): the survivor's global net book holds them all.
+        registered = {ev.account for ev in [*events, *spam] if ev.type == "account.registered"}
+        deadline = time.monotonic() + 30
+        while w2.metric("sealguard_detect_net_registrations") != len(registered) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert w2.metric("sealguard_detect_net_registrations") == len(registered)
         consumed_by_w2 = w2.signals_consumed(settings.signals_topic)
         assert w2.stop() == 0, w2.log_path.read_text()[-3000:]
         workers.remove(w2)
