@@ -13,9 +13,11 @@ import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from sealguard.contracts import Action, new_account_id, now_ms
 from sealguard.storage import (
@@ -106,6 +108,15 @@ class ActiveDecision:
     reason_code: str
     created_at: int
     expires_at: int | None
+
+
+def _insert_new(session: Session, table: type[Any]) -> Any:
+    """INSERT that skips rows whose primary key exists (ON CONFLICT DO NOTHING, on either backend)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(table).on_conflict_do_nothing()
 
 
 class RelayStore:
@@ -262,11 +273,9 @@ class RelayStore:
                              "withheld": item.withheld})
                 ok.append(True)
             if rows:
-                existing = set(s.execute(select(QueuedMessageRow.message_id, QueuedMessageRow.recipient).where(
-                    QueuedMessageRow.message_id.in_([r["message_id"] for r in rows]))).all())
-                rows = [r for r in rows if (r["message_id"], r["recipient"]) not in existing]
-                if rows:
-                    s.execute(insert(QueuedMessageRow), rows)
+                # A copy already queued (a retry, or another relay node that queued the same
+                # handover at the same instant) is kept as it is: the message is queued either way.
+                s.execute(_insert_new(s, QueuedMessageRow), rows)
         return ok
 
     def load_queue(self, recipient: str, limit: int = 1000) -> list[QueuedOut]:

@@ -34,6 +34,8 @@ def test_relay_store_on_both_backends(db_url: str) -> None:
         items = [QueuedOut(os.urandom(16), b, a, None, 0, b"ct", now, now + 60_000) for _ in range(3)]
         assert store.enqueue(items, quota=2) == [True, True, False]
         assert store.enqueue(items[:1], quota=2) == [False]  # quota counts what is already queued
+        assert store.enqueue(items[:1], quota=3) == [True]  # already queued (a retry, another node): kept once
+        assert store.count_queue(b) == 2
         assert len(store.load_queue(b)) == 2
         assert store.set_withheld(a, True) == 2
         assert store.load_queue(b) == [] and store.queue_depth() == (0, 2)
