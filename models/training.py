@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 TRAIN_SHARE, VALID_SHARE = 0.5, 0.2  # the rest of the accounts are the test part
 TIME_CUT_QUANTILE = 0.6
 SEARCH_ROWS = 100_000  # the search runs on at most this many training rows (by whole accounts)
-REFIT_ROWS = 1_000_000  # the winner is refit on at most this many training rows (by whole accounts)
+REFIT_ROWS = 300_000  # the winner is refit on at most this many training rows (by whole accounts; docs/models.md)
 BASELINE_ROWS = 300_000
 PARALLEL_SIGNALS = 500_000  # below this the feature replay runs in-process (spawning costs ~2 s of imports)
 
