@@ -207,7 +207,7 @@ def expected_behaviour_change(f: pd.DataFrame, name: str, a: str, t: int) -> flo
 
 # -- the columnar, sharded replay (training's path) is the event replay, value for value -------------
 @pytest.fixture(scope="module")
-def columns(stream: Synth):  # noqa: ANN201 - a pyarrow Table
+def columns(stream: Synth):
     from simulator.offline import signals_table
 
     return signals_table(stream.events)
@@ -215,7 +215,7 @@ def columns(stream: Synth):  # noqa: ANN201 - a pyarrow Table
 
 @pytest.mark.parametrize("shards", [1, 3])
 @pytest.mark.parametrize("mode", ["every", "scoring"])
-def test_columnar_sharded_replay_equals_the_event_replay(stream: Synth, columns, mode: str,  # noqa: ANN001
+def test_columnar_sharded_replay_equals_the_event_replay(stream: Synth, columns, mode: str,
                                                          shards: int) -> None:
     from detection.features.table import build_feature_table_columns
 
@@ -225,7 +225,7 @@ def test_columnar_sharded_replay_equals_the_event_replay(stream: Synth, columns,
     pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
-def test_every_shard_counts_every_registration(stream: Synth, columns) -> None:  # noqa: ANN001
+def test_every_shard_counts_every_registration(stream: Synth, columns) -> None:
     """The farm registers from one bucket; its accounts land in different shards, yet each shard's
     net_registrations are the global count (a shard replays every registration into its NetBook)."""
     from detection.features.table import plan_replay, replay_shard
@@ -245,9 +245,8 @@ def test_every_shard_counts_every_registration(stream: Synth, columns) -> None: 
 def test_columnar_replay_of_a_self_event_matches(stream: Synth) -> None:
     """An event acting on one account through both doors (a message to oneself) takes the slow path."""
     from detection.features.table import build_feature_table_columns
-    from simulator.offline import signals_table
-
     from sealguard.contracts import MessageKind
+    from simulator.offline import signals_table
 
     a = next(iter(stream.spammers))
     events = list(stream.events[:300])
