@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from detection.features.state import NetBook
 from detection.features.windows import WINDOWS
 from sealguard.contracts import ContractError, decode
+from sealguard.topic_reader import WholeTopicReader
 
 log = logging.getLogger(__name__)
 
@@ -143,30 +143,21 @@ class NetFeedView:
         return float(n)
 
 
-class NetFeed:
+class NetFeed(WholeTopicReader):
     """Republishes the registrations this worker consumes; reads everyone's back on a thread."""
 
     def __init__(self, bootstrap: str, topic: str, local: Sequence[NetBook], producer: Any, *,
                  partitions: int = 4, registry: Any = None, health_interval_s: float = 2.0,
                  retention_ms: int = RETENTION_MS) -> None:
-        from sealguard.stream import consumer
-
-        self.topic = topic
-        self.producer = producer
         self._bootstrap, self._npartitions, self._retention_ms = bootstrap, partitions, retention_ms
+        self.topic = topic
+        self._create()
+        super().__init__(bootstrap, topic, name="net-feed", health_interval_s=health_interval_s)
+        self.producer = producer
         self.book = GlobalNetBook(retention_ms)
         self.view = NetFeedView(self.book, local)
-        self.health_interval_s = health_interval_s
         self.received = 0  # records read from the net topic
         self.rejected = 0
-        self.resets = 0
-        self._down = False
-        self._assigned: list[int] = []
-        self._stop = threading.Event()
-        self._create()
-        self._consumer = consumer(bootstrap, "sg-netfeed-unused", **{  # assign(), never subscribe(): no group
-            "error_cb": self._on_error, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-            "topic.metadata.refresh.interval.ms": 2000})
         self._gauge = self._dups = None
         if registry is not None:
             from prometheus_client import Counter, Gauge
@@ -176,7 +167,10 @@ class NetFeed:
                                 registry=registry)
             self._dups = Counter("sealguard_detect_net_duplicates", "Registrations seen again and not counted",
                                  registry=registry)
-        self._thread = threading.Thread(target=self._run, name="net-feed", daemon=True)
+
+    @property
+    def resets(self) -> int:
+        return self.restarts
 
     @classmethod
     def for_worker(cls, settings: Any, local: Sequence[NetBook], producer: Any, registry: Any = None) -> NetFeed | None:
@@ -208,26 +202,9 @@ class NetFeed:
         elif self._dups is not None:
             self._dups.inc()
 
-    # -- the feed (its own thread) ---------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def _on_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) and not self._down:
-            log.warning("net feed: broker unreachable: %s", err.str())
-            self._down = True
-
-    def _partitions(self) -> list[int] | None:
-        try:
-            meta = self._consumer.list_topics(self.topic, timeout=2)
-        except KafkaException as exc:
-            log.debug("net feed: no metadata yet: %s", exc)
-            return None
-        tmeta = meta.topics.get(self.topic)
-        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-            self._create()
-            return None
-        return sorted(tmeta.partitions)
+    # -- the feed (the reader's thread) ------------------------------------------------------
+    def on_missing_topic(self) -> None:
+        self._create()
 
     def _create(self) -> None:
         """Create the topic if it is missing, keeping records for the retention (the feed re-reads
@@ -251,89 +228,15 @@ class NetFeed:
                 return
             log.warning("net feed: could not create %s yet (tried again while it is missing): %s", self.topic, exc)
 
-    def _assign(self) -> bool:
-        """(Re)read every partition from the beginning (what the book already holds is skipped)."""
-        partitions = self._partitions()
-        if partitions is None:
-            return False
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-        self._assigned = partitions
-        log.info("net feed: reading %d partitions of %s from the beginning", len(partitions), self.topic)
-        return True
-
-    def _log_reset(self) -> bool:
-        """The partitions changed, or one ends before our position (Tansu restarted with an empty
-        log: it answers such a fetch with nothing rather than OFFSET_OUT_OF_RANGE)."""
-        partitions = self._partitions()
-        if partitions is None:
-            return False
-        if partitions != self._assigned:
-            return True
-        try:
-            for tp in self._consumer.position([TopicPartition(self.topic, p) for p in partitions]):
-                if tp.offset < 0:
-                    continue
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-                if high < tp.offset:
-                    return True
-        except KafkaException as exc:
-            log.debug("net feed: could not check the log: %s", exc)
-        return False
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except Exception:
-            log.exception("net feed stopped; net_* features fall back to the partitions held")
-
-    def _loop(self) -> None:
-        assigned = False
-        next_check = time.monotonic() + self.health_interval_s
-        while not self._stop.is_set():
-            if not assigned or self._down:
-                if self._assign():
-                    if self._down:
-                        self.resets += 1
-                        log.info("net feed: broker back, reading %s again from the beginning", self.topic)
-                    assigned, self._down = True, False
-                else:
-                    self._stop.wait(0.5)
+    def on_records(self, msgs: list[Any]) -> None:
+        for m in msgs:
+            try:
+                ev = decode(m.value())
+                if ev.type != "account.registered":
+                    raise ContractError(f"a {ev.type} record, not account.registered")
+            except ContractError as exc:
+                self.rejected += 1
+                log.error("net feed: skipped a record at %s[%d]@%d: %s", self.topic, m.partition(), m.offset(), exc)
                 continue
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + self.health_interval_s
-                if self._log_reset():
-                    log.warning("net feed: the log of %s was reset; reading it from the beginning", self.topic)
-                    self.resets += 1
-                    assigned = False
-                    continue
-            msgs = self._consumer.consume(num_messages=1000, timeout=0.2)
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError.OFFSET_OUT_OF_RANGE:
-                        self.resets += 1
-                        assigned = False
-                    elif err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("net feed: %s", err.str())
-                    continue
-                try:
-                    ev = decode(m.value())
-                    if ev.type != "account.registered":
-                        raise ContractError(f"a {ev.type} record, not account.registered")
-                except ContractError as exc:
-                    self.rejected += 1
-                    log.error("net feed: skipped a record at %s[%d]@%d: %s", self.topic, m.partition(), m.offset(),
-                              exc)
-                    continue
-                account, bucket, ts = ev.account, ev.net_bucket, ev.ts  # type: ignore[attr-defined]
-                self.received += 1
-                self._count(account, bucket, ts)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        try:
-            self._consumer.close()
-        except RuntimeError:
-            pass
+            self.received += 1
+            self._count(ev.account, ev.net_bucket, ev.ts)  # type: ignore[attr-defined]

@@ -1,0 +1,159 @@
+"""Read one whole topic, every partition from the beginning, on a thread of its own.
+
+For state every process must hold in full rather than split by a consumer group: the relay's
+enforcement decisions (every node applies every ban) and detection's registrations per network
+bucket (every worker counts every bucket). No group, nothing committed: the reader *assigns*
+itself all partitions at `OFFSET_BEGINNING`, so a restart rebuilds the state from the log.
+
+The embedded broker keeps its log in memory, so the log can be replaced under a reader. The reader
+starts over from the beginning whenever the log is not the one it was reading — the broker came
+back after being unreachable, a fetch is out of range, the partitions changed, or a partition now
+ends before the reader's position (Tansu answers such a fetch with nothing rather than
+OFFSET_OUT_OF_RANGE, so the reader looks every `health_interval_s`) — and tells its owner through
+`on_restart(why)`. Replays must therefore be harmless to the owner: both owners are idempotent.
+
+Subclasses implement `on_records` (a batch of messages without errors, on the reader's thread) and
+may implement `on_restart` and `on_missing_topic`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+class WholeTopicReader:
+    def __init__(self, bootstrap: str, topic: str, *, name: str, health_interval_s: float = 2.0) -> None:
+        from sealguard.stream import consumer
+
+        self.topic = topic
+        self.name = name  # for log lines and the thread
+        self.health_interval_s = health_interval_s
+        self.restarts = 0  # times the reader started over on a new log
+        self._down = False
+        self._assigned: list[int] = []
+        self._stop = threading.Event()
+        # assign(), never subscribe(): the group id is required by librdkafka and never joined.
+        self._consumer = consumer(bootstrap, f"{name}-unjoined", **{
+            "error_cb": self._on_error, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            "topic.metadata.refresh.interval.ms": 2000})
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # -- the owner's hooks ----------------------------------------------------------------------
+    def on_records(self, msgs: list[Any]) -> None:
+        raise NotImplementedError
+
+    def on_restart(self, why: str) -> None:
+        """Called after the reader re-assigned every partition from the beginning of a new log."""
+
+    def on_missing_topic(self) -> None:
+        """Called while the topic does not exist (the reader retries)."""
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self._consumer.close()
+        except RuntimeError:
+            pass
+
+    # -- the reader's thread ---------------------------------------------------------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) and not self._down:
+            log.warning("%s: broker unreachable: %s", self.name, err.str())
+            self._down = True
+
+    def _partitions(self) -> list[int] | None:
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=2)
+        except KafkaException as exc:
+            log.debug("%s: no metadata yet: %s", self.name, exc)
+            return None
+        tmeta = meta.topics.get(self.topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            self.on_missing_topic()
+            return None
+        return sorted(tmeta.partitions)
+
+    def _assign(self) -> bool:
+        """(Re)assign every partition from the beginning of the log."""
+        partitions = self._partitions()
+        if partitions is None:
+            return False
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._assigned = partitions
+        log.info("%s: reading %d partitions of %s from the beginning", self.name, len(partitions), self.topic)
+        return True
+
+    def _log_reset(self) -> bool:
+        """True when the log is not the one we were reading: the partitions changed, or a partition
+        now ends before our position."""
+        partitions = self._partitions()
+        if partitions is None:
+            return False
+        if partitions != self._assigned:
+            log.warning("%s: %s now has partitions %s (was %s)", self.name, self.topic, partitions, self._assigned)
+            return True
+        try:
+            for tp in self._consumer.position([TopicPartition(self.topic, p) for p in partitions]):
+                if tp.offset < 0:
+                    continue  # nothing fetched yet on this partition
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                if high < tp.offset:
+                    log.warning("%s: partition %d ends at %d, before our position %d: the log shrank",
+                                self.name, tp.partition, high, tp.offset)
+                    return True
+        except KafkaException as exc:
+            log.debug("%s: could not check the log: %s", self.name, exc)
+        return False
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("%s stopped", self.name)
+
+    def _loop(self) -> None:
+        assigned = False
+        restart_why: str | None = None
+        next_check = time.monotonic() + self.health_interval_s
+        while not self._stop.is_set():
+            if self._down and assigned:
+                assigned, restart_why = False, "broker back"  # when it answers again the log may be new
+            if not assigned:
+                if not self._assign():
+                    self._stop.wait(0.5)
+                    continue
+                assigned, self._down = True, False
+                if restart_why is not None:
+                    self.restarts += 1
+                    log.info("%s: %s: read %s again from the beginning", self.name, restart_why, self.topic)
+                    self.on_restart(restart_why)
+                    restart_why = None
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.health_interval_s
+                if self._log_reset():
+                    assigned, restart_why = False, "log reset"
+                    continue
+            good = []
+            for m in self._consumer.consume(num_messages=1000, timeout=0.2):
+                err = m.error()
+                if err is None:
+                    good.append(m)
+                elif err.code() == KafkaError.OFFSET_OUT_OF_RANGE:
+                    assigned, restart_why = False, "offsets out of range"
+                elif err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: %s", self.name, err.str())
+            if good:
+                self.on_records(good)
