@@ -79,21 +79,25 @@ def pg_database() -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each storage test runs on both backends. PostgreSQL tests get their own schema-less DB."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
-        return
-    base = request.getfixturevalue("pg_database")
-    # A per-test database keeps tests independent (migrations run from scratch each time).
+@pytest.fixture
+def pg_url(pg_database: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of its own on the session's server (migrations run from
+    scratch; dropped afterwards), so tests stay independent."""
     name = _unique("sg_t_")
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_database, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.rsplit("/", 1)[0] + f"/{name}"
-    yield url
+    yield pg_database.rsplit("/", 1)[0] + f"/{name}"
     with admin.connect() as conn:
         conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each storage test runs on both backends, PostgreSQL on a database of its own (`pg_url`)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        yield request.getfixturevalue("pg_url")

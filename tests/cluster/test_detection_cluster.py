@@ -28,13 +28,11 @@ import sys
 import time
 import urllib.request
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-from sqlalchemy import create_engine, text
 from sqlalchemy import select as sql_select
 
 from detection.checkpoint import CheckpointFenced, Shard, load_offsets, load_shard, save_shards
@@ -72,20 +70,6 @@ def stream_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Pat
     model = train_quick_model(table, y, tmp_path_factory.mktemp("model") / "lgbm-c1", version="lgbm-c1", rounds=30)
     live = synth.Synth(seed=11).population(normal=40, blasters=2, drips=1, farm=3, minutes=10)
     return live, model
-
-
-@pytest.fixture
-def pg_url(pg_database: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for this test (the session's server, its own name)."""
-    name = f"sg_c_{secrets.token_hex(4)}"
-    admin = create_engine(pg_database, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield pg_database.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
 
 
 class WorkerProc:

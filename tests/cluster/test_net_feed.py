@@ -24,12 +24,11 @@ import sys
 import time
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy import select as sql_select
 
 from sealguard.contracts import encode, key_of, new_account_id, now_ms
@@ -45,20 +44,6 @@ PARTITIONS = 4
 PER_PARTITION = 3  # farm accounts per signals partition: 12 in all, at most 9 on one worker
 MAX_POLL_MS = 3000  # Tansu completes a group join only after this (DESIGN.md)
 BUCKET = "n0000000f00d1"
-
-
-@pytest.fixture
-def pg_url(pg_database: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for this test (the session's server, its own name)."""
-    name = f"sg_n_{secrets.token_hex(4)}"
-    admin = create_engine(pg_database, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield pg_database.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
 
 
 class Detect:

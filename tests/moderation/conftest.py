@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ import vodozemac
 with warnings.catch_warnings():  # starlette nudges towards httpx2; httpx is what the lock has
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from moderation.app import create_app
 from moderation.auth import Role, do_add_reviewer
@@ -107,18 +105,5 @@ def world(world_factory: Any, request: pytest.FixtureRequest) -> World:
     """SQLite by default; `SEALGUARD_TEST_MODERATION_PG=1` runs every API test on a fresh PostgreSQL
     database instead (the storage-heavy tests always run on both, through `db_url`)."""
     if os.environ.get("SEALGUARD_TEST_MODERATION_PG") == "1":
-        base = request.getfixturevalue("pg_database")
-        name = f"sg_m_{secrets.token_hex(4)}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-        def drop() -> None:
-            with admin.connect() as conn:
-                conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            admin.dispose()
-
-        request.addfinalizer(drop)
-        return world_factory(base.rsplit("/", 1)[0] + f"/{name}")
+        return world_factory(request.getfixturevalue("pg_url"))
     return world_factory()

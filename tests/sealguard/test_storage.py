@@ -4,32 +4,16 @@ trips, each area's tables through its real code path, and PostgreSQL's pool and 
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import func, inspect, select, text
 
 from sealguard.storage import Base, Database, DecisionRow, LabelRow, QueuedMessageRow, StorageError
 from sealguard.storage.db import alembic_config, make_engine, pool_options
-
-
-@pytest.fixture
-def pg_url(pg_database: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database of its own."""
-    name = f"sg_s_{secrets.token_hex(4)}"
-    admin = create_engine(pg_database, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield pg_database.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
 
 
 @pytest.mark.postgres
