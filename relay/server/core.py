@@ -48,10 +48,11 @@ from relay.protocol import (
     encode_send_ack,
 )
 from relay.server.connection import FRAME_BUDGET, PING_COST, Connection
+from relay.server.enforce import DecisionState
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
 from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore
 from relay.signals import SignalBook, net_bucket
-from sealguard.contracts import ClientKind, Limit, MessageKind, now_ms
+from sealguard.contracts import Action, ClientKind, Limit, MessageKind, now_ms
 from sealguard.storage import Database
 
 log = logging.getLogger(__name__)
@@ -476,7 +477,7 @@ class RelayServer:
         self.spawn(self._login(conn, rid, account, nonce, signature))
 
     async def _login(self, conn: Connection, rid: int, account: str, nonce: bytes, signature: str) -> None:
-        keys = await self.run_db(self.store.get_account, account)
+        keys, db_ban = await self.run_db(self.store.login_lookup, account)
         if conn.closed:
             return
         if keys is None:
@@ -487,6 +488,12 @@ class RelayServer:
         except Refused as exc:
             self.reply_error(conn, rid, exc.code, exc.detail)
             return
+        if db_ban is not None and self.enforcer.active_ban(account) is None:
+            # Banned in the database before this node read the decision from the topic: apply it now.
+            await self.enforcer.apply(account, DecisionState(db_ban.decision_id, Action.ban, db_ban.reason_code,
+                                                             db_ban.created_at, db_ban.expires_at))
+            if conn.closed:
+                return
         ban = self.enforcer.active_ban(account)
         if ban is not None:
             conn.send(self.enforcer.ban_frame(ban, rid))

@@ -136,6 +136,22 @@ class RelayStore:
             row = s.get(AccountRow, account)
             return None if row is None or row.deleted_at is not None else (row.identity_key, row.curve_key)
 
+    def login_lookup(self, account: str) -> tuple[tuple[str, str] | None, ActiveDecision | None]:
+        """The account's keys (as `get_account`) and its active ban in the database, if any: a login
+        must not get through on a node whose copy of the enforcement stream is a moment behind the
+        decision (the database is the truth; the topic only carries the news)."""
+        now = now_ms()
+        with self.db.session() as s:
+            row = s.get(AccountRow, account)
+            if row is None or row.deleted_at is not None:
+                return None, None
+            ban = s.scalars(select(DecisionRow).where(
+                DecisionRow.account == account, DecisionRow.status == "active", DecisionRow.action == Action.ban.value,
+                or_(DecisionRow.expires_at.is_(None), DecisionRow.expires_at > now))
+                .order_by(DecisionRow.created_at.desc()).limit(1)).first()
+            return (row.identity_key, row.curve_key), (None if ban is None else ActiveDecision(
+                ban.id, ban.account, Action.ban, ban.reason_code, ban.created_at, ban.expires_at))
+
     def create_account(self, identity_key: str, curve_key: str, bucket: str, client_kind: str) -> str:
         account = new_account_id()
         try:

@@ -354,3 +354,32 @@ def test_offline_delivery_survives_a_relay_kill_9(topics: Settings, tmp_path: Pa
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+
+
+def test_a_login_is_refused_by_a_ban_the_node_has_not_read_yet(topics: Settings) -> None:
+    """The database is the truth: a ban committed but not yet on this node's enforcement stream (not
+    published here at all, reconciliation far off) still refuses the account's next login at once —
+    in a cluster, a banned account reconnecting to another node a moment after its ban."""
+    from relay.service import config_from_settings
+
+    async def main() -> None:
+        svc = RelayService(topics, config=config_from_settings(topics, reconcile_interval_s=3600), metrics=False)
+        await svc.start()
+        try:
+            assert svc.db and svc.server
+            c = await user(svc)
+            await c.close()
+            row = await asyncio.get_running_loop().run_in_executor(None, lambda: do_decide(
+                svc.db, None, DecisionRequest(c.account_id, Action.ban, ReasonCode.spam, DecisionSource.reviewer,
+                                              "reviewer:tester")))
+            await c.connect()
+            with pytest.raises(Banned):
+                await c.login()
+            assert c.account_id in svc.server.enforcer.bans
+            with Database(topics.database_url, migrate=False).session() as s:
+                assert s.scalar(select(func.count()).select_from(EnforcementApplicationRow)
+                                .where(EnforcementApplicationRow.decision_id == row.id)) == 1
+        finally:
+            await svc.stop()
+
+    run(main())
