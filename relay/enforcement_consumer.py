@@ -4,7 +4,7 @@ Every node must see every decision, so the consumer *assigns* itself all partiti
 rebalancing, nothing committed) starting at the beginning of the log: replays are harmless
 because application is idempotent by decision id and an older decision never undoes a newer
 one. When the broker comes back after being unreachable (Tansu restarts lose the log), or the log is
-found reset while connected (offsets out of range, a partition ending before our position, the
+found reset while connected (offsets out of range, a high watermark going down, the
 partitions changed), the consumer re-assigns every partition from the beginning and calls
 `on_reconnect` so the relay reloads active decisions from the database — the source of truth.
 The relay also re-reads them every few seconds (`RelayConfig.reconcile_interval_s`): the safety
