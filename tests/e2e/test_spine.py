@@ -35,9 +35,11 @@ def trained_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_headless_run_bans_spammers_and_loses_nothing(trained_state: Path) -> None:
-    figures = _run_up(trained_state, "--duration", "60", "--users", "80", "--spam-share", "0.1")
+    # 90 s, as the README's headline run: a model ban under up's operating point also needs two
+    # recipients' objections, and at 60 s the slower strategies were still collecting them in 1 run of 3.
+    figures = _run_up(trained_state, "--duration", "90", "--users", "80", "--spam-share", "0.1")
     users, spammers = int(figures["users"]), int(figures["spammers"])
-    assert users == 80 and spammers >= 4
+    assert users >= 80 and spammers >= 4  # newcomers join the population as it runs
     assert int(figures["spammers_banned"]) / spammers >= 0.8, figures
     assert int(figures["normal_banned"]) == 0, figures
     assert int(figures["undelivered"]) == 0, figures
