@@ -21,12 +21,8 @@ import json
 import os
 import re
 import secrets
-import select
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
@@ -72,62 +68,6 @@ def stream_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Pat
     return live, model
 
 
-class WorkerProc:
-    """One `python -m sealguard detect` child: started, ready line read, /metrics scraped."""
-
-    def __init__(self, name: str, env: dict[str, str], group: str, model: Path, log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("w")
-        cmd = [sys.executable, "-m", "sealguard", "detect", "--group", group, "--model", str(model),
-               "--metrics-port", "0", "--max-poll-interval-ms", str(MAX_POLL_MS), "--checkpoint-interval", str(CHECKPOINT_S)]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True)
-        self.metrics_url = self._ready(timeout=60)
-
-    def _ready(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith("detect: "):
-                    fields = dict(kv.split("=", 1) for kv in line.split()[1:])
-                    return fields["metrics"]
-        raise AssertionError(f"{self.name} printed no ready line in {timeout}s: {self.log_path.read_text()[-3000:]}")
-
-    def signals_consumed(self, topic: str) -> float:
-        body = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-        for line in body.splitlines():
-            if line.startswith("sealguard_detect_records_total{") and f'topic="{topic}"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def metric(self, name: str) -> float:
-        body = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-        for line in body.splitlines():
-            if line.split(" ", 1)[0] == name:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-        return self.proc.returncode
-
-
 class Feeder:
     """Produces the stream in order, counting records per partition (the end offsets to wait for)."""
 
@@ -159,7 +99,12 @@ class Feeder:
         self.sent = upto
 
 
-def _partitions_loaded(w: WorkerProc) -> set[int]:
+def _consumed(w: Any, topic: str) -> float:
+    """Records a worker process consumed from `topic` (its /metrics)."""
+    return w.metric("sealguard_detect_records_total", f'topic="{topic}"')
+
+
+def _partitions_loaded(w: Any) -> set[int]:
     """The partitions a worker process loaded from checkpoints (its log says so on assignment)."""
     return {int(m) for m in re.findall(r"partition (\d+): resumed", w.log_path.read_text())}
 
@@ -189,10 +134,10 @@ def _wait_decided(db: Database, account: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"no decision on {account} in {timeout}s")
 
 
-def _consumed_more(w: WorkerProc, topic: str, before: float, timeout: float = 20.0) -> float:
+def _consumed_more(w: Any, topic: str, before: float, timeout: float = 20.0) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = w.signals_consumed(topic)
+        now = _consumed(w, topic)
         if now > before:
             return now
         time.sleep(0.02)
@@ -207,7 +152,7 @@ def _offsets(db: Database, group: str, topic: str) -> dict[int, int]:
 
 
 def _wait_checkpointed(db: Database, group: str, topic: str, ends: dict[int, int], timeout: float,
-                       procs: list[WorkerProc]) -> None:
+                       procs: list[Any]) -> None:
     deadline = time.monotonic() + timeout
     got: dict[int, int] = {}
     while time.monotonic() < deadline:
@@ -264,8 +209,14 @@ def _summary(st: Any) -> dict[str, Any]:
 
 
 def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
-        tmp_path: Path, broker_bootstrap: str, pg_url: str, stream_and_model: tuple[Any, Path]) -> None:
+        tmp_path: Path, broker_bootstrap: str, pg_url: str, stream_and_model: tuple[Any, Path],
+        detect_process: Any) -> None:
     live, model = stream_and_model
+
+    def worker(name: str) -> Any:
+        return detect_process(name, env, group, tmp_path, "--model", str(model), "--max-poll-interval-ms",
+                              str(MAX_POLL_MS), "--checkpoint-interval", str(CHECKPOINT_S))
+
     tag = secrets.token_hex(3)
     settings = Settings(state_dir=tmp_path / "state", kafka=broker_bootstrap, db_url=pg_url, partitions=PARTITIONS,
                         signals_topic=f"c{tag}.signals", inbound_topic=f"c{tag}.inbound",
@@ -281,21 +232,21 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
     n = len(events)
     blasters = [a for a, kind in live.spammers.items() if kind == "blaster"]
     feeder = Feeder(settings, events)
-    workers: list[WorkerProc] = []
+    workers: list[Any] = []
     try:
         # Phase 1: worker 1 alone holds every partition.
-        w1 = WorkerProc("worker1", env, group, model, tmp_path)
+        w1 = worker("worker1")
         workers.append(w1)
         feeder.feed(n // 3)
         _wait_checkpointed(db, group, settings.signals_topic, feeder.ends, 60, workers)
 
         # Phase 2: worker 2 joins mid-stream; the stream keeps flowing through the rebalance.
-        w2 = WorkerProc("worker2", env, group, model, tmp_path)
+        w2 = worker("worker2")
         workers.append(w2)
         feeder.feed(2 * n // 3, chunks=12, pause_s=0.5)
         _wait_checkpointed(db, group, settings.signals_topic, feeder.ends, 60, workers)
-        assert w2.signals_consumed(settings.signals_topic) > 0, "worker 2 got partitions in the rebalance"
-        assert w1.signals_consumed(settings.signals_topic) > 0
+        assert _consumed(w2, settings.signals_topic) > 0, "worker 2 got partitions in the rebalance"
+        assert _consumed(w1, settings.signals_topic) > 0
 
         # Phase 3: worker 1 is killed (SIGKILL: no checkpoint on the way out) while the stream flows,
         # right after it banned a spammer on one of its partitions: the ban is committed, the state
@@ -303,7 +254,7 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
         feeder.feed(5 * n // 6, chunks=6, pause_s=0.3)
         w1_parts = set(range(PARTITIONS)) - _partitions_loaded(w2)
         late, spam = _late_spammer(blasters[0], events, min(w1_parts or {0}), events[5 * n // 6].ts)
-        before = w1.signals_consumed(settings.signals_topic)
+        before = _consumed(w1, settings.signals_topic)
         feeder.extra(spam)
         feeder.feed(5 * n // 6 + 40)
         _wait_decided(db, late)
@@ -327,7 +278,7 @@ def test_two_workers_rebalance_and_kill_keep_state_and_enforce_once(
         while w2.metric("sealguard_detect_net_registrations") != len(registered) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert w2.metric("sealguard_detect_net_registrations") == len(registered)
-        consumed_by_w2 = w2.signals_consumed(settings.signals_topic)
+        consumed_by_w2 = _consumed(w2, settings.signals_topic)
         assert w2.stop() == 0, w2.log_path.read_text()[-3000:]
         workers.remove(w2)
     finally:

@@ -17,12 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import select
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -46,52 +41,6 @@ MAX_POLL_MS = 3000  # Tansu completes a group join only after this (DESIGN.md)
 BUCKET = "n0000000f00d1"
 
 
-class Detect:
-    """One `python -m sealguard detect` child (rules only: no model in its state dir)."""
-
-    def __init__(self, name: str, env: dict[str, str], group: str, log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("w")
-        cmd = [sys.executable, "-m", "sealguard", "detect", "--group", group, "--metrics-port", "0",
-               "--max-poll-interval-ms", str(MAX_POLL_MS), "--checkpoint-interval", "2"]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True)
-        self.metrics_url = self._ready(60)
-
-    def _ready(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith("detect: "):
-                    return dict(kv.split("=", 1) for kv in line.split()[1:])["metrics"]
-        raise AssertionError(f"{self.name} printed no ready line in {timeout}s: {self.log_path.read_text()[-3000:]}")
-
-    def metric(self, name: str, label: str = "") -> float:
-        body = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-        for line in body.splitlines():
-            if line.startswith(name) and label in line and not line.startswith("#"):
-                head = line.split(" ", 1)[0]
-                if head == name or head.startswith(name + "{"):
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-        return self.proc.returncode
-
-
 def _accounts_on(partition: int, n: int) -> list[str]:
     """`n` fresh accounts the default partitioner (CRC32 of the key) puts on `partition`."""
     out: list[str] = []
@@ -102,7 +51,7 @@ def _accounts_on(partition: int, n: int) -> list[str]:
     return out
 
 
-def _wait(what: str, cond: Callable[[], bool], timeout: float, workers: list[Detect]) -> None:
+def _wait(what: str, cond: Callable[[], bool], timeout: float, workers: list[Any]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -116,7 +65,7 @@ def _wait(what: str, cond: Callable[[], bool], timeout: float, workers: list[Det
 
 
 def test_every_worker_counts_every_partitions_registrations(tmp_path: Path, broker_bootstrap: str,
-                                                            pg_url: str) -> None:
+                                                            pg_url: str, detect_process: Any) -> None:
     tag = secrets.token_hex(3)
     settings = Settings(state_dir=tmp_path / "state", kafka=broker_bootstrap, db_url=pg_url, partitions=PARTITIONS,
                         signals_topic=f"n{tag}.signals", inbound_topic=f"n{tag}.inbound",
@@ -137,9 +86,10 @@ def test_every_worker_counts_every_partitions_registrations(tmp_path: Path, brok
             prod.produce(signals, key=key_of(ev), value=encode(ev))
         prod.flush(10)
 
-    workers: list[Detect] = []
+    workers: list[Any] = []
     try:
-        workers = [Detect(f"worker{i}", env, f"g-net-{tag}", tmp_path) for i in (1, 2)]
+        workers = [detect_process(f"worker{i}", env, f"g-net-{tag}", tmp_path, "--max-poll-interval-ms",
+                                  str(MAX_POLL_MS), "--checkpoint-interval", "2") for i in (1, 2)]
         # Both in the group with partitions of their own: a round of one signal per partition
         # reaches both (while the group still settles, one may hold everything).
         probes = [_accounts_on(p, 1)[0] for p in range(PARTITIONS)]
