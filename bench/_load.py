@@ -211,7 +211,10 @@ class Load:
                     intended = t_start + int(self.sent * interval)
                     max_lag = max(max_lag, now - intended)
                     self._send_one()
-                await asyncio.sleep(0.0005)
+                # Sleep until the next send is due, at least 1 ms: uvloop's timers count whole
+                # milliseconds, and sleep(0.0005) was a 0 ms timer — this process spun a core for
+                # the whole open loop and took CPU from the server it was timing.
+                await asyncio.sleep(max(0.001, (t_start + self.sent * interval - _now()) / 1e9))
         timed_out = False
         try:
             await asyncio.wait_for(asyncio.shield(self.done), timeout)
