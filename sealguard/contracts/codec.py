@@ -37,6 +37,8 @@ def encode(event: Event) -> bytes:
 
 def decode(raw: bytes | str) -> Event:
     """Parse one record. Unknown types and versions get a ContractError that says so."""
+    if not isinstance(raw, (bytes, bytearray, str)):
+        raise ContractError(f"a record must be JSON text, not {type(raw).__name__} (a record without a value?)")
     try:
         return _ADAPTER.validate_json(raw)  # fast path: one pass in pydantic-core
     except ValidationError:
@@ -48,7 +50,7 @@ def decode(raw: bytes | str) -> Event:
     if not isinstance(head, dict):
         raise ContractError("event must be a JSON object")
     etype, version = head.get("type"), head.get("v")
-    if etype not in EVENTS_BY_NAME:
+    if not isinstance(etype, str) or etype not in EVENTS_BY_NAME:  # a list or object here is no type either
         raise ContractError(f"unknown event type {etype!r}")
     if version != 1:
         raise ContractError(f"unsupported version v={version!r} for {etype} (this build reads v=1)")
