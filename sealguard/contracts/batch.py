@@ -18,16 +18,17 @@ fields absent when unset, as `encode` writes them — read those with `.get`), o
 from __future__ import annotations
 
 import enum
-import json
 import math
 import re
 import types
 import typing
-from operator import itemgetter
 from collections.abc import Callable, Sequence
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Literal, Union, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
+from pydantic_core import from_json
 
 from sealguard.contracts.base import Event
 from sealguard.contracts.codec import ALL_EVENT_TYPES, ContractError, decode
@@ -185,12 +186,27 @@ def _fixed_check(classes: list[bytes]) -> ColumnCheck:
     return check
 
 
+_CHECKS: dict[Any, ColumnCheck | None] = {}
+
+
 def _column_check(annotation: Any, metadata: Sequence[Any]) -> ColumnCheck | None:
-    """A check for one field's column (the fast path takes no nulls); None: not fast-pathable."""
+    """A check for one field's column (the fast path takes no nulls); None: not fast-pathable.
+    Fields of one type share one check (the worker checks all account ids of a poll at once)."""
+    try:
+        key = (annotation, tuple(metadata))
+        if key in _CHECKS:
+            return _CHECKS[key]
+    except TypeError:  # unhashable metadata: no sharing
+        return _make_check(annotation, metadata)
+    check = _CHECKS[key] = _make_check(annotation, metadata)
+    return check
+
+
+def _make_check(annotation: Any, metadata: Sequence[Any]) -> ColumnCheck | None:
     origin = get_origin(annotation)
     if origin is typing.Annotated:
         base, *meta = get_args(annotation)
-        return _column_check(base, [*metadata, *meta])
+        return _column_check(base, (*metadata, *meta))
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         if len(args) != 1 or len(get_args(annotation)) != 2:
@@ -305,8 +321,8 @@ def _parse_joined(raws: list[bytes]) -> list[Any] | None:
     record's leading "{" opens an item, so n records giving n items give one item each: a record
     cannot split in two, or merge with its neighbour, to sneak past the contract."""
     try:
-        items = json.loads(b"[" + b",".join(raws) + b"]")
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        items = from_json(b"[" + b",".join(raws) + b"]", cache_strings="keys")
+    except (ValueError, RecursionError):
         return None
     return items if type(items) is list and len(items) == len(raws) else None
 
@@ -315,48 +331,76 @@ def _parse_each(raws: list[bytes]) -> list[Any]:
     items: list[Any] = []
     for raw in raws:
         try:
-            items.append(json.loads(raw))
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            items.append(from_json(raw, cache_strings="keys"))
+        except (ValueError, RecursionError):
             items.append(None)  # decode says what is wrong with it
     return items
 
 
-def _group_ok(keys: tuple[str, ...], group: list[Record]) -> bool:
-    """Whether every record of one layout (its tuple of keys) is valid, checked column by column."""
+def _columns(keys: tuple[str, ...], group: list[Record]) -> list[tuple[ColumnCheck, Sequence[Any]]] | None:
+    """The (check, values) pairs of one layout (records with this tuple of keys); None when the
+    layout cannot be fast (no type, an unknown one, a missing or an extra field)."""
     if "type" not in keys:
-        return False
+        return None
     etypes = list(map(_TYPE, group))
     if not set(map(type, etypes)) <= _STR:
-        return False
+        return None
     kinds = set(etypes)
-    if len(kinds) > 1:  # one layout shared by several types: each on its own
-        return all(_group_ok(keys, [r for r in group if r["type"] == t]) for t in kinds)
+    if len(kinds) > 1:  # one layout shared by several types (group.member_added/removed): each on its own
+        pairs: list[tuple[ColumnCheck, Sequence[Any]]] = []
+        for t in kinds:
+            got = _columns(keys, [r for r in group if r["type"] == t])
+            if got is None:
+                return None
+            pairs += got
+        return pairs
     etype = etypes[0]
     if not _layout(etype, keys):
-        return False
+        return None
     fields = _SPECS[etype].fields
-    return all(fields[k](list(map(itemgetter(k), group))) for k in keys if k != "type")
+    columns = list(zip(*map(itemgetter(*keys), group))) if len(keys) > 1 else [etypes]
+    return [(fields[k], col) for k, col in zip(keys, columns) if k != "type"]
 
 
 def _validate(items: list[Any]) -> list[bool] | None:
-    """None when the fast path accepts every item; else whether it accepts each (the rest: `decode`)."""
-    if set(map(type, items)) <= _DICT:
-        groups: dict[tuple[str, ...], list[Record]] = {}
-        for item in items:
-            keys = tuple(item)
-            group = groups.get(keys)
-            if group is None:
-                groups[keys] = [item]
+    """None when the fast path accepts every item; else whether it accepts each (the rest: `decode`).
+
+    Records are grouped by layout (their tuple of keys), each layout's fields cut into columns, and
+    the columns of one kind (every account id of the poll, every ts, ...) checked in one call."""
+    if not set(map(type, items)) <= _DICT:
+        dicts = [j for j, item in enumerate(items) if type(item) is dict]
+        flags = _validate([items[j] for j in dicts]) if dicts else None
+        ok = [False] * len(items)
+        for n, j in enumerate(dicts):
+            ok[j] = flags is None or flags[n]
+        return ok
+    groups: dict[tuple[str, ...], list[Record]] = {}
+    for item in items:
+        keys = tuple(item)
+        group = groups.get(keys)
+        if group is None:
+            groups[keys] = [item]
+        else:
+            group.append(item)
+    bad: set[tuple[str, ...]] = set()
+    layouts: dict[tuple[str, ...], list[tuple[ColumnCheck, Sequence[Any]]]] = {}
+    by_check: dict[ColumnCheck, list[Sequence[Any]]] = {}
+    for keys, group in groups.items():
+        pairs = _columns(keys, group)
+        if pairs is None:
+            bad.add(keys)
+            continue
+        layouts[keys] = pairs
+        for check, col in pairs:
+            cols = by_check.get(check)
+            if cols is None:
+                by_check[check] = [col]
             else:
-                group.append(item)
-        bad = {keys for keys, group in groups.items() if not _group_ok(keys, group)}
-        return [tuple(item) not in bad for item in items] if bad else None
-    dicts = [j for j, item in enumerate(items) if type(item) is dict]
-    flags = _validate([items[j] for j in dicts]) if dicts else None
-    ok = [False] * len(items)
-    for n, j in enumerate(dicts):
-        ok[j] = flags is None or flags[n]
-    return ok
+                cols.append(col)
+    if not all(check(cols[0] if len(cols) == 1 else list(chain.from_iterable(cols)))
+               for check, cols in by_check.items()):
+        bad.update(keys for keys, pairs in layouts.items() if not all(check(col) for check, col in pairs))
+    return [tuple(item) not in bad for item in items] if bad else None
 
 
 def decode_batch(raws: Sequence[Any]) -> list[Record | ContractError]:
