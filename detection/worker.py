@@ -1,6 +1,7 @@
 """The detection worker: a consumer group over the signals topic and its re-keyed inbound twin.
 
-Per record: decode → feature engine (outbound door for `sg.signals.v1`, inbound door for
+Per batch: decode (`decode_batch`: one JSON parse, columns checked against the contract); then per
+record, in event-time order: feature engine (outbound door for `sg.signals.v1`, inbound door for
 `sg.signals.inbound.v1`) → re-key (a signal with a counterpart is republished, raw bytes as they
 came, to the inbound topic keyed by that counterpart, so the counterpart's partition sees the
 replies, blocks and reports it received) → the ScoreSchedule decides whether the account is
@@ -30,8 +31,8 @@ import warnings
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,8 @@ from detection.netfeed import NetFeed
 from detection.policy import Policy, ban_scores
 from detection.rules import RuleBook
 from detection.sink import ScoreRecord, Sink
-from sealguard.contracts import ContractError, counterpart_of, decode, now_ms
+from sealguard.contracts import ContractError, now_ms
+from sealguard.contracts.batch import decode_batch
 from sealguard.settings import Settings
 from sealguard.storage import Database
 
@@ -80,7 +82,11 @@ class WorkerConfig:
     schedule: ScoreSchedule = field(default_factory=ScoreSchedule)
 
 
-_TS = itemgetter(0)
+# The counterpart of each signal type that has one (`sealguard.contracts.counterpart_of` for a
+# decoded record; tests/detection/test_worker.py checks they agree).
+_COUNTERPART: dict[str, str] = {"message.sent": "recipient", "contact.blocked": "blocked", "report.filed": "reported",
+                                "group.created": "member", "group.member_added": "member",
+                                "group.member_removed": "member"}
 
 
 def _die_with_parent(parent: int) -> None:
@@ -151,6 +157,7 @@ class Worker:
         self._part_seen: dict[int, float] = {}
         self._paused: set[int] = set()
         self.n_local = 0  # counterpart sides applied in-process (no round trip through the inbound topic)
+        self._partition_of: dict[str, int] = {}  # account -> its partition (CRC32 of the key), remembered
         self._books: list[Any] = []
         # net_* features count every partition's registrations (detection/netfeed.py); without the
         # feed (Settings.net_topic empty) only the partitions this worker holds.
@@ -304,58 +311,89 @@ class Worker:
         return n
 
     def _process(self, msgs: list[Any]) -> int:
-        """Decode the batch, then apply it in event-time order (partitions arrive in chunks; a
-        reply must come after the message it answers, as in `build_feature_table`)."""
+        """Decode the whole batch at once (`decode_batch`: one JSON parse, columns validated against
+        the contract), then apply it in event-time order (partitions arrive in chunks; a reply must
+        come after the message it answers, as in `build_feature_table`) through the engine's record
+        doors — no event object per record."""
         signals = self.signals_topic
         shards = self.shards
-        pending: list[tuple[str, Any, Shard, int, list[float]]] = []
-        ahead: dict[int, int] = {}  # signals partition -> newest event time in this batch
-        batch: list[tuple[int, int, Any, Shard, bool, bytes]] = []
-        n_sig = n_in = 0
-        for i, m in enumerate(msgs):
+        kept: list[Any] = []  # the records of assigned partitions, in batch order
+        where: list[Shard] = []
+        raws: list[Any] = []
+        for m in msgs:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s", err)
                 continue
-            topic = m.topic()
             shard = shards.get(m.partition())
             if shard is None:
                 continue
-            raw = m.value()
-            shard.offsets[topic] = m.offset() + 1
-            shard.last[topic] = raw
+            kept.append(m)
+            where.append(shard)
+            raws.append(m.value())
+        # Offsets and the last record of each (topic, partition), malformed ones included (skipped, not lost).
+        last: dict[tuple[str, int], int] = {}
+        for i, m in enumerate(kept):
+            last[(m.topic(), m.partition())] = i
+        for (topic, _), i in last.items():
+            shard = where[i]
+            shard.offsets[topic] = kept[i].offset() + 1
+            shard.last[topic] = raws[i]
             shard.dirty = True
-            try:
-                ev = decode(raw)
-            except ContractError as exc:
-                self._bad(topic, m, exc)
-                continue
-            is_signal = topic == signals
-            if is_signal:
-                n_sig += 1
-                ahead[m.partition()] = ev.ts
-                if self._check_partitioner and m.key() is not None:
-                    self._verify_partitioner(m)
+        records = decode_batch(raws)
+        good: list[int] = []
+        is_sig: list[bool] = []
+        for i, r in enumerate(records):
+            if type(r) is dict:
+                good.append(i)
             else:
-                n_in += 1
-            batch.append((ev.ts, i, ev, shard, is_signal, raw))
-        batch.sort(key=_TS)  # stable: equal times keep their batch order
-        for _, i, ev, shard, is_signal, raw in batch:
+                m = kept[i]
+                self._bad(m.topic(), m, r if isinstance(r, ContractError) else ContractError(str(r)))
+        topics = [kept[i].topic() for i in good]
+        is_sig = [t == signals for t in topics]
+        n_sig = sum(is_sig)
+        n_in = len(good) - n_sig
+        ahead: dict[int, int] = {}  # signals partition -> newest event time in this batch
+        for i, sig in zip(good, is_sig):
+            if sig:
+                ahead[where[i].partition] = records[i]["ts"]  # type: ignore[index]
+        if self._check_partitioner:
+            for i, sig in zip(good, is_sig):
+                m = kept[i]
+                if sig and m.key() is not None:
+                    self._verify_partitioner(m)
+                    if not self._check_partitioner:
+                        break
+        stamps = [records[i]["ts"] for i in good]  # type: ignore[index]
+        order = sorted(range(len(good)), key=stamps.__getitem__)  # stable: equal times keep their batch order
+        pending: list[tuple[str, Any, Shard, int, list[float]]] = []
+        for k in order:
+            i = good[k]
+            r: dict[str, Any] = records[i]  # type: ignore[assignment]
+            shard = where[i]
             try:
-                if is_signal:
-                    self._due(shard, shard.engine.apply_outbound(ev), ev.ts, False, pending)
-                    other = counterpart_of(ev)
-                    if other is not None:
-                        self._rekey(other, ev, raw, pending, shard, msgs[i].offset())
-                    if ev.type == "enforcement.applied":
-                        self._on_applied(shard, ev)
-                    elif ev.type == "account.registered" and self.netfeed is not None:
-                        self.netfeed.publish(ev, raw)
-                elif self._first_time(shard, msgs[i]):
-                    self._due(shard, shard.engine.apply_inbound(ev), ev.ts, True, pending)
+                if is_sig[k]:
+                    engine = shard.engine
+                    account = engine.outbound_record(r)
+                    if account is not None:
+                        self._due(shard, account, r["ts"], False, pending)
+                    t = r["type"]
+                    field_ = _COUNTERPART.get(t)
+                    if field_ is not None:
+                        other = r.get(field_)
+                        if other is not None:
+                            self._rekey(other, r, raws[i], pending, shard, kept[i].offset())
+                    elif t == "enforcement.applied":
+                        self._on_applied(shard, r)
+                    elif t == "account.registered" and self.netfeed is not None:
+                        self.netfeed.publish(SimpleNamespace(**r), raws[i])
+                elif self._first_time(shard, kept[i]):
+                    account = shard.engine.inbound_record(r)
+                    if account is not None:
+                        self._due(shard, account, r["ts"], True, pending)
             except (ValueError, TypeError, AttributeError, KeyError) as exc:
-                m = msgs[i]
+                m = kept[i]
                 self._bad(m.topic(), m, exc)
         if ahead:
             self._align(ahead)
@@ -405,29 +443,34 @@ class Worker:
         for p in self._paused:
             self._part_seen[p] = now
 
-    def _due(self, shard: Shard, account: str | None, ts: int, received: bool,
+    def _due(self, shard: Shard, account: str, ts: int, received: bool,
              pending: list[tuple[str, Any, Shard, int, list[float]]]) -> None:
-        if account is None:
-            return
         st = shard.engine.accounts[account]
         if st.action != "ban" and self.schedule.due(st, ts, received=received):
             self.schedule.mark(st, ts)
             pending.append((account, st, shard, ts, feature_row(st, shard.engine, ts)))
 
-    def _rekey(self, other: str, ev: Any, raw: bytes, pending: list[tuple[str, Any, Shard, int, list[float]]],
-               src: Shard, offset: int) -> None:
+    def _rekey(self, other: str, r: dict[str, Any], raw: bytes,
+               pending: list[tuple[str, Any, Shard, int, list[float]]], src: Shard, offset: int) -> None:
         """The counterpart's side of a signal. When this worker holds the counterpart's partition it
         applies it at once — the same order `build_feature_table` sees (a reply is recognised even
         while a backlog of signals is being caught up); otherwise it republishes the raw record to
         the inbound topic for the worker that does. Either way it carries its source position, so
         a side re-keyed again after a crash is applied once (`Shard.first_time`)."""
-        q = zlib.crc32(other.encode()) % self._nparts if self._nparts else -1
+        q = self._partition_of.get(other)
+        if q is None:
+            q = zlib.crc32(other.encode()) % self._nparts if self._nparts else -1
+            if len(self._partition_of) >= 1_000_000:
+                self._partition_of.clear()
+            self._partition_of[other] = q
         local = self.shards.get(q) if self._local_ok else None
         floor = src.saved.get(self.signals_topic, 0)
         if local is not None:
             if local.first_time(src.partition, offset, floor):
                 local.dirty = True
-                self._due(local, local.engine.apply_inbound(ev), ev.ts, True, pending)
+                account = local.engine.inbound_record(r)
+                if account is not None:
+                    self._due(local, account, r["ts"], True, pending)
             self.n_local += 1
             return
         headers = [(SOURCE_HEADER, b"%d:%d:%d" % (src.partition, offset, floor))]
@@ -460,10 +503,10 @@ class Worker:
         elif self._checked >= 1000:
             self._check_partitioner = False
 
-    def _on_applied(self, shard: Shard, ev: Any) -> None:
-        self.applied[ev.account] = ev.ts
-        if ev.action.value == "lift":  # a reviewer lifted it: the account is scored again
-            st = shard.engine.accounts.get(ev.account)
+    def _on_applied(self, shard: Shard, r: dict[str, Any]) -> None:
+        self.applied[r["account"]] = r["ts"]
+        if r["action"] == "lift":  # a reviewer lifted it: the account is scored again
+            st = shard.engine.accounts.get(r["account"])
             if st is not None:
                 st.action = None
 

@@ -257,3 +257,34 @@ def test_columnar_replay_of_a_self_event_matches(stream: Synth) -> None:
     want = build_feature_table(events, "every")
     got = build_feature_table_columns(signals_table(events), "every", shards=2)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_record_doors_equal_the_event_doors(stream: Synth) -> None:
+    """The worker's doors for decoded records (dicts from `decode_batch`, no event object) update the
+    state exactly as the event doors do: every row of the replay is equal, and so are the accounts."""
+    from detection.features import FeatureEngine, ScoreSchedule, feature_row
+    from sealguard.contracts import encode
+    from sealguard.contracts.batch import decode_batch
+
+    records = decode_batch([encode(ev) for ev in stream.events])
+    assert all(isinstance(r, dict) for r in records)
+    by_event, by_record = FeatureEngine(), FeatureEngine()
+    sched_a, sched_b = ScoreSchedule(), ScoreSchedule()
+    rows_a: list[tuple[str, int, list[float]]] = []
+    rows_b: list[tuple[str, int, list[float]]] = []
+    for ev, rec in zip(stream.events, records):
+        assert isinstance(rec, dict)
+        sides = ((by_event, sched_a, rows_a, (by_event.apply_outbound(ev), by_event.apply_inbound(ev))),
+                 (by_record, sched_b, rows_b, (by_record.outbound_record(rec), by_record.inbound_record(rec))))
+        for engine, sched, rows, doors in sides:
+            for account, received in zip(doors, (False, True)):
+                if account is None:
+                    continue
+                st = engine.accounts[account]
+                if sched.due(st, ev.ts, received=received):
+                    sched.mark(st, ev.ts)
+                    rows.append((account, ev.ts, feature_row(st, engine, ev.ts)))
+    assert rows_a == rows_b and len(rows_a) > 100
+    assert by_event.accounts.keys() == by_record.accounts.keys()
+    for account, st in by_event.accounts.items():
+        assert feature_row(st, by_event, stream.now) == feature_row(by_record.accounts[account], by_record, stream.now)

@@ -143,3 +143,17 @@ def test_background_checkpoint_is_written_by_a_forked_child(topics: Settings, ti
     for sh in dirty:
         assert saved[(topics.signals_topic, sh.partition)] == sh.offsets[topics.signals_topic]
     assert any(r.state for r in rows)
+
+
+def test_counterpart_fields_agree_with_the_contract() -> None:
+    """The worker reads a decoded record's counterpart from the field `counterpart_of` names for its type."""
+    from detection.worker import _COUNTERPART
+    from sealguard.contracts import counterpart_of, decode
+    from sealguard.contracts.batch import decode_batch
+
+    s = Synth(seed=3).population(normal=10, blasters=1, drips=1, farm=2, minutes=5)
+    raws = [encode(ev) for ev in s.events]
+    for raw, rec in zip(raws, decode_batch(raws)):
+        assert isinstance(rec, dict)
+        field = _COUNTERPART.get(rec["type"])
+        assert counterpart_of(decode(raw)) == (rec.get(field) if field else None)
