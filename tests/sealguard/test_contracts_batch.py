@@ -54,10 +54,10 @@ CONTRACT_CASES = [
     b'{"type": "message.deleted", "v": 1}',
     b'{"type": "message.sent", "v": 2}',
     b'{"type": "message.sent", "v": 1, "sender": "+15551234567"}',
-    b'{"type": "contact.added", "v": 1, "account": "a00000000000000000000", "contact": "a00000000000000000001", '
-    b'"text": "hi"}',
-    b'{"type":"message.sent","v":1,"sender":"a00000000000000000000","size_bucket":3,"kind":"text",'
-    b'"first_contact":false,"recipient_online":true}',
+    (b'{"type": "contact.added", "v": 1, "account": "a00000000000000000000", "contact": "a00000000000000000001", '
+     b'"text": "hi"}'),
+    (b'{"type":"message.sent","v":1,"sender":"a00000000000000000000","size_bucket":3,"kind":"text",'
+     b'"first_contact":false,"recipient_online":true}'),
 ]
 
 
