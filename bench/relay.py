@@ -275,6 +275,38 @@ class Contention:
         }
 
 
+_STALL_METRICS = {"loop_stalls": "loop_stalls", "loop_stall_ms": "loop_stall_seconds", "gc_pauses": "gc_pauses",
+                  "gc_ms": "gc_pause_seconds"}
+
+
+class RelayStalls:
+    """The relay's own stalls over one phase, from its /metrics (relay/server/stalls.py): event-loop
+    stalls over 5 ms (count, summed lateness) and garbage collections over 1 ms (count, summed
+    time of all collections). Nothing when there is no such metrics endpoint (the floor, mosquitto)."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.t0 = self._read()
+
+    def _read(self) -> dict[str, float] | None:
+        if not self.url:
+            return None
+        try:
+            with urllib.request.urlopen(self.url, timeout=10) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        got = {k: metric_sum(text, name) for k, name in _STALL_METRICS.items()}
+        return None if any(v is None for v in got.values()) else {k: float(v or 0.0) for k, v in got.items()}
+
+    def figures(self, prefix: str) -> dict[str, float]:
+        t1 = self._read()
+        if self.t0 is None or t1 is None:
+            return {}
+        scale = {"loop_stall_ms": 1000.0, "gc_ms": 1000.0}
+        return {f"{prefix}relay_{k}": (t1[k] - self.t0[k]) * scale.get(k, 1.0) for k in t1}
+
+
 # -- one server ------------------------------------------------------------------------------
 
 def _split(total: int, parts: int) -> list[int]:
@@ -310,7 +342,7 @@ def _run(loaders: list[Loader], count: int, *, inflight: int = 0, rate: float = 
 
 
 def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], args: argparse.Namespace,
-            run_id: str, profile: Path | None = None) -> dict[str, Any]:
+            run_id: str, profile: Path | None = None, metrics_url: str | None = None) -> dict[str, Any]:
     """Every figure for one server: RSS per idle user, closed-loop rate/CPU/latency, half-load p99."""
     k = len(loaders)
     time.sleep(1.0)
@@ -344,10 +376,12 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     threads0 = thread_cpu(pid)
     cpu0 = cpu_seconds(pid)
     contention = Contention(pid)
+    stalls = RelayStalls(metrics_url)
     replies, wall, lat = _run(loaders, args.messages, inflight=args.inflight)
     cpu1 = cpu_seconds(pid)
     threads1 = thread_cpu(pid)
     out.update(contention.figures(""))
+    out.update(stalls.figures(""))
     delivered = sum(r["received"] for r in replies)
     out.update(delivered=delivered, wall_s=wall, msgs_per_s=delivered / wall if wall > 0 else math.nan,
                cpu_us_per_msg=(cpu1 - cpu0) * 1e6 / delivered if delivered else math.nan,
@@ -375,9 +409,11 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     if half_n > 0 and half_rate > 0:
         cpu2 = cpu_seconds(pid)
         contention = Contention(pid)
+        stalls = RelayStalls(metrics_url)
         replies, wall_h, lat_h = _run(loaders, half_n, rate=half_rate)
         cpu3 = cpu_seconds(pid)
         out.update(contention.figures("half_"))
+        out.update(stalls.figures("half_"))
         got = sum(r["received"] for r in replies)
         out.update(half_rate=half_rate, half_achieved=got / wall_h if wall_h > 0 else math.nan,
                    half_p50_ms=percentile(lat_h, 50), half_p99_ms=percentile(lat_h, 99),
@@ -487,7 +523,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.info("relay pid %d listening on %s:%d, metrics %s", server.proc.pid, server.host, server.port,
                      server.metrics_url)
             relay = measure("relay", server.proc.pid, server.host, server.port, loaders, args, run_id,
-                            profile=args.profile)
+                            profile=args.profile, metrics_url=server.metrics_url)
             try:
                 signals_dropped = metric_sum(server.metrics(), "signals_dropped")
             except OSError as exc:
@@ -549,6 +585,11 @@ def _verdict(f: dict[str, Any], mosq: dict[str, Any], relay: dict[str, Any] | No
                      "CPU), server preempted %.0f/s, load average %.1f, load schedule lag max %.1f ms", name,
                      d.get("half_p99_ms", math.nan), d["half_cpu_pressure_pct"], d["half_server_preempted_per_s"],
                      d["half_loadavg"], d.get("half_max_lag_ms", math.nan))
+        if "half_relay_loop_stalls" in d:
+            log.info("%s half-load phase, its own stalls: event loop more than 5 ms late %d times (%.1f ms in all), "
+                     "garbage collections over 1 ms %d (%.1f ms of collection in all)", name,
+                     d["half_relay_loop_stalls"], d["half_relay_loop_stall_ms"], d["half_relay_gc_pauses"],
+                     d["half_relay_gc_ms"])
     if mosq:
         log.info("mosquitto: msgs_per_s=%.0f p50_ms=%.3f p99_ms=%.3f rss_bytes_per_idle_conn=%.0f",
                  mosq.get("msgs_per_s", math.nan), mosq.get("p50_ms", math.nan), mosq.get("p99_ms", math.nan),

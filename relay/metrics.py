@@ -50,6 +50,15 @@ class RelayCollector(Collector):
             c = CounterMetricFamily(f"sealguard_relay_{name}", doc)
             c.add_metric([], getattr(s.stats, name))
             yield c
+        w = s.stall_watch
+        for name, value, doc in (
+                ("loop_stalls", w.stalls, "Times the event loop ran more than 5 ms late (a 10 ms ticker)"),
+                ("loop_stall_seconds", w.stall_s, "How late the event loop ran in those stalls, summed"),
+                ("gc_pauses", w.gc_pauses, "Garbage collections that took more than 1 ms"),
+                ("gc_pause_seconds", w.gc_pause_s, "Time spent in garbage collections (every thread)")):
+            c = CounterMetricFamily(f"sealguard_relay_{name}", doc)
+            c.add_metric([], value)
+            yield c
         gauges = {
             "connections": (len(s.all_conns), "Open client connections"),
             "online_accounts": (len(s.conns), "Authenticated connections"),
@@ -59,6 +68,8 @@ class RelayCollector(Collector):
             "withheld_messages": (s.withheld_depth, "Withheld messages kept in the queue table"),
             "bans": (len(s.enforcer.bans), "Active bans held in memory"),
             "restrictions": (len(s.enforcer.restricted), "Active restrictions held in memory"),
+            "loop_lag_max_seconds": (s.stall_watch.lag_max_s, "Longest event-loop stall since start"),
+            "gc_pause_max_seconds": (s.stall_watch.gc_pause_max_s, "Longest garbage collection since start"),
         }
         if self.emitter is not None:
             gauges["signal_buffer"] = (self.emitter.buffered, "Signals accepted but not yet confirmed by the broker")

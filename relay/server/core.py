@@ -10,6 +10,7 @@ application live in `enforce.py`; people, groups, reports and media handlers in 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -50,6 +51,7 @@ from relay.protocol import (
 from relay.server.connection import FRAME_BUDGET, PING_COST, Connection
 from relay.server.enforce import DecisionState
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
+from relay.server.stalls import StallWatch
 from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore
 from relay.signals import SignalBook, net_bucket
 from sealguard.contracts import Action, ClientKind, Limit, MessageKind, now_ms
@@ -70,6 +72,7 @@ _VERSION, _DELIVER, _SEND_ACK, _DELIVERED = VERSION, int(FrameType.DELIVER), int
     int(DeliveryStatus.DELIVERED)
 _PONG = int(FrameType.PONG)
 _time_ns = time.time_ns
+_blake2b = hashlib.blake2b  # the commitment: store.binary_commitment, inlined on the hot path
 _CLIENT_KINDS = {k.value: k for k in ClientKind}
 
 
@@ -212,12 +215,16 @@ class RelayServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
         self._enqueue_batch: list[tuple[QueuedOut, Outgoing | None]] = []
         self._delete_batch: list[tuple[bytes, str]] = []
-        self._commit_batch: list[tuple[bytes, str, str, int]] = []
+        # Report commitments since the last flush: concatenated 16-byte H(message id, sender, recipient),
+        # hashed at send time. Bytes, not a tuple per message: nothing for the DB thread to do in Python
+        # (it holds the GIL for none of it) and no object per message for the garbage collector.
+        self._commits = bytearray()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Future[Any]] = set()
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self.stall_watch = StallWatch()  # event-loop lag and GC pauses, for /metrics
         self._tasks: set[asyncio.Task[Any]] = set()
         self.host = ""
         self.port = 0
@@ -259,8 +266,9 @@ class RelayServer:
                                                       reuse_address=True)
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = sock[0], sock[1]
+        self.stall_watch.start(self._loop)
         self._every(self.config.sweep_interval_s, self._sweep)
-        self._every(self.config.commitment_flush_s, lambda: self._commit_batch and self._schedule_flush())
+        self._every(self.config.commitment_flush_s, lambda: self._commits and self._schedule_flush())
         self._every(self.config.purge_interval_s, lambda: self.spawn(self._purge()))
         self._every(self.config.notice_poll_s, lambda: self.spawn(self.enforcer.poll_notices()))
         self._every(self.config.reconcile_interval_s, self.enforcer.reconcile_soon)
@@ -283,6 +291,7 @@ class RelayServer:
         """Stop accepting, queue what is in flight (so nothing accepted is lost), close everyone."""
         for t in self._timers:
             t.cancel()
+        self.stall_watch.stop()
         if self._server is not None:
             self._server.close()
         for key in list(self.inflight):
@@ -600,7 +609,7 @@ class RelayServer:
         else:
             self.listener.emit(book.message_sent(sender, recipient, size, _KINDS[kind], rconn is not None, ts))
         mid = payload[:16]
-        self._commit_batch.append((mid, sender, recipient, ts + self._commit_ttl_ms))
+        self._commits += _blake2b(mid + conn.account_b + payload[16:_SEND_FIXED - 1], digest_size=16).digest()
         ciphertext = payload[_SEND_FIXED:]
         if rconn is not None and not rconn.closed:
             self.inflight[(mid, recipient)] = (conn, rid, sender, kind, ts, ciphertext, self._ack_deadline)
@@ -705,6 +714,11 @@ class RelayServer:
         self._schedule_flush()
 
     # -- batched database writes -----------------------------------------------------------------------
+    def add_commitment(self, mid: bytes, sender_b: bytes, recipient: str) -> None:
+        """Remember H(message id, sender, recipient) for report verification (written within
+        `commitment_flush_s`; a report flushes first). `_on_send` inlines this."""
+        self._commits += _blake2b(mid + sender_b + recipient.encode(), digest_size=16).digest()
+
     def _schedule_flush(self) -> None:
         if self._flush_handle is None and self._loop is not None:
             self._flush_handle = self._loop.call_later(self.config.flush_interval_s, self._flush)
@@ -713,7 +727,7 @@ class RelayServer:
         self._flush_handle = None
         enq, self._enqueue_batch = self._enqueue_batch, []
         dele, self._delete_batch = self._delete_batch, []
-        com, self._commit_batch = self._commit_batch, []
+        com, self._commits = self._commits, bytearray()
         if not (enq or dele or com):
             return
         fut = asyncio.ensure_future(self._write(enq, dele, com))
@@ -721,13 +735,17 @@ class RelayServer:
         fut.add_done_callback(self._flushing.discard)
 
     async def _write(self, enq: list[tuple[QueuedOut, Outgoing | None]], dele: list[tuple[bytes, str]],
-                     com: list[tuple[bytes, str, str, int]]) -> None:
+                     com: bytearray) -> None:
+        # A batch of commitments expires together, `commitment_ttl_s` after its flush (at most
+        # `commitment_flush_s` later than after its message's send).
+        com_expires = now_ms() + self._commit_ttl_ms
+
         def work() -> list[bool]:
             ok = self.store.enqueue([i for i, _ in enq], self.config.queue_quota) if enq else []
             if dele:
                 self.store.delete_queued(dele)
             if com:
-                self.store.add_commitments(com)
+                self.store.add_commitment_digests(bytes(com), com_expires)
             return ok
 
         try:

@@ -335,9 +335,8 @@ class Features:
             conn.send(encode_send_ack(rid, mid, DeliveryStatus.DELIVERED))
             return
         out = Outgoing(conn, rid, mid, len(recipients))
-        ttl = int(self.s.config.commitment_ttl_s * 1000)
         for r in recipients:
-            self.s._commit_batch.append((mid, sender, r, ts + ttl))
+            self.s.add_commitment(mid, conn.account_b, r)
             self.s.route(out, mid, sender, conn.account_b, r, gid, kind, ts, ciphertext, self.s.conns.get(r))
 
     # -- media --------------------------------------------------------------------------------------
