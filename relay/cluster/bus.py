@@ -3,9 +3,9 @@
 * `Outbox` — one producer thread. The event loop appends (topic, key, value) for the routes topic
   and (topic, to_incarnation, frame) for a node's inbox to a deque (an append: nothing blocks the
   loop); the thread drains it every `drain_s` (ClusterConfig.batch_ms), packs each destination's
-  frames into as few records as fit (`wire.frame_records`) and hands them to librdkafka at once
-  (`linger.ms` 1). Tansu's CPU goes by records and requests, not bytes: one record per destination
-  per drain keeps both low.
+  frames (and its ACKs, packed here into one ACKS frame) into as few records as fit
+  (`wire.frame_records`) and hands them to librdkafka at once (`linger.ms` 1). Tansu's CPU goes
+  by records and requests, not bytes: one record per destination per drain keeps both low.
 * `Reader` — one consumer thread per input, by assignment (no consumer group, nothing committed):
   the node's inbox from its end, the routes topic from the beginning. Each poll's records reach
   the loop as one `call_soon_threadsafe`.
@@ -31,6 +31,41 @@ from relay.cluster import wire
 log = logging.getLogger(__name__)
 
 
+def inbox_config(retention_ms: int) -> dict[str, str]:
+    """Topic settings of a node inbox: it carries ciphertext only for the handover, so it is kept
+    `retention_ms` (minutes), not Kafka's default week. `segment.ms` lets Apache Kafka roll a quiet
+    inbox's segment so retention can drop it (it deletes whole closed segments only)."""
+    return {"retention.ms": str(retention_ms), "segment.ms": str(min(retention_ms, 60_000)),
+            "cleanup.policy": "delete"}
+
+
+def ensure_inbox(bootstrap: str, topic: str, retention_ms: int) -> None:
+    """Create a node's inbox (one partition) with `inbox_config`, or set that config on an inbox an
+    earlier version created without it."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
+
+    from sealguard.stream import StreamError, admin
+
+    client = admin(bootstrap)
+    config = inbox_config(retention_ms)
+    if topic not in client.list_topics(timeout=10).topics:
+        for name, fut in client.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1, config=config)],
+                                              operation_timeout=10).items():
+            try:
+                fut.result()
+                return
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise StreamError(f"could not create topic {name}: {exc}") from None
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()])
+    for fut in client.incremental_alter_configs([resource]).values():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            raise StreamError(f"could not set the retention of {topic}: {exc}") from None
+
+
 class Outbox:
     def __init__(self, bootstrap: str, node: str, incarnation: int, *, drain_s: float = 0.02,
                  linger_ms: int = 1) -> None:
@@ -41,6 +76,7 @@ class Outbox:
         self.records = 0
         self.failed = 0
         self._q: deque[tuple[str, Any, bytes]] = deque()
+        self._acks: deque[tuple[str, int, int, int]] = deque()  # (topic, to_incarnation, token, status)
         self._stop = threading.Event()
         self._producer = producer(bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 10_000,
                                                 "delivery.report.only.error": True,
@@ -54,32 +90,41 @@ class Outbox:
     def to_topic(self, topic: str, key: str, value: bytes) -> None:
         self._q.append((topic, key, value))
 
+    def ack(self, topic: str, to_incarnation: int, token: int, status: int) -> None:
+        """A handover's ACK: packed with the others of its batch into one ACKS frame by this thread."""
+        self._acks.append((topic, to_incarnation, token, status))
+
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:  # a lost handover is re-queued by its sender's deadline; count it
             self.failed += 1
             log.warning("cluster record not delivered: %s", err.str())
 
     def _run(self) -> None:
-        q, produce, poll = self._q, self._producer.produce, self._producer.poll
+        q, acks, produce, poll = self._q, self._acks, self._producer.produce, self._producer.poll
         while True:
             stopping = self._stop.is_set()
-            if not q:
+            if not q and not acks:
                 if stopping:
                     return
                 poll(0)
                 self._stop.wait(self.drain_s)
                 continue
             inboxes: dict[tuple[str, int], list[bytes]] = {}
-            n = len(q)
-            for _ in range(n):
+            for _ in range(len(q)):
                 topic, key, value = q.popleft()
                 if type(key) is int:
                     inboxes.setdefault((topic, key), []).append(value)
                 else:
                     self._produce(produce, poll, topic, key, value)
+            pairs: dict[tuple[str, int], list[tuple[int, int]]] = {}
+            for _ in range(len(acks)):
+                topic, to_inc, token, status = acks.popleft()
+                pairs.setdefault((topic, to_inc), []).append((token, status))
+            for dest, tokens in pairs.items():
+                inboxes.setdefault(dest, []).append(wire.acks(tokens))
             for (topic, to_inc), frames in inboxes.items():
                 head = wire.record_head(self.node, self.incarnation, to_inc)
-                for value in wire.frame_records(head, wire.merge_acks(frames)):
+                for value in wire.frame_records(head, frames):
                     self._produce(produce, poll, topic, None, value)
             poll(0)
             if not stopping:
@@ -110,17 +155,20 @@ class Outbox:
 class Reader:
     """Consume `topic` by assignment on a thread; `on_records(list[(key, value)])` on the loop.
 
-    `fetch_wait_ms` is the latency of an idle partition: Tansu (measured here) answers a fetch of an
-    empty partition only when that wait is over, even if records arrive meanwhile, and an empty
-    fetch costs it ~0.3 ms of CPU — 6 readers at 5 ms kept an idle broker at 41% of a core."""
+    Fetches ask for 1 byte and wait up to `fetch_wait_ms`. Tansu 0.6 (measured here, docs/cluster.md)
+    charges ~0.4 ms of CPU per fetch request, empty or not, so the request rate is what costs: with
+    `fetch.min.bytes` 1 and a wait W it answers a busy partition about every W/2 and an idle one
+    soon after a record arrives (W = 200: ~30 ms p50), at 0.4–0.9% of a core when idle instead of
+    2.2–3.8% at W = 20 (with `fetch.min.bytes` 1 MB it holds every fetch for the whole wait)."""
 
     def __init__(self, bootstrap: str, topic: str, name: str, on_records: Callable[[list[tuple[Any, bytes]]], None],
                  *, from_end: bool, on_reset: Callable[[], None] | None = None, fetch_wait_ms: int = 100,
-                 partitions: int = 1) -> None:
-        from sealguard.stream import consumer
+                 partitions: int = 1, create: Callable[[], None] | None = None) -> None:
+        from sealguard.stream import consumer, ensure_topics
 
         self.bootstrap = bootstrap
-        self.partitions = partitions  # to create the topic again after a broker restart emptied it
+        # To create the topic again after a broker restart emptied it (the inbox: with its retention).
+        self._create = create or (lambda: ensure_topics(bootstrap, [topic], partitions))
 
         self.topic = topic
         self.name = name
@@ -133,7 +181,7 @@ class Reader:
         self._stop = threading.Event()
         self._consumer = consumer(bootstrap, f"{name}-{uuid.uuid4().hex[:8]}",
                                   **{"error_cb": self._on_error, "enable.auto.offset.store": False,
-                                     "fetch.wait.max.ms": fetch_wait_ms, "fetch.min.bytes": 1 << 20,
+                                     "fetch.wait.max.ms": fetch_wait_ms, "fetch.min.bytes": 1,
                                      "fetch.error.backoff.ms": 50,
                                      "topic.metadata.refresh.interval.ms": 2000})
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -177,9 +225,7 @@ class Reader:
         while not self._stop.is_set():
             if self._down:
                 try:
-                    from sealguard.stream import ensure_topics
-
-                    ensure_topics(self.bootstrap, [self.topic], self.partitions)
+                    self._create()
                     self.assign(timeout=2)
                 except (RuntimeError, KafkaException) as exc:
                     log.debug("%s: broker not back yet: %s", self.name, exc)

@@ -24,6 +24,7 @@ database queue), for a message from a client on node A to an account routed to n
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -34,10 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relay.cluster import wire
-from relay.cluster.bus import Outbox, Reader
+from relay.cluster.bus import Outbox, Reader, ensure_inbox
 from relay.cluster.routes import NodeTable, RouteTable
 from relay.cluster.store import ClusterStore
 from relay.protocol import DeliveryStatus, ErrorCode, FrameType, GroupOp, encode
+from relay.server.core import _DELIVER, _DELIVER_1TO1, _DELIVER_FIXED, _VERSION
 from relay.server.store import QueuedOut
 from sealguard.contracts import now_ms
 from sealguard.storage import Database
@@ -66,12 +68,16 @@ class ClusterConfig:
     route_flush_s: float = 0.1  # route rows are written in batches this often
     queue_recheck_s: float = 1.0  # a login re-reads the queue once more after this
     sweep_s: float = 0.25
-    # Kafka request rates: Tansu charges ~0.3-0.9 ms of CPU per request whatever it carries, so each
-    # node's handovers leave as one record per destination every `batch_ms` and its inbox is fetched
-    # at most once per `inbox_fetch_wait_ms` — each hop waits up to both (see bus.py).
+    # Kafka request rates: Tansu charges ~0.2 ms of CPU per produce and ~0.4 ms per fetch request
+    # whatever it carries, so each node's handovers leave as one record per destination every
+    # `batch_ms`, and its inbox is fetched (1 byte wanted, `inbox_fetch_wait_ms` at most) about every
+    # half of that wait while busy — each hop waits up to a batch and a fetch (see bus.py).
     batch_ms: int = 20
-    inbox_fetch_wait_ms: int = 20
-    routes_fetch_wait_ms: int = 100
+    inbox_fetch_wait_ms: int = 40
+    routes_fetch_wait_ms: int = 200
+    # An inbox record is needed until its node read it (milliseconds) and is useless once its sender
+    # gave up on it (`handover_timeout_s`): the inbox keeps ciphertext minutes, not Kafka's week.
+    inbox_retention_ms: int = 300_000
 
     def inbox_topic(self, node: str) -> str:
         return f"{self.inbox_prefix}{node}.v1"
@@ -135,6 +141,7 @@ class Cluster:
         self._pending: dict[int, tuple[Outgoing, QueuedOut, float, str]] = {}
         self._local: dict[int, tuple[Outgoing, QueuedOut]] = {}  # token → queued here after a failed handover
         self._tokens = itertools.count(1)
+        self._deadline = time.monotonic() + config.handover_timeout_s  # for a handover now; refreshed each sweep
         self._ports: dict[tuple[str, int], AckPort] = {}
         self._local_port = AckPort(self._on_local_status)
         self._logins: dict[str, int] = {}  # local account → when it logged in (ms)
@@ -153,9 +160,10 @@ class Cluster:
         c = self.config
         inbox = c.inbox_topic(self.node)
         run = loop.run_in_executor
+        create_inbox = functools.partial(ensure_inbox, self.bootstrap, inbox, c.inbox_retention_ms)
         try:
             await run(None, ensure_topics, self.bootstrap, [c.routes_topic], c.partitions)
-            await run(None, ensure_topics, self.bootstrap, [inbox], 1)
+            await run(None, create_inbox)
         except Exception as exc:
             raise ClusterError(f"could not create the cluster topics on {self.bootstrap}: {exc}") from exc
         self.outbox = Outbox(self.bootstrap, self.node, self.incarnation, drain_s=c.batch_ms / 1000)
@@ -164,7 +172,7 @@ class Cluster:
             return lambda batch: loop.call_soon_threadsafe(fn, batch)
 
         self._inbox = Reader(self.bootstrap, inbox, "cluster-inbox", feed(self._on_inbox), from_end=True,
-                             fetch_wait_ms=c.inbox_fetch_wait_ms)
+                             fetch_wait_ms=c.inbox_fetch_wait_ms, create=create_inbox)
         self._routes_in = Reader(self.bootstrap, c.routes_topic, "cluster-routes", feed(self._on_routes),
                                  from_end=False, on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon),
                                  fetch_wait_ms=c.routes_fetch_wait_ms, partitions=c.partitions)
@@ -280,7 +288,9 @@ class Cluster:
         if peer is None or not peer.alive:
             return False
         token = next(self._tokens) & 0xFFFFFFFF
-        self._pending[token] = (out, item, time.monotonic() + self.config.handover_timeout_s, node)
+        # The deadline is the sweep's clock (±sweep_s): a monotonic() call per message saved, and
+        # `_pending` stays in deadline order, so the sweep stops at the first one not yet due.
+        self._pending[token] = (out, item, self._deadline, node)
         assert self.outbox is not None
         self.outbox.to_inbox(peer.inbox_topic, peer.incarnation, wire.handover(
             token, item.message_id, item.kind, item.enqueued_at, item.recipient, item.sender, item.group,
@@ -416,11 +426,11 @@ class Cluster:
         port = self._ports.get((node, incarnation))
         if port is None:
             assert self.outbox is not None
-            to_inbox, ack, topic, stats = self.outbox.to_inbox, wire.ack, self.config.inbox_topic(node), self.stats
+            ack, topic, stats = self.outbox.ack, self.config.inbox_topic(node), self.stats
 
             def send_ack(token: int, status: int) -> None:
                 stats.acks_sent += 1
-                to_inbox(topic, incarnation, ack(token, status))
+                ack(topic, incarnation, token, status)
 
             port = self._ports[(node, incarnation)] = AckPort(send_ack)
         return port
@@ -429,7 +439,12 @@ class Cluster:
         assert self._loop is not None
         try:
             now = time.monotonic()
-            expired = [t for t, e in self._pending.items() if e[2] <= now]
+            self._deadline = now + self.config.handover_timeout_s
+            expired = []
+            for t, e in self._pending.items():  # in deadline order (see hand_over)
+                if e[2] > now:
+                    break
+                expired.append(t)
             for token in expired:
                 self._fallback(token, self._pending.pop(token))
             if expired:
@@ -469,9 +484,10 @@ class Cluster:
         from relay.server.core import Outgoing
 
         server = self.server
-        conns = server.conns
+        conns, inflight, stats, ports = server.conns, server.inflight, self.stats, self._ports
         ttl = int(server.config.queue_ttl_s * 1000)
         me = self.incarnation
+        parse_handover, pack_deliver = wire.parse_handover, _DELIVER_1TO1.pack
         for _key, value in batch:
             try:
                 node, inc, to_inc, frames = wire.parse_record(value)
@@ -480,20 +496,31 @@ class Cluster:
                 log.error("cluster: rejected an inbox record: %s", exc)
                 continue
             if to_inc != me:
-                self.stats.stale += len(frames)  # for an earlier incarnation of this node: its sender queues it
+                stats.stale += len(frames)  # for an earlier incarnation of this node: its sender queues it
                 continue
+            port = ports.get((node, inc)) or self._port(node, inc)
             for frame in frames:
                 try:
                     tag = frame[0]
                     if tag == wire.H:
-                        token, mid, kind, ts, recipient, sender, group, ct = wire.parse_handover(frame)
-                        self.stats.handovers_received += 1
-                        out = Outgoing(self._port(node, inc), token, mid, 1)  # type: ignore[arg-type]
+                        token, mid, kind, ts, recipient, sender, group, ct = parse_handover(frame)
+                        stats.handovers_received += 1
                         rconn = conns.get(recipient)
                         if rconn is not None and not rconn.closed:
-                            server.route(out, mid, sender, sender.encode(), recipient, group, kind, ts, ct, rconn)
+                            if group is None:
+                                # 1:1 on the server's own fast path (`Direct`): the port stands in for the
+                                # sender's connection, so the client's DELIVER_ACK (or a timeout's requeue)
+                                # acks the handing node through it.
+                                inflight[(mid, recipient)] = (port, token, sender, kind, ts, ct, server._ack_deadline)
+                                rconn.send(pack_deliver(_DELIVER_FIXED + len(ct), _VERSION, _DELIVER, 0, 0, mid,
+                                                        sender.encode(), 0, kind, ts) + ct)
+                                server.stats.frames_out += 1
+                            else:
+                                server.route(Outgoing(port, token, mid, 1), mid, sender,  # type: ignore[arg-type]
+                                             sender.encode(), recipient, group, kind, ts, ct, rconn)
                         else:  # not (or no longer) here: into the queue, acked QUEUED
-                            server._queue(QueuedOut(mid, recipient, sender, group, kind, ct, ts, ts + ttl), out)
+                            server._queue(QueuedOut(mid, recipient, sender, group, kind, ct, ts, ts + ttl),
+                                          Outgoing(port, token, mid, 1))  # type: ignore[arg-type]
                     elif tag == wire.M:
                         on_ack = self._on_ack
                         for token, status in wire.parse_acks(frame):

@@ -9,7 +9,8 @@ batch rather than one per message:
     HANDOVER  'H' token u32 | mid 16 | kind u8 | ts u64 | recipient 21 | sender 21 | group_len u8 | group
                 | ciphertext                 — "deliver this to your client, then ack me token"
     ACK       'A' token u32 | status u8      — DELIVERED, QUEUED (in the database), REFUSED, FAILED
-    ACKS      'M' (token u32 | status u8)*   — the ACKs of one batch, merged by the outbox thread
+    ACKS      'M' (token u32 | status u8)*   — the ACKs of one batch (what a node sends; packed by its outbox
+                                               thread, so its event loop only appends (token, status))
     POKE      'P' recipient 21               — "a message for this account was just committed to the
                                                queue; if it is connected to you, deliver the queue"
     PRESENCE  'S' account 21 | online u8 | watcher 21 * n
@@ -78,14 +79,11 @@ def ack(token: int, status: int) -> bytes:
     return _ACK.pack(A, token, status)
 
 
-def merge_acks(frames: list[bytes]) -> list[bytes]:
-    """One ACKS frame for every ACK among `frames` (the others unchanged, first): the receiving loop
-    then handles one frame per batch instead of one per message."""
-    acks = [f for f in frames if len(f) == _ACK.size and f[0] == A]
-    if len(acks) < 2:
-        return frames
-    return [f for f in frames if not (len(f) == _ACK.size and f[0] == A)] + [
-        b"M" + b"".join([f[1:] for f in acks])]
+def acks(pairs: list[tuple[int, int]]) -> bytes:
+    """One ACKS frame for a batch's (token, status) pairs, packed by the outbox thread: the event
+    loops on both ends handle one frame per batch instead of one per message."""
+    pack = _ACKS_ITEM.pack
+    return b"M" + b"".join([pack(t, s) for t, s in pairs])
 
 
 def parse_acks(frame: bytes) -> Iterator[tuple[int, int]]:

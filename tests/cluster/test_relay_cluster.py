@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,14 @@ async def _next(c: RelayClient, timeout: float = 15.0) -> tuple[str, bytes, str 
     return r.sender, r.plaintext, r.group
 
 
+async def _until(pred: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.postgres
 def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
     async def main() -> None:
@@ -67,11 +75,8 @@ def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
             await a.send_group(gid, b"hello group")
             assert await _next(b) == (a.account_id, b"hello group", gid)
             assert await _next(c) == (a.account_id, b"hello group", gid)
-            for _ in range(50):  # node 2 tells b the membership (GROUP, then GROUP_EVENTs)
-                if b.groups.get(gid) == {a.account_id, b.account_id, c.account_id}:
-                    break
-                await asyncio.sleep(0.1)
-            assert b.groups[gid] == {a.account_id, b.account_id, c.account_id}
+            # node 2 tells b the membership (GROUP, then GROUP_EVENTs)
+            await _until(lambda: b.groups.get(gid) == {a.account_id, b.account_id, c.account_id}, "b's group")
             await b.send_group(gid, b"from node 2")
             assert await _next(a) == (b.account_id, b"from node 2", gid)
             assert await _next(c) == (b.account_id, b"from node 2", gid)
@@ -84,11 +89,8 @@ def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
             await c.connect()
             await c.login()
             assert await _next(c) == (a.account_id, b"while away", None)
-            for _ in range(50):  # the receipt reaches a on node 1 (c logged in there too: local)
-                if mid in a.delivered_ids:
-                    break
-                await asyncio.sleep(0.1)
-            assert mid in a.delivered_ids
+            # the receipt reaches a on node 1 (c logged in there too: local)
+            await _until(lambda: mid in a.delivered_ids, "a's receipt on node 1")
             # b (node 2) writes to c while c is away again; c comes back on node 3: b's receipt crosses.
             await c.close()
             await asyncio.sleep(0.5)
@@ -98,11 +100,7 @@ def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
             await c.connect()
             await c.login()
             assert await _next(c) == (b.account_id, b"away again", None)
-            for _ in range(50):
-                if mid in b.delivered_ids:
-                    break
-                await asyncio.sleep(0.1)
-            assert mid in b.delivered_ids
+            await _until(lambda: mid in b.delivered_ids, "b's receipt from node 3")
             # c is now on node 3 again: b (node 2) reaches it there.
             await asyncio.sleep(0.5)
             mid = await b.send(c.account_id, b"found you")
@@ -116,14 +114,28 @@ def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
 
 
 @pytest.mark.postgres
-def test_presence_reaches_contacts_on_other_nodes(nodes: Nodes) -> None:
-    async def until(pred: object, what: str) -> None:
-        for _ in range(100):
-            if pred():  # type: ignore[operator]
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"not within 5 s: {what}")
+def test_inboxes_keep_ciphertext_minutes_not_a_week(nodes: Nodes) -> None:
+    """Each node created its inbox with a short retention (and segments that roll, so Apache Kafka
+    can drop them), read back from the broker itself."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
 
+    from relay.cluster import ClusterConfig
+    from sealguard.stream import admin
+
+    want = ClusterConfig(node="x").inbox_retention_ms
+    assert want <= 10 * 60_000
+    client = admin(nodes.kafka)
+    topics = [f"{nodes.prefix}.relay.node.{nodes.node_id(i)}.v1" for i in range(nodes.n)]
+    assert set(topics) <= set(client.list_topics(timeout=10).topics)
+    for resource, fut in client.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in topics]).items():
+        config = {k: v.value for k, v in fut.result().items()}
+        assert config.get("retention.ms") == str(want), (resource, config)
+        assert int(config.get("segment.ms", "0")) <= want, (resource, config)
+        assert config.get("cleanup.policy") == "delete", (resource, config)
+
+
+@pytest.mark.postgres
+def test_presence_reaches_contacts_on_other_nodes(nodes: Nodes) -> None:
     async def main() -> None:
         x = await _client(nodes, 0, 40)
         y = await _client(nodes, 1, 41)
@@ -132,12 +144,12 @@ def test_presence_reaches_contacts_on_other_nodes(nodes: Nodes) -> None:
             await x.add_contact(y.account_id)
             await y.add_contact(x.account_id)
             await y.close()
-            await until(lambda: x.presence.get(y.account_id) is False, "x hears y (node 2) went")
+            await _until(lambda: x.presence.get(y.account_id) is False, "x hears y (node 2) went")
             y.port = nodes.ports[2]
             await y.connect()
             await y.login()
-            await until(lambda: x.presence.get(y.account_id) is True, "x hears y came back on node 3")
-            await until(lambda: y.presence.get(x.account_id) is True, "y learns x is online on node 1")
+            await _until(lambda: x.presence.get(y.account_id) is True, "x hears y came back on node 3")
+            await _until(lambda: y.presence.get(x.account_id) is True, "y learns x is online on node 1")
         finally:
             await x.close()
             await y.close()
@@ -277,8 +289,8 @@ def test_wire_round_trips_and_names_bad_input() -> None:
     assert wire.parse_poke(frames[2]) == "c" * 21
     assert wire.parse_presence(wire.presence("a" * 21, True, ["b" * 21, "c" * 21])) == ("a" * 21, True,
                                                                                      ["b" * 21, "c" * 21])
-    merged = wire.merge_acks([wire.ack(1, wire.DELIVERED), frames[0], wire.ack(2, wire.QUEUED)])
-    assert merged[0] == frames[0] and list(wire.parse_acks(merged[1])) == [(1, wire.DELIVERED), (2, wire.QUEUED)]
+    merged = wire.acks([(1, wire.DELIVERED), (2, wire.QUEUED)])
+    assert list(wire.parse_acks(merged)) == [(1, wire.DELIVERED), (2, wire.QUEUED)]
     with pytest.raises(wire.WireError, match="ACKS"):
         list(wire.parse_acks(b"M" + b"x" * 7))
     with pytest.raises(wire.WireError, match="PRESENCE"):
