@@ -23,6 +23,7 @@ import struct
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.client import Banned, ClientError, Identity, RelayClient
@@ -117,14 +118,19 @@ class Load:
         logging.getLogger("relay.client.client").addHandler(self.undecryptable)
 
     # -- setup --------------------------------------------------------------------------------------
-    async def setup(self, concurrency: int = 20) -> None:
-        """Register every user, upload prekeys, and make each partnership mutual contacts."""
+    async def setup(self, concurrency: int = 20, *, client: Callable[[int], RelayClient] | None = None,
+                    settle_s: float = 0.0) -> None:
+        """Register every user, upload prekeys, and make each partnership mutual contacts.
+        `client(i)` makes user i's client (default: a `BookedClient` of this host and port);
+        `settle_s`: a pause between registering and adding contacts (a cluster's nodes learn of new
+        accounts from each other)."""
         sem = asyncio.Semaphore(concurrency)
+        client = client or (lambda i: BookedClient(self.host, self.port, Identity.generate(), bind_address=address(i),
+                                                   request_timeout=15.0, ping_interval=20.0))
 
         async def make(i: int) -> User:
             async with sem:
-                c = BookedClient(self.host, self.port, Identity.generate(), bind_address=address(i),
-                                request_timeout=15.0, ping_interval=20.0)
+                c = client(i)
                 await c.connect()
                 await c.register()
                 await c.upload_prekeys(3 * self.k + 5)
@@ -134,6 +140,8 @@ class Load:
         for u in self.users:
             u.partners = sorted({(u.index + d) % self.n for d in range(1, self.k + 1)} |
                                 {(u.index - d) % self.n for d in range(1, self.k + 1)})
+        if settle_s:
+            await asyncio.sleep(settle_s)
 
         async def contacts(u: User) -> None:
             async with sem:
