@@ -177,6 +177,102 @@ def do_decide(db: Database, publisher: EnforcementPublisher | None, req: Decisio
     return row
 
 
+def do_decide_many(db: Database, publisher: EnforcementPublisher | None,
+                   reqs: list[DecisionRequest]) -> list[DecisionRow | DecisionRejected]:
+    """Several automatic decisions on distinct accounts (one detection batch), each with exactly what
+    `do_decide` writes — the check, superseding, decision, audit entry, reporters notified, answered
+    cases closed, the account's notice — all in one transaction and one statement per step for all
+    of them; then each is published and all are marked published in one statement.
+
+    Per account the outcome is `do_decide`'s: the row, or the DecisionRejected it would raise (a ban
+    on the banned); the others go ahead. Only auto ban/restrict/warn without labels, notes, cases or
+    companion writes — anything else goes through `do_decide`."""
+    if len({r.account for r in reqs}) != len(reqs):
+        raise ModerationError("do_decide_many takes one decision per account")
+    for r in reqs:
+        if r.source is not DecisionSource.auto or r.action not in (Action.ban, Action.restrict, Action.warn) \
+                or r.case_id is not None or r.note is not None:
+            raise ModerationError("do_decide_many is for automatic ban/restrict/warn decisions; use do_decide")
+    if not reqs:
+        return []
+    now = now_ms()
+    accounts = sorted(r.account for r in reqs)
+    out: dict[str, DecisionRow | DecisionRejected] = {}
+    rows: list[DecisionRow] = []
+    with db.session() as s, s.begin():
+        for account in accounts if s.get_bind().dialect.name == "postgresql" else accounts[:1]:
+            lock_account(s, account)  # SQLite: the first write takes the database's write lock
+        current: dict[str, DecisionRow] = {}
+        for row in s.scalars(select(DecisionRow).where(
+                DecisionRow.account.in_(accounts), DecisionRow.status == "active",
+                DecisionRow.action.in_([Action.ban.value, Action.restrict.value]))
+                .order_by(DecisionRow.created_at.desc())):
+            if row.account not in current and (row.expires_at is None or row.expires_at > now):
+                current[row.account] = row
+        accepted: list[DecisionRequest] = []
+        for req in reqs:
+            cur = current.get(req.account)
+            if req.action is Action.ban and cur is not None and cur.action == Action.ban.value:
+                out[req.account] = DecisionRejected(f"account {req.account} is already banned by decision {cur.id}",
+                                                    ErrorCode.double_decision)
+            elif req.expires_at is not None and (req.expires_at <= now or req.action is Action.warn):
+                raise ModerationError("expires_at must be in the future, on a ban or restrict")
+            else:
+                accepted.append(req)
+        acting = [r.account for r in accepted if r.action in (Action.ban, Action.restrict)]
+        if acting:  # a new ban or restriction supersedes an older one
+            s.execute(update(DecisionRow).where(
+                DecisionRow.account.in_(acting), DecisionRow.status == "active",
+                DecisionRow.action.in_([Action.ban.value, Action.restrict.value]))
+                .values(status="superseded").execution_options(synchronize_session=False))
+        by_account: dict[str, DecisionRow] = {}
+        for req in accepted:
+            decision_id = new_decision_id()
+            row = DecisionRow(id=decision_id, account=req.account, action=req.action.value,
+                              reason_code=req.reason_code.value, source=req.source.value, actor=req.actor,
+                              created_at=now, expires_at=req.expires_at, status="active", case_id=None,
+                              evidence=req.evidence or None)
+            s.add(row)
+            s.add(AuditLogRow(ts=now, actor=req.actor, action=f"decision.{req.action.value}", target=req.account,
+                              reason_code=req.reason_code.value, note=None,
+                              evidence={"decision_id": decision_id, **req.evidence}))
+            if req.action in NOTICE_KIND:
+                s.add(NoticeRow(account=req.account, kind=NOTICE_KIND[req.action], decision_id=decision_id,
+                                reason_code=req.reason_code.value, created_at=now))
+            by_account[req.account] = row
+            rows.append(row)
+            out[req.account] = row
+        if by_account:
+            reqs_of = {r.account: r for r in accepted}
+            reporters: dict[str, set[str]] = {}
+            for report in s.scalars(select(ReportRow).where(ReportRow.reported.in_(list(by_account)),
+                                                            ReportRow.decision_id.is_(None))):
+                report.decision_id, report.reporter_notified_at = by_account[report.reported].id, now
+                reporters.setdefault(report.reported, set()).add(report.reporter)
+            for account, who in reporters.items():
+                for reporter in sorted(who):
+                    s.add(NoticeRow(account=reporter, kind="report_actioned", decision_id=by_account[account].id,
+                                    reason_code=reqs_of[account].reason_code.value, created_at=now))
+            queues = {q for r in accepted for q in ANSWERS.get(r.action, ())}
+            for case in s.scalars(select(CaseRow).where(CaseRow.account.in_(list(by_account)),
+                                                        CaseRow.queue.in_(sorted(queues)), CaseRow.status == "open")):
+                if case.queue in ANSWERS.get(reqs_of[case.account].action, ()):
+                    case.status, case.closed_at, case.decision_id = "closed", now, by_account[case.account].id
+    if publisher is not None and rows:
+        published: list[str] = []
+        for row in rows:
+            try:
+                publisher.publish(to_enforcement(row))
+                published.append(row.id)
+            except Exception:  # the decision stands; republish_unpublished sends it later
+                log.exception("decision %s is written but not yet published; it will be republished", row.id)
+        if published:
+            with db.session() as s, s.begin():
+                s.execute(update(DecisionRow).where(DecisionRow.id.in_(published)).values(published_at=now_ms())
+                          .execution_options(synchronize_session=False))
+    return [out[r.account] for r in reqs]
+
+
 def notify_reporters(session: Session, account: str, decision_id: str, reason_code: ReasonCode, now: int) -> int:
     """Reports against `account` not yet acted on now point at this decision, and each reporter
     gets one `report_actioned` notice (Mastodon #1685: reporters want to hear back)."""
@@ -231,6 +327,6 @@ def republish_unpublished(db: Database, publisher: EnforcementPublisher) -> int:
 
 __all__ = [
     "AlsoWrite", "DecisionRejected", "DecisionRequest", "EnforcementPublisher", "KafkaEnforcementPublisher",
-    "ModerationError", "active_decision", "check_decision", "do_decide", "publish_decision",
+    "ModerationError", "active_decision", "check_decision", "do_decide", "do_decide_many", "publish_decision",
     "republish_unpublished", "to_enforcement",
 ]
