@@ -552,6 +552,7 @@ class Worker:
             self.metrics.scored.labels(challenger.version).inc(len(pending))
             records += [(r[0], challenger.version, r[2], float(shadow[r[0]]), True) for r in list(records)]
         self.sink.flush_cases()
+        self.sink.flush_decisions()  # after the cases: a ban closes the cases it answers
         if records:
             self._store(pending, matrix, records)
 
