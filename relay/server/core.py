@@ -592,7 +592,7 @@ class RelayServer:
             # Never acked: it could be neither delivered nor queued for delivery.
             raise Refused(ErrorCode.RECIPIENT_UNAVAILABLE, "the recipient cannot receive messages")
         book = self.book
-        pair = (sender, recipient) if sender < recipient else (recipient, sender)
+        pair = sender + "\x00" + recipient if sender < recipient else recipient + "\x00" + sender  # signals._pair
         first = pair not in book._talked and recipient not in book._contacts.get(sender, ())
         if first and not (self._first_tight if sender in restricted else self._first_pool).take(sender):
             raise self.breach(Limit.first_contact, account=sender)
@@ -806,6 +806,7 @@ class RelayServer:
             conn.send(encode_error(0, ErrorCode.TIMEOUT, "idle or unauthenticated for too long"))
             conn.close()
         self.enforcer.expire()
+        self.limiter.prune_step()  # a full pass over ~40,000 buckets (U=10,000) every ~10 s, 2,000 a sweep
 
     async def _purge(self) -> None:
         _, _, blobs = await self.run_db(self.store.purge_expired, now_ms())
@@ -815,7 +816,6 @@ class RelayServer:
                 os.unlink(self.config.media_dir / blob_id)
             except FileNotFoundError:
                 pass
-        self.limiter.prune()
 
     # -- introspection (metrics, tests) ---------------------------------------------------------------
     @property

@@ -117,6 +117,14 @@ def test_token_bucket_refills_and_restricted_rows_are_tighter() -> None:
     assert limiter.rate(Limit.first_contact, restricted=True).capacity < limiter.rate(Limit.first_contact).capacity
     now[0] += 10
     assert limiter.prune() >= 1
+    # the same a little at a time: a pass over every bucket in steps, then a new pass
+    for i in range(5):
+        limiter.take(Limit.send, f"k{i}")
+    now[0] += 10
+    assert sum(limiter.prune_step(budget=2) for _ in range(3)) == 5 and len(limiter) == 0
+    limiter.take(Limit.send, "again")
+    now[0] += 10
+    assert limiter.prune_step() == 1
 
 
 def test_overrides_parse_and_name_what_was_wrong() -> None:
