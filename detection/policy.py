@@ -14,7 +14,14 @@ the rule ids, the model version and the score.
   block, no verified report) is banned on outreach only once that outreach is older than the
   last hour: a teacher writing to forty new parents looks like a spammer for the first minutes,
   and unlike one once the parents answer. A fresh account (a blaster, a farm) is not given that
-  hour, and one objection is enough for anyone;
+  hour, and one objection is enough for anyone. Between 7 and 30 days old the wait holds only an
+  account with a life in the day (≥ 2 direct messages received): a days-old blaster or farm account
+  nobody writes to is not given the hour. A brigade's blocks (filed with unverified reports) are not
+  objections;
+* outreach may also be: blocks standing for strangers (a hijacked account writing to its own
+  contacts, who block it), or talkative outreach (≥ 2 strangers contacted first, ≥ 75% of the day's
+  recipients, ≥ 3 messages each: a conversational scam; it needs no wait — the conversations are
+  their own evidence of time passing);
 * review case (`model_review`): `review_threshold` ≤ score < ban, priority = score × reach
   (1 + people reached in 24 h), once per account;
 * rules: `restrict`/`ban` act (actor = the rule), `review` opens a case;
@@ -52,6 +59,9 @@ _FIRST_1H = FEATURE_INDEX["first_contacts_1h"]
 _FIRST_24H = FEATURE_INDEX["first_contacts_24h"]
 _STRANGERS_1H = FEATURE_INDEX["strangers_added_1h"]
 _AGE = FEATURE_INDEX["account_age_s"]
+_FIRST_PER_RECIPIENT_24H = FEATURE_INDEX["first_contacts_per_recipient_24h"]
+_MESSAGES_PER_RECIPIENT_24H = FEATURE_INDEX["messages_per_recipient_24h"]
+_RECEIVED_24H = FEATURE_INDEX["received_24h"]
 
 
 _REPORT_COLS = [i for name, i in FEATURE_INDEX.items() if name.startswith("reports_per_recipient_")]
@@ -112,6 +122,23 @@ class Policy:
     # than the last hour (see the module docstring); None turns the rule off.
     established_age_s: float | None = 7 * 86_400.0
     min_settled_outreach: int = 2
+    # Between `established_age_s` and `long_established_age_s` the wait holds only an account with a
+    # life of its own in the day (≥ `min_received_for_life` direct messages received): a days-old
+    # blaster or farm account that nobody writes to is not given the hour (a teacher that young
+    # still talks with people). None: every established account waits.
+    long_established_age_s: float | None = 30 * 86_400.0
+    min_received_for_life: int = 2
+    # Objections as evidence: a recipient's block stands for a stranger contacted (a hijacked account
+    # writing to its own contacts reaches few strangers, but its contacts block it) — only while no
+    # unverified report hangs on the account (a brigade blocks as it reports). False turns it off.
+    blocks_count_as_outreach: bool = True
+    # Talkative outreach: ≥ `min_conversation_strangers` strangers contacted first in a day, making up
+    # ≥ `min_conversation_share` of its recipients, ≥ `min_messages_per_recipient` messages each (a
+    # conversational scam keeps a few strangers talking; a teacher writes once or twice to many
+    # parents, most of them saved first). None turns it off.
+    min_conversation_strangers: int | None = 2
+    min_conversation_share: float = 0.75
+    min_messages_per_recipient: float = 3.0
     # Optional, off by default: a model ban also needs this many objections from recipients (blocks,
     # verified reports). For a model trained on little data (`sealguard up`'s warm-up), whose early
     # scores cannot tell a teacher's first messages to parents from a spammer's.
@@ -162,21 +189,42 @@ class Policy:
         return out
 
     def abuse_evidence(self, row: Sequence[float]) -> bool:
-        """Unsolicited outreach, or recipients' verified reports: what a model ban must rest on.
+        """Unsolicited outreach, or recipients' objections: what a model ban must rest on.
 
         Outreach = strangers contacted first (in the last hour, or the last day: a slow or talkative
-        spammer contacts one stranger an hour) + strangers added to groups in 24 h."""
+        spammer contacts one stranger an hour) + strangers added to groups in 24 h, + blocks when no
+        unverified report hangs on the account; or ≥ 2 verified reports; or talkative outreach (a
+        few strangers, each kept in conversation — see the fields)."""
         strangers = row[_STRANGERS_24H]
-        outreach = max(round(row[_FIRST_SHARE_1H] * row[_SENDS_1H]), row[_FIRST_24H]) + strangers
-        objections = row[_BLOCKS] + row[_VERIFIED]
+        first = max(round(row[_FIRST_SHARE_1H] * row[_SENDS_1H]), row[_FIRST_24H])
+        outreach = first + strangers
+        # Blocks count as objections only while no unverified report hangs on the account: a brigade
+        # blocks as it falsely reports, so its blocks must not lift the wait nor stand for outreach.
+        blocks = row[_BLOCKS] if row[_REPORTS] <= VERIFIED_WEIGHT * row[_VERIFIED] else 0.0
+        objections = blocks + row[_VERIFIED]
         if self.min_objections and objections < self.min_objections:
             return False
-        if not (outreach >= self.min_outreach or row[_VERIFIED] >= self.min_verified_reports):
+        if self.blocks_count_as_outreach and outreach >= 1:
+            outreach += blocks
+        if outreach >= self.min_outreach or row[_VERIFIED] >= self.min_verified_reports:
+            pass
+        elif self.talkative(row):
+            return True  # its own evidence of time passing: several messages to each stranger
+        else:
             return False
-        if self.established_age_s is not None and objections < 1 and row[_AGE] >= self.established_age_s:
+        if self.established_age_s is not None and objections < 1 and row[_AGE] >= self.established_age_s and (
+                self.long_established_age_s is None or row[_AGE] >= self.long_established_age_s
+                or row[_RECEIVED_24H] >= self.min_received_for_life):
             settled = row[_FIRST_24H] - row[_FIRST_1H] + strangers - row[_STRANGERS_1H]
-            return settled >= self.min_settled_outreach
+            return settled >= self.min_settled_outreach or self.talkative(row)
         return True
+
+    def talkative(self, row: Sequence[float]) -> bool:
+        """A few strangers contacted first, most of the day's recipients, each kept talking."""
+        return (self.min_conversation_strangers is not None
+                and row[_FIRST_24H] >= self.min_conversation_strangers
+                and row[_FIRST_PER_RECIPIENT_24H] >= self.min_conversation_share
+                and row[_MESSAGES_PER_RECIPIENT_24H] >= self.min_messages_per_recipient)
 
     def _ban(self, account: str, ts: int, actor: str, reason: ReasonCode, score: float | None,
              model_version: str | None, rule_ids: tuple[str, ...], st: AccountState) -> Verdict:

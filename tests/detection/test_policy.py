@@ -141,3 +141,50 @@ def test_established_account_fan_out_waits_an_hour_unless_someone_objects() -> N
     # a fresh account (a blaster) is not given the hour
     p, st = Policy(), AccountState(0)
     assert p.decide(A, st, row(**dict(burst, account_age_s=600.0)), 1, 0.99, "lgbm-1", [])[0].action is Action.ban
+
+
+DAY = 86_400.0
+
+
+def _banned(p: Policy, r: list[float], score: float = 0.99) -> bool:
+    return any(v.action is Action.ban for v in p.decide(A, AccountState(0), r, 1, score, "lgbm-1", []))
+
+
+def test_blocks_stand_for_outreach_of_an_account_writing_to_its_own_contacts() -> None:
+    # A hijacked account: 12 recipients, all but 2 its own contacts, 2 of whom blocked it.
+    hijacked = row(sends_total=30, recipients_24h=12, first_contacts_24h=2, blocks_total=2, account_age_s=300 * DAY)
+    assert _banned(Policy(), hijacked)
+    assert not _banned(Policy(blocks_count_as_outreach=False), hijacked)
+    assert not _banned(Policy(), row(sends_total=30, recipients_24h=12, blocks_total=2, account_age_s=300 * DAY)), \
+        "blocks alone, with no stranger contacted at all, are not outreach"
+
+
+def test_brigade_blocks_neither_count_as_outreach_nor_lift_the_wait() -> None:
+    # A teacher who just wrote to 4 new parents, brigaded: 14 blocks and 25 unverified report weights.
+    teacher = row(sends_total=28, recipients_24h=8, first_contacts_1h=4, first_contacts_24h=4, blocks_total=14,
+                  reports_total=25, account_age_s=590 * DAY, messages_per_recipient_24h=1.5,
+                  first_contacts_per_recipient_24h=0.5)
+    assert not _banned(Policy(), teacher)
+    honest = list(teacher)
+    honest[FEATURE_INDEX["reports_total"]] = 0.0
+    assert _banned(Policy(), honest), "the same blocks with no unverified report do lift the wait"
+
+
+def test_talkative_outreach_to_a_few_strangers_is_evidence() -> None:
+    # A conversational scam: 3 strangers, all its recipients today, 4 messages each, first contacts an hour old.
+    scam = row(sends_total=12, recipients_24h=3, first_contacts_24h=3, first_contacts_1h=2,
+               first_contacts_per_recipient_24h=1.0, messages_per_recipient_24h=4.0, account_age_s=200 * DAY)
+    assert _banned(Policy(), scam)
+    assert not _banned(Policy(min_conversation_strangers=None), scam), "the wait held it without the rule"
+    parents = list(scam)
+    parents[FEATURE_INDEX["first_contacts_per_recipient_24h"]] = 0.5  # most recipients were saved first
+    assert not _banned(Policy(), parents)
+
+
+def test_a_days_old_account_nobody_writes_to_is_not_given_the_hour() -> None:
+    # 3 strangers in the last minutes, no objection yet: a 12-day-old blaster vs a 12-day-old teacher.
+    fan_out = dict(sends_total=4, recipients_24h=4, first_contacts_1h=3, first_contacts_24h=3, account_age_s=12 * DAY)
+    assert _banned(Policy(), row(**fan_out)), "nobody writes to it: no wait"
+    assert not _banned(Policy(), row(**fan_out, received_24h=5)), "a life of its own: it waits"
+    assert not _banned(Policy(), row(**{**fan_out, "account_age_s": 40 * DAY})), "past 30 days everyone waits"
+    assert not _banned(Policy(long_established_age_s=None), row(**fan_out))
