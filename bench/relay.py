@@ -307,6 +307,20 @@ class RelayStalls:
         return {f"{prefix}relay_{k}": (t1[k] - self.t0[k]) * scale.get(k, 1.0) for k in t1}
 
 
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole process in seconds: user space (the server's own code: Python,
+    uvloop, libc, SQLite, librdkafka) apart from the kernel (the syscalls: TCP on loopback, epoll),
+    which is the part no server code can make cheaper per syscall."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return math.nan, math.nan
+    fields = raw[raw.rindex(b")") + 2:].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 # -- one server ------------------------------------------------------------------------------
 
 def _split(total: int, parts: int) -> list[int]:
@@ -375,14 +389,19 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
 
     threads0 = thread_cpu(pid)
     cpu0 = cpu_seconds(pid)
+    us0 = user_system_seconds(pid)
     contention = Contention(pid)
     stalls = RelayStalls(metrics_url)
     replies, wall, lat = _run(loaders, args.messages, inflight=args.inflight)
     cpu1 = cpu_seconds(pid)
+    us1 = user_system_seconds(pid)
     threads1 = thread_cpu(pid)
     out.update(contention.figures(""))
     out.update(stalls.figures(""))
     delivered = sum(r["received"] for r in replies)
+    if delivered:
+        out.update(user_us_per_msg=(us1[0] - us0[0]) * 1e6 / delivered,
+                   kernel_us_per_msg=(us1[1] - us0[1]) * 1e6 / delivered)
     out.update(delivered=delivered, wall_s=wall, msgs_per_s=delivered / wall if wall > 0 else math.nan,
                cpu_us_per_msg=(cpu1 - cpu0) * 1e6 / delivered if delivered else math.nan,
                p50_ms=percentile(lat, 50), p99_ms=percentile(lat, 99),
@@ -590,6 +609,10 @@ def _verdict(f: dict[str, Any], mosq: dict[str, Any], relay: dict[str, Any] | No
                      "garbage collections over 1 ms %d (%.1f ms of collection in all)", name,
                      d["half_relay_loop_stalls"], d["half_relay_loop_stall_ms"], d["half_relay_gc_pauses"],
                      d["half_relay_gc_ms"])
+    for name, d in (("relay", relay or {}), ("floor", floor or {}), ("mosquitto", mosq)):
+        if "kernel_us_per_msg" in d:
+            log.info("%s CPU per message (closed loop): %.1f µs in the kernel (syscalls), %.1f µs in user space",
+                     name, d["kernel_us_per_msg"], d["user_us_per_msg"])
     if mosq:
         log.info("mosquitto: msgs_per_s=%.0f p50_ms=%.3f p99_ms=%.3f rss_bytes_per_idle_conn=%.0f",
                  mosq.get("msgs_per_s", math.nan), mosq.get("p50_ms", math.nan), mosq.get("p99_ms", math.nan),
