@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class WholeTopicReader:
-    def __init__(self, bootstrap: str, topic: str, *, name: str, health_interval_s: float = 2.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, name: str, health_interval_s: float = 2.0,
+                 fetch_wait_ms: int = 20) -> None:
         from sealguard.stream import consumer
 
         self.topic = topic
@@ -43,7 +44,7 @@ class WholeTopicReader:
         # assign(), never subscribe(): the group id is required by librdkafka and never joined.
         self._consumer = consumer(bootstrap, f"{name}-unjoined", **{
             "error_cb": self._on_error, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-            "topic.metadata.refresh.interval.ms": 2000})
+            "topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": fetch_wait_ms})
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # -- the owner's hooks ----------------------------------------------------------------------
