@@ -21,7 +21,7 @@ the rule ids, the model version and the score.
 * outreach may also be: blocks standing for strangers (a hijacked account writing to its own
   contacts, who block it), or talkative outreach (≥ 2 strangers contacted first, ≥ 75% of the day's
   recipients, ≥ 3 messages each: a conversational scam; it needs no wait — the conversations are
-  their own evidence of time passing);
+  their own evidence of time passing, and reaching 2 such strangers is enough);
 * review case (`model_review`): `review_threshold` ≤ score < ban, priority = score × reach
   (1 + people reached in 24 h), once per account;
 * rules: `restrict`/`ban` act (actor = the rule), `review` opens a case;
@@ -158,8 +158,8 @@ class Policy:
         # Reach = distinct direct recipients + strangers pulled into groups (a group spammer reaches
         # people through the groups it stuffs, not one-to-one).
         reach_24h = row[_RECIPIENTS_24H] + row[_STRANGERS_24H]
-        evidence = (row[_SENDS] >= self.min_sends and reach_24h >= self.min_recipients
-                    and self.abuse_evidence(row))
+        evidence = (row[_SENDS] >= self.min_sends and self.abuse_evidence(row)
+                    and (reach_24h >= self.min_recipients or self.talkative(row)))
         # 1) the model, with minimum evidence
         decisive = score if ban_score is None else ban_score
         if decisive is not None and decisive >= self.ban_threshold and evidence:

@@ -188,3 +188,12 @@ def test_a_days_old_account_nobody_writes_to_is_not_given_the_hour() -> None:
     assert not _banned(Policy(), row(**fan_out, received_24h=5)), "a life of its own: it waits"
     assert not _banned(Policy(), row(**{**fan_out, "account_age_s": 40 * DAY})), "past 30 days everyone waits"
     assert not _banned(Policy(long_established_age_s=None), row(**fan_out))
+
+
+def test_talkative_outreach_to_two_strangers_reaches_enough_people() -> None:
+    scam = row(sends_total=11, recipients_24h=2, first_contacts_24h=2, first_contacts_1h=1,
+               first_contacts_per_recipient_24h=1.0, messages_per_recipient_24h=5.5, account_age_s=120 * DAY)
+    assert _banned(Policy(), scam)
+    assert not _banned(Policy(), row(sends_total=11, recipients_24h=2, first_contacts_24h=2, account_age_s=DAY,
+                                     first_contacts_per_recipient_24h=1.0, messages_per_recipient_24h=1.0)), \
+        "two strangers written to once each reach too few people"
