@@ -71,9 +71,10 @@ class ClusterConfig:
     # Kafka request rates: Tansu charges ~0.2 ms of CPU per produce and ~0.4 ms per fetch request
     # whatever it carries, so each node's handovers leave as one record per destination every
     # `batch_ms`, and its inbox is fetched (1 byte wanted, `inbox_fetch_wait_ms` at most) about every
-    # half of that wait while busy — each hop waits up to a batch and a fetch (see bus.py).
-    batch_ms: int = 20
-    inbox_fetch_wait_ms: int = 40
+    # half of that wait while busy — each hop waits up to a batch and a fetch (see bus.py). 40/80
+    # took a third off the broker's CPU against 20/40 (docs/cluster.md).
+    batch_ms: int = 40
+    inbox_fetch_wait_ms: int = 80
     routes_fetch_wait_ms: int = 200
     # An inbox record is needed until its node read it (milliseconds) and is useless once its sender
     # gave up on it (`handover_timeout_s`): the inbox keeps ciphertext minutes, not Kafka's week.
