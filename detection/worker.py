@@ -526,11 +526,15 @@ class Worker:
         bans = ban_scores(champion, matrix, scores, self.policy.ban_threshold) if scores is not None else None
         now = now_ms()
         records: list[tuple[int, str, int, float, bool]] = []  # (pending index, version, ts, score, shadow)
+        n = len(pending)
+        score_list: list[Any] = scores.tolist() if scores is not None else [None] * n
+        ban_list: list[Any] = bans.tolist() if bans is not None else [None] * n
+        self.score_latencies_ms.extend([now - p[3] for p in pending])
+        decide, hits = self.policy.decide, self.rules.hits
+        store_interval, store_delta = self.cfg.store_interval_ms, self.cfg.store_delta
         for i, (account, st, shard, ts, row) in enumerate(pending):
-            score = float(scores[i]) if scores is not None else None
-            self.score_latencies_ms.append(now - ts)
-            verdicts = self.policy.decide(account, st, row, ts, score, version, self.rules.hits(row),
-                                          ban_score=float(bans[i]) if bans is not None else None)
+            score = score_list[i]
+            verdicts = decide(account, st, row, ts, score, version, hits(row), ban_score=ban_list[i])
             if verdicts:
                 self.sink.apply(verdicts, st)
                 for v in verdicts:
@@ -540,8 +544,8 @@ class Worker:
                         self.metrics.cases.inc()
             if score is not None:
                 last = shard.stored.get(account)
-                if (verdicts or last is None or ts - last[0] >= self.cfg.store_interval_ms
-                        or abs(score - last[1]) >= self.cfg.store_delta):
+                if (verdicts or last is None or ts - last[0] >= store_interval
+                        or abs(score - last[1]) >= store_delta):
                     shard.stored[account] = (ts, score)
                     records.append((i, version or "", ts, score, False))
         if scores is not None:
