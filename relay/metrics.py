@@ -39,6 +39,13 @@ COUNTERS = {
 }
 
 
+def family(kind: type[CounterMetricFamily | GaugeMetricFamily], name: str, doc: str, value: float) -> Any:
+    """`sealguard_relay_<name>` with one sample (also the cluster's collector, relay/cluster/metrics.py)."""
+    m = kind(f"sealguard_relay_{name}", doc)
+    m.add_metric([], value)
+    return m
+
+
 class RelayCollector(Collector):
     def __init__(self, server: RelayServer, emitter: KafkaEmitter | None = None) -> None:
         self.server = server
@@ -47,18 +54,14 @@ class RelayCollector(Collector):
     def collect(self) -> Iterator[Any]:
         s = self.server
         for name, doc in COUNTERS.items():
-            c = CounterMetricFamily(f"sealguard_relay_{name}", doc)
-            c.add_metric([], getattr(s.stats, name))
-            yield c
+            yield family(CounterMetricFamily, name, doc, getattr(s.stats, name))
         w = s.stall_watch
         for name, value, doc in (
                 ("loop_stalls", w.stalls, "Times the event loop ran more than 5 ms late (a 10 ms ticker)"),
                 ("loop_stall_seconds", w.stall_s, "How late the event loop ran in those stalls, summed"),
                 ("gc_pauses", w.gc_pauses, "Garbage collections that took more than 1 ms"),
                 ("gc_pause_seconds", w.gc_pause_s, "Time spent in garbage collections (every thread)")):
-            c = CounterMetricFamily(f"sealguard_relay_{name}", doc)
-            c.add_metric([], value)
-            yield c
+            yield family(CounterMetricFamily, name, doc, value)
         gauges = {
             "connections": (len(s.all_conns), "Open client connections"),
             "online_accounts": (len(s.conns), "Authenticated connections"),
@@ -76,9 +79,7 @@ class RelayCollector(Collector):
             gauges["signals_dropped"] = (self.emitter.dropped, "Signals dropped because the buffer was full")
             gauges["signals_failed"] = (self.emitter.failed, "Signals the broker refused")
         for name, (value, doc) in gauges.items():
-            g = GaugeMetricFamily(f"sealguard_relay_{name}", doc)
-            g.add_metric([], value)
-            yield g
+            yield family(GaugeMetricFamily, name, doc, value)
 
 
 class MetricsServer:

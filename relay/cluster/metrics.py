@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from relay.metrics import family
+
 if TYPE_CHECKING:
     from relay.cluster.node import Cluster
 
@@ -32,15 +34,10 @@ class ClusterCollector(Collector):
     def collect(self) -> Iterator[Any]:
         c = self.cluster
         for name, doc in COUNTERS.items():
-            m = CounterMetricFamily(f"sealguard_relay_cluster_{name}", doc)
-            m.add_metric([], getattr(c.stats, name))
-            yield m
-        gauges = {
-            "peers_alive": (sum(p.alive for p in c.nodes.peers.values()), "Other relay nodes alive"),
-            "remote_routes": (len(c.routes), "Accounts known to be connected to another node"),
-            "pending_handovers": (len(c._pending), "Handovers waiting for the other node's ack"),
-        }
-        for name, (value, doc) in gauges.items():
-            g = GaugeMetricFamily(f"sealguard_relay_cluster_{name}", doc)
-            g.add_metric([], value)
-            yield g
+            yield family(CounterMetricFamily, f"cluster_{name}", doc, getattr(c.stats, name))
+        yield family(GaugeMetricFamily, "cluster_peers_alive", "Other relay nodes alive",
+                     sum(p.alive for p in c.nodes.peers.values()))
+        yield family(GaugeMetricFamily, "cluster_remote_routes", "Accounts known to be connected to another node",
+                     len(c.routes))
+        yield family(GaugeMetricFamily, "cluster_pending_handovers", "Handovers waiting for the other node's ack",
+                     len(c._pending))
