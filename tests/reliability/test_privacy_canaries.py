@@ -67,15 +67,19 @@ class Finder:
                 self.hits.append(f"{label} found in {where}")
 
 
-async def _talk(platform: Platform) -> tuple[dict[bytes, str], list[RelayClient]]:
-    """Drive the conversations; return what must never be found, and the clients (to close)."""
-    host, port = "127.0.0.1", platform.relay_port
+async def _talk(platform: Platform, ports: list[int] | None = None,
+                report_after_s: float = 0.0) -> tuple[dict[bytes, str], list[RelayClient]]:
+    """Drive the conversations; return what must never be found, and the clients (to close).
+    `ports`: relay nodes of a cluster, the i-th user on ports[i % len(ports)]; `report_after_s`: a
+    pause before the report (another node writes its commitments every second)."""
+    host = "127.0.0.1"
+    ports = ports or [platform.relay_port]
     canary = {name: f"CANARY-{name}-{secrets.token_hex(12)}".encode()
               for name in ("text", "offline", "media_bytes", "file_name", "group_name", "group_text", "reply")}
     clients = []
 
     async def user(addr: str, prekeys: int = 10) -> RelayClient:
-        c = RelayClient(host, port, Identity.generate(), bind_address=addr)
+        c = RelayClient(host, ports[len(clients) % len(ports)], Identity.generate(), bind_address=addr)
         await c.connect()
         await c.register()
         await c.upload_prekeys(prekeys)
@@ -85,6 +89,8 @@ async def _talk(platform: Platform) -> tuple[dict[bytes, str], list[RelayClient]
     alice, bob, carol, dave = (await user("127.41.0.1"), await user("127.42.0.1"), await user("127.43.0.1"),
                                await user("127.44.0.1"))
     assert alice.account_id and bob.account_id and carol.account_id and dave.account_id
+    if len(ports) > 1:
+        await asyncio.sleep(1.0)  # every node learns the others' registrations (docs/cluster.md)
     await alice.add_contact(bob.account_id)
     await bob.add_contact(alice.account_id)
     # 1:1 both ways, then an offline recipient whose message stays (as ciphertext) in the queue.
@@ -108,6 +114,7 @@ async def _talk(platform: Platform) -> tuple[dict[bytes, str], list[RelayClient]
         texts = {(await member.inbox.get()).plaintext for _ in range(2)}
         assert texts == {b"/name " + canary["group_name"], canary["group_text"]}
     # Reports and a block: their metadata is stored, never the content.
+    await asyncio.sleep(report_after_s)
     assert await bob.report(alice.account_id, [m1]) == 1
     await carol.block(alice.account_id)
 
@@ -262,9 +269,47 @@ def test_no_canary_or_key_is_stored_anywhere(tmp_path: Path) -> None:
     assert not leaks, "\n".join(leaks[:40])
 
 
-async def _talk_and_close(platform: Platform) -> dict[bytes, str]:
-    wanted, clients = await _talk(platform)
+async def _talk_and_close(platform: Platform, ports: list[int] | None = None,
+                          report_after_s: float = 0.0) -> dict[bytes, str]:
+    wanted, clients = await _talk(platform, ports, report_after_s)
     await asyncio.sleep(0.5)
     for c in clients:
         await c.close()
     return wanted
+
+
+@pytest.mark.postgres
+def test_no_canary_or_key_in_a_clusters_inboxes_routes_or_tables(tmp_path: Path) -> None:
+    """The same conversations across two relay nodes (`sealguard relay --cluster`, PostgreSQL): the
+    1:1, group, media and queued messages cross between the nodes through their inbox topics (as
+    ciphertext); no canary or key may be found there, in the routes topic, in `relay_nodes` /
+    `relay_routes` / the queue, or in the nodes' logs."""
+    from bench._harness import create_pg_database, drop_pg_database
+    from bench.cluster import PG_ADMIN_URL, Nodes
+
+    db = create_pg_database(PG_ADMIN_URL)
+    state = tmp_path / "state"
+    try:
+        with Platform(state, db_url=db) as platform:
+            nodes = Nodes(state, platform.kafka, db, 2)
+            try:
+                nodes.start_all()  # alice and carol on node 1, bob and dave on node 2
+                wanted = run(_talk_and_close(platform, nodes.ports, report_after_s=1.5))
+                handed = nodes.metric("cluster_handed_over")
+            finally:
+                nodes.stop()  # SIGTERM: their batches and logs are flushed
+            finder = Finder(wanted)
+            topics = _scan_topics(platform, finder)
+            rows = _scan_database(platform, finder)
+        files = _scan_files(state, finder)
+    finally:
+        drop_pg_database(PG_ADMIN_URL, db)
+    inboxes = {t: n for t, n in topics.items() if ".relay.node." in t}
+    assert handed >= 4 and len(inboxes) == 2 and sum(inboxes.values()) >= 2, (handed, topics)
+    assert topics[f"{nodes.prefix}.relay.routes"] > 0, topics
+    assert rows > 20 and files >= 3
+    controls = [h for h in finder.hits if h.startswith("CONTROL")]
+    assert any(" in table relay_routes." in h or " in table accounts." in h for h in controls), controls
+    assert any(".relay.routes[" in h for h in controls), "the routes topic scan found no control"
+    leaks = [h for h in finder.hits if not h.startswith("CONTROL")]
+    assert not leaks, "\n".join(leaks[:40])
