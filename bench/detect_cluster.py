@@ -54,7 +54,8 @@ def _start(env: dict[str, str], group: str, name: str, logs: Path) -> subprocess
     raise RuntimeError(f"{name} printed no ready line")
 
 
-def _offsets(db: Any, group: str, topic: str) -> dict[int, int]:
+def checkpointed_offsets(db: Any, group: str, topic: str) -> dict[int, int]:
+    """partition → next offset the group's workers checkpointed for `topic` (with their state)."""
     from sqlalchemy import select as sql_select
 
     from sealguard.storage import DetectionCheckpointRow
@@ -113,10 +114,10 @@ def _run(base: Any, db: Any, workers: int, records: list[tuple[str, bytes]], end
         deadline = t0 + 900
         inbound: dict[int, int] = {}
         while time.monotonic() < deadline:
-            got = _offsets(db, group, settings.signals_topic)
+            got = checkpointed_offsets(db, group, settings.signals_topic)
             if all(got.get(p, 0) >= end for p, end in ends.items()):
                 inbound = _count(settings.kafka, settings.inbound_topic, settings.partitions) if workers > 1 else {}
-                got_in = _offsets(db, group, settings.inbound_topic)
+                got_in = checkpointed_offsets(db, group, settings.inbound_topic)
                 if all(got_in.get(p, 0) >= end for p, end in inbound.items()):
                     break
             for p in procs:

@@ -31,13 +31,14 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from sqlalchemy import select as sql_select
 
+from bench.detect_cluster import checkpointed_offsets
 from detection.checkpoint import CheckpointFenced, Shard, load_offsets, load_shard, save_shards
 from detection.features import FeatureEngine
 from detection.features.operators import REPLY
 from detection.quick_model import labelled_table, train_quick_model
 from sealguard.contracts import encode, key_of, new_account_id, new_event_id
 from sealguard.settings import Settings
-from sealguard.storage import Database, DecisionRow, DetectionCheckpointRow
+from sealguard.storage import Database, DecisionRow
 from sealguard.stream import ensure_topics, producer
 
 pytestmark = pytest.mark.postgres
@@ -144,19 +145,12 @@ def _consumed_more(w: Any, topic: str, before: float, timeout: float = 20.0) -> 
     raise AssertionError(f"{w.name} consumed nothing new in {timeout}s")
 
 
-def _offsets(db: Database, group: str, topic: str) -> dict[int, int]:
-    with db.session() as s:
-        rows = s.execute(sql_select(DetectionCheckpointRow.partition, DetectionCheckpointRow.next_offset).where(
-            DetectionCheckpointRow.consumer_group == group, DetectionCheckpointRow.topic == topic)).all()
-    return {p: int(o) for p, o in rows}
-
-
 def _wait_checkpointed(db: Database, group: str, topic: str, ends: dict[int, int], timeout: float,
                        procs: list[Any]) -> None:
     deadline = time.monotonic() + timeout
     got: dict[int, int] = {}
     while time.monotonic() < deadline:
-        got = _offsets(db, group, topic)
+        got = checkpointed_offsets(db, group, topic)
         if all(got.get(p, 0) >= end for p, end in ends.items()):
             return
         for w in procs:
