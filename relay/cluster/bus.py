@@ -6,9 +6,9 @@
   frames (and its ACKs, packed here into one ACKS frame) into as few records as fit
   (`wire.frame_records`) and hands them to librdkafka at once (`linger.ms` 1). Tansu's CPU goes
   by records and requests, not bytes: one record per destination per drain keeps both low.
-* `Reader` — one consumer thread per input, by assignment (no consumer group, nothing committed):
-  the node's inbox from its end, the routes topic from the beginning. Each poll's records reach
-  the loop as one `call_soon_threadsafe`.
+* `Reader` — one consumer and one thread, by assignment (no consumer group, nothing committed):
+  the node's inbox from its end and the routes topic from the beginning, in one fetch request.
+  Each poll's records of a topic reach the loop as one `call_soon_threadsafe`.
 
 When the broker was unreachable and answers again, a reader re-assigns its partitions (the log
 may be new: Tansu restarts empty) and calls `on_reset`, so the node reloads what it knows from
@@ -22,6 +22,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
@@ -152,8 +153,21 @@ class Outbox:
         self._producer.flush(timeout)
 
 
+@dataclass
+class Source:
+    """One topic a `Reader` reads: every partition, from its end (the inbox) or its beginning (the
+    routes topic); `create` makes it again after a broker restart emptied the log."""
+
+    topic: str
+    from_end: bool
+    on_records: Callable[[list[tuple[Any, bytes]]], None]
+    create: Callable[[], None]
+
+
 class Reader:
-    """Consume `topic` by assignment on a thread; `on_records(list[(key, value)])` on the loop.
+    """Consume several topics by assignment with one consumer on one thread (a node's inbox and the
+    routes topic: one fetch request for both); each poll's records of a topic go to its
+    `on_records(list[(key, value)])`.
 
     Fetches ask for 1 byte and wait up to `fetch_wait_ms`. Tansu 0.6 (measured here, docs/cluster.md)
     charges ~0.4 ms of CPU per fetch request, empty or not, so the request rate is what costs: with
@@ -161,19 +175,12 @@ class Reader:
     soon after a record arrives (W = 200: ~30 ms p50), at 0.4–0.9% of a core when idle instead of
     2.2–3.8% at W = 20 (with `fetch.min.bytes` 1 MB it holds every fetch for the whole wait)."""
 
-    def __init__(self, bootstrap: str, topic: str, name: str, on_records: Callable[[list[tuple[Any, bytes]]], None],
-                 *, from_end: bool, on_reset: Callable[[], None] | None = None, fetch_wait_ms: int = 100,
-                 partitions: int = 1, create: Callable[[], None] | None = None) -> None:
-        from sealguard.stream import consumer, ensure_topics
+    def __init__(self, bootstrap: str, sources: list[Source], name: str, *, on_reset: Callable[[], None] | None = None,
+                 fetch_wait_ms: int = 100) -> None:
+        from sealguard.stream import consumer
 
-        self.bootstrap = bootstrap
-        # To create the topic again after a broker restart emptied it (the inbox: with its retention).
-        self._create = create or (lambda: ensure_topics(bootstrap, [topic], partitions))
-
-        self.topic = topic
+        self.sources = {src.topic: src for src in sources}
         self.name = name
-        self.from_end = from_end
-        self.on_records = on_records
         self.on_reset = on_reset
         self.received = 0
         self.resets = 0
@@ -187,30 +194,30 @@ class Reader:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def assign(self, timeout: float = 30.0) -> None:
-        """Assign every partition; from the end means the high watermark read now — which on Tansu
-        may lag the true end by one producer batch, so a few older records may be read again (the
-        node ignores records addressed to another incarnation)."""
+        """Assign every partition of every source; from the end means the high watermark read now —
+        which on Tansu may lag the true end by one producer batch, so a few older records may be read
+        again (the node ignores records addressed to another incarnation)."""
         import time
 
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                meta = self._consumer.list_topics(self.topic, timeout=2)
-                tmeta = meta.topics.get(self.topic)
-                if tmeta is not None and tmeta.error is None and tmeta.partitions:
-                    break
-            except KafkaException as exc:
-                log.debug("%s: no metadata yet: %s", self.name, exc)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {self.topic} has no partitions after {timeout:.0f}s")
-            time.sleep(0.2)
         tps = []
-        for p in sorted(tmeta.partitions):
-            offset = OFFSET_BEGINNING
-            if self.from_end:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5, cached=False)
-                offset = max(high, 0)
-            tps.append(TopicPartition(self.topic, p, offset))
+        for topic, src in self.sources.items():
+            while True:
+                try:
+                    tmeta = self._consumer.list_topics(topic, timeout=2).topics.get(topic)
+                    if tmeta is not None and tmeta.error is None and tmeta.partitions:
+                        break
+                except KafkaException as exc:
+                    log.debug("%s: no metadata yet: %s", self.name, exc)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"topic {topic} has no partitions after {timeout:.0f}s")
+                time.sleep(0.2)
+            for p in sorted(tmeta.partitions):
+                offset = OFFSET_BEGINNING
+                if src.from_end:
+                    _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+                    offset = max(high, 0)
+                tps.append(TopicPartition(topic, p, offset))
         self._consumer.assign(tps)
 
     def start(self) -> None:
@@ -225,7 +232,8 @@ class Reader:
         while not self._stop.is_set():
             if self._down:
                 try:
-                    self._create()
+                    for src in self.sources.values():
+                        src.create()
                     self.assign(timeout=2)
                 except (RuntimeError, KafkaException) as exc:
                     log.debug("%s: broker not back yet: %s", self.name, exc)
@@ -246,17 +254,17 @@ class Reader:
             except KafkaException as exc:
                 log.warning("%s: %s", self.name, exc)
                 continue
-            batch = []
+            batches: dict[str, list[tuple[Any, bytes]]] = {}
             for m in msgs:
                 err = m.error()
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:
                         log.warning("%s: %s", self.name, err.str())
                     continue
-                batch.append((m.key(), m.value()))
-            if batch:
+                batches.setdefault(m.topic(), []).append((m.key(), m.value()))
+            for topic, batch in batches.items():
                 self.received += len(batch)
-                self.on_records(batch)
+                self.sources[topic].on_records(batch)
 
     def stop(self) -> None:
         self._stop.set()

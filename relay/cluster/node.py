@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relay.cluster import wire
-from relay.cluster.bus import Outbox, Reader, ensure_inbox
+from relay.cluster.bus import Outbox, Reader, Source, ensure_inbox
 from relay.cluster.routes import NodeTable, RouteTable
 from relay.cluster.store import ClusterStore
 from relay.protocol import DeliveryStatus, ErrorCode, FrameType, GroupOp, encode
@@ -72,10 +72,10 @@ class ClusterConfig:
     # whatever it carries, so each node's handovers leave as one record per destination every
     # `batch_ms`, and its inbox is fetched (1 byte wanted, `inbox_fetch_wait_ms` at most) about every
     # half of that wait while busy — each hop waits up to a batch and a fetch (see bus.py). 40/80
-    # took a third off the broker's CPU against 20/40 (docs/cluster.md).
+    # took a third off the broker's CPU against 20/40 (docs/cluster.md). The routes topic is read
+    # by the same consumer, in the same fetch requests.
     batch_ms: int = 40
     inbox_fetch_wait_ms: int = 80
-    routes_fetch_wait_ms: int = 200
     # An inbox record is needed until its node read it (milliseconds) and is useless once its sender
     # gave up on it (`handover_timeout_s`): the inbox keeps ciphertext minutes, not Kafka's week.
     inbox_retention_ms: int = 300_000
@@ -135,8 +135,7 @@ class Cluster:
         self.stats = Stats()
         self.ready = False
         self.outbox: Outbox | None = None
-        self._inbox: Reader | None = None
-        self._routes_in: Reader | None = None
+        self._reader: Reader | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # token → (the sender's Outgoing, the message, deadline (monotonic), destination node)
         self._pending: dict[int, tuple[Outgoing, QueuedOut, float, str]] = {}
@@ -172,19 +171,18 @@ class Cluster:
         def feed(fn: Any) -> Any:
             return lambda batch: loop.call_soon_threadsafe(fn, batch)
 
-        self._inbox = Reader(self.bootstrap, inbox, "cluster-inbox", feed(self._on_inbox), from_end=True,
-                             fetch_wait_ms=c.inbox_fetch_wait_ms, create=create_inbox)
-        self._routes_in = Reader(self.bootstrap, c.routes_topic, "cluster-routes", feed(self._on_routes),
-                                 from_end=False, on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon),
-                                 fetch_wait_ms=c.routes_fetch_wait_ms, partitions=c.partitions)
+        self._reader = Reader(self.bootstrap, [
+            Source(inbox, True, feed(self._on_inbox), create_inbox),
+            Source(c.routes_topic, False, feed(self._on_routes),
+                   functools.partial(ensure_topics, self.bootstrap, [c.routes_topic], c.partitions)),
+        ], "cluster-reader", on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon),
+            fetch_wait_ms=c.inbox_fetch_wait_ms)
         # The inbox is positioned before anyone can learn we exist (our node row); the routes topic is
         # replayed from the beginning over the database snapshot (older records lose to newer ones).
-        await run(None, self._inbox.assign)
-        await run(None, self._routes_in.assign)
+        await run(None, self._reader.assign)
         await run(None, self.store.register_node, self.node, self.incarnation, inbox, now_ms())
         await self._reload()
-        self._inbox.start()
-        self._routes_in.start()
+        self._reader.start()
         self._db_thread = threading.Thread(target=self._db_loop, name="cluster-db", daemon=True)
         self._db_thread.start()
         self._timer = loop.call_later(c.sweep_s, self._sweep)
@@ -211,9 +209,8 @@ class Cluster:
         self._stop.set()
         if self._db_thread is not None:
             await loop.run_in_executor(None, self._db_thread.join, 5)
-        for reader in (self._inbox, self._routes_in):
-            if reader is not None:
-                await loop.run_in_executor(None, reader.stop)
+        if self._reader is not None:
+            await loop.run_in_executor(None, self._reader.stop)
         if self.outbox is not None:
             await loop.run_in_executor(None, self.outbox.close, 5.0)
         try:
