@@ -80,27 +80,22 @@ def test_one_to_one_group_and_queue_across_nodes(nodes: Nodes) -> None:
             await b.send_group(gid, b"from node 2")
             assert await _next(a) == (b.account_id, b"from node 2", gid)
             assert await _next(c) == (b.account_id, b"from node 2", gid)
-            # Offline: c leaves node 3; a's message is queued; c logs in on node 1 and gets it.
-            await c.close()
-            await asyncio.sleep(0.5)
-            mid = await a.send(c.account_id, b"while away")
-            assert a.ack_status[mid] is DeliveryStatus.QUEUED
-            c.port = nodes.ports[0]
-            await c.connect()
-            await c.login()
-            assert await _next(c) == (a.account_id, b"while away", None)
-            # the receipt reaches a on node 1 (c logged in there too: local)
-            await _until(lambda: mid in a.delivered_ids, "a's receipt on node 1")
-            # b (node 2) writes to c while c is away again; c comes back on node 3: b's receipt crosses.
-            await c.close()
-            await asyncio.sleep(0.5)
-            mid = await b.send(c.account_id, b"away again")
-            assert b.ack_status[mid] is DeliveryStatus.QUEUED
-            c.port = nodes.ports[2]
-            await c.connect()
-            await c.login()
-            assert await _next(c) == (b.account_id, b"away again", None)
-            await _until(lambda: mid in b.delivered_ids, "b's receipt from node 3")
+            async def away_and_back(s: RelayClient, port: int, text: bytes) -> None:
+                """c leaves; s's message is queued; c logs in on `port`, gets it, and s its receipt."""
+                await c.close()
+                await asyncio.sleep(0.5)
+                mid = await s.send(c.account_id, text)
+                assert s.ack_status[mid] is DeliveryStatus.QUEUED
+                c.port = port
+                await c.connect()
+                await c.login()
+                assert await _next(c) == (s.account_id, text, None)
+                await _until(lambda: mid in s.delivered_ids, f"the receipt of {text!r}")
+
+            # c leaves node 3, logs in on node 1 (a's node: the receipt is local) ...
+            await away_and_back(a, nodes.ports[0], b"while away")
+            # ... and again, back on node 3: b's receipt crosses from node 3 to node 2.
+            await away_and_back(b, nodes.ports[2], b"away again")
             # c is now on node 3 again: b (node 2) reaches it there.
             await asyncio.sleep(0.5)
             mid = await b.send(c.account_id, b"found you")
