@@ -226,19 +226,23 @@ def do_decide_many(db: Database, publisher: EnforcementPublisher | None,
                 DecisionRow.action.in_([Action.ban.value, Action.restrict.value]))
                 .values(status="superseded").execution_options(synchronize_session=False))
         by_account: dict[str, DecisionRow] = {}
+        decisions: list[dict[str, Any]] = []
+        audits: list[dict[str, Any]] = []
+        notices: list[dict[str, Any]] = []
         for req in accepted:
             decision_id = new_decision_id()
-            row = DecisionRow(id=decision_id, account=req.account, action=req.action.value,
-                              reason_code=req.reason_code.value, source=req.source.value, actor=req.actor,
-                              created_at=now, expires_at=req.expires_at, status="active", case_id=None,
-                              evidence=req.evidence or None)
-            s.add(row)
-            s.add(AuditLogRow(ts=now, actor=req.actor, action=f"decision.{req.action.value}", target=req.account,
-                              reason_code=req.reason_code.value, note=None,
-                              evidence={"decision_id": decision_id, **req.evidence}))
+            values = {"id": decision_id, "account": req.account, "action": req.action.value,
+                      "reason_code": req.reason_code.value, "source": req.source.value, "actor": req.actor,
+                      "created_at": now, "expires_at": req.expires_at, "status": "active", "case_id": None,
+                      "evidence": req.evidence or None, "published_at": None}
+            decisions.append(values)
+            audits.append({"ts": now, "actor": req.actor, "action": f"decision.{req.action.value}",
+                           "target": req.account, "reason_code": req.reason_code.value, "note": None,
+                           "evidence": {"decision_id": decision_id, **req.evidence}})
             if req.action in NOTICE_KIND:
-                s.add(NoticeRow(account=req.account, kind=NOTICE_KIND[req.action], decision_id=decision_id,
-                                reason_code=req.reason_code.value, created_at=now))
+                notices.append({"account": req.account, "kind": NOTICE_KIND[req.action], "decision_id": decision_id,
+                                "reason_code": req.reason_code.value, "created_at": now, "delivered_at": None})
+            row = DecisionRow(**values)  # what do_decide returns (written below in one statement per table)
             by_account[req.account] = row
             rows.append(row)
             out[req.account] = row
@@ -251,13 +255,20 @@ def do_decide_many(db: Database, publisher: EnforcementPublisher | None,
                 reporters.setdefault(report.reported, set()).add(report.reporter)
             for account, who in reporters.items():
                 for reporter in sorted(who):
-                    s.add(NoticeRow(account=reporter, kind="report_actioned", decision_id=by_account[account].id,
-                                    reason_code=reqs_of[account].reason_code.value, created_at=now))
+                    notices.append({"account": reporter, "kind": "report_actioned",
+                                    "decision_id": by_account[account].id,
+                                    "reason_code": reqs_of[account].reason_code.value, "created_at": now,
+                                    "delivered_at": None})
             queues = {q for r in accepted for q in ANSWERS.get(r.action, ())}
             for case in s.scalars(select(CaseRow).where(CaseRow.account.in_(list(by_account)),
                                                         CaseRow.queue.in_(sorted(queues)), CaseRow.status == "open")):
                 if case.queue in ANSWERS.get(reqs_of[case.account].action, ()):
                     case.status, case.closed_at, case.decision_id = "closed", now, by_account[case.account].id
+            # Core inserts, one statement per table: the ORM's unit of work cost ~1.5 ms a decision here.
+            for table, values_list in ((DecisionRow.__table__, decisions), (AuditLogRow.__table__, audits),
+                                       (NoticeRow.__table__, notices)):
+                if values_list:
+                    s.execute(table.insert(), values_list)
     if publisher is not None and rows:
         published: list[str] = []
         for row in rows:
