@@ -1,11 +1,12 @@
 """The cluster's Kafka side, on threads of its own, feeding the event loop in batches.
 
-* `Outbox` — one producer thread. The event loop appends (topic, key, value) for the routes topic
-  and (topic, to_incarnation, frame) for a node's inbox to a deque (an append: nothing blocks the
-  loop); the thread drains it every `drain_s` (ClusterConfig.batch_ms), packs each destination's
-  frames (and its ACKs, packed here into one ACKS frame) into as few records as fit
-  (`wire.frame_records`) and hands them to librdkafka at once (`linger.ms` 1). Tansu's CPU goes
-  by records and requests, not bytes: one record per destination per drain keeps both low.
+* `Outbox` — one producer, drained on the event loop. The loop appends (topic, key, value) for the
+  routes topic, (topic, to_incarnation, frame) for a node's inbox and (topic, to_incarnation,
+  token, status) for an ACK to deques; every `drain_s` (ClusterConfig.batch_ms) a timer packs each
+  destination's frames (its ACKs as one ACKS frame) into as few records as fit
+  (`wire.frame_records`) and hands them to librdkafka (`linger.ms` 1), whose threads send them.
+  Tansu's CPU goes by records and requests, not bytes: one record per destination per drain keeps
+  both low.
 * `Reader` — one consumer and one thread, by assignment (no consumer group, nothing committed):
   the node's inbox from its end and the routes topic from the beginning, in one fetch request.
   Each poll's records of a topic reach the loop as one `call_soon_threadsafe`.
@@ -17,6 +18,7 @@ the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
@@ -68,6 +70,12 @@ def ensure_inbox(bootstrap: str, topic: str, retention_ms: int) -> None:
 
 
 class Outbox:
+    """A node's producer, drained on the relay's event loop every `drain_s` (`start(loop)`): no
+    thread of its own, so nothing takes the GIL from the loop 25-50 times a second (a drain is a few
+    `produce` calls that only hand records to librdkafka's threads)."""
+
+    MAX_BACKLOG = 10_000  # records librdkafka refused (its queue full: the broker long gone)
+
     def __init__(self, bootstrap: str, node: str, incarnation: int, *, drain_s: float = 0.02,
                  linger_ms: int = 1) -> None:
         from sealguard.stream import producer
@@ -78,12 +86,16 @@ class Outbox:
         self.failed = 0
         self._q: deque[tuple[str, Any, bytes]] = deque()
         self._acks: deque[tuple[str, int, int, int]] = deque()  # (topic, to_incarnation, token, status)
-        self._stop = threading.Event()
+        self._backlog: deque[tuple[str, str | None, bytes]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._producer = producer(bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 10_000,
                                                 "delivery.report.only.error": True,
                                                 "on_delivery": self._on_delivery})
-        self._thread = threading.Thread(target=self._run, name="cluster-outbox", daemon=True)
-        self._thread.start()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timer = loop.call_later(self.drain_s, self._tick)
 
     def to_inbox(self, topic: str, to_incarnation: int, frame: bytes) -> None:
         self._q.append((topic, to_incarnation, frame))
@@ -92,7 +104,7 @@ class Outbox:
         self._q.append((topic, key, value))
 
     def ack(self, topic: str, to_incarnation: int, token: int, status: int) -> None:
-        """A handover's ACK: packed with the others of its batch into one ACKS frame by this thread."""
+        """A handover's ACK: packed with the others of its batch into one ACKS frame at the drain."""
         self._acks.append((topic, to_incarnation, token, status))
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
@@ -100,56 +112,67 @@ class Outbox:
             self.failed += 1
             log.warning("cluster record not delivered: %s", err.str())
 
-    def _run(self) -> None:
-        q, acks, produce, poll = self._q, self._acks, self._producer.produce, self._producer.poll
-        while True:
-            stopping = self._stop.is_set()
-            if not q and not acks:
-                if stopping:
-                    return
-                poll(0)
-                self._stop.wait(self.drain_s)
-                continue
-            inboxes: dict[tuple[str, int], list[bytes]] = {}
-            for _ in range(len(q)):
-                topic, key, value = q.popleft()
-                if type(key) is int:
-                    inboxes.setdefault((topic, key), []).append(value)
-                else:
-                    self._produce(produce, poll, topic, key, value)
-            pairs: dict[tuple[str, int], list[tuple[int, int]]] = {}
-            for _ in range(len(acks)):
-                topic, to_inc, token, status = acks.popleft()
-                pairs.setdefault((topic, to_inc), []).append((token, status))
-            for dest, tokens in pairs.items():
-                inboxes.setdefault(dest, []).append(wire.acks(tokens))
-            for (topic, to_inc), frames in inboxes.items():
-                head = wire.record_head(self.node, self.incarnation, to_inc)
-                for value in wire.frame_records(head, frames):
-                    self._produce(produce, poll, topic, None, value)
-            poll(0)
-            if not stopping:
-                self._stop.wait(self.drain_s)
+    def _tick(self) -> None:
+        try:
+            self.drain()
+        except Exception:  # never stop draining
+            log.exception("cluster outbox drain failed")
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.drain_s, self._tick)
 
-    def _produce(self, produce: Callable[..., None], poll: Callable[[float], int], topic: str, key: str | None,
-                 value: bytes) -> None:
-        for _ in range(50):
+    def drain(self) -> None:
+        """Pack each destination's frames (and its ACKs, as one ACKS frame) into records and hand them
+        to librdkafka; on the loop, never blocking: what it cannot take now waits for the next drain."""
+        q, acks, backlog = self._q, self._acks, self._backlog
+        self._producer.poll(0)
+        if not (q or acks or backlog):
+            return
+        out = backlog
+        inboxes: dict[tuple[str, int], list[bytes]] = {}
+        for _ in range(len(q)):
+            topic, key, value = q.popleft()
+            if type(key) is int:
+                inboxes.setdefault((topic, key), []).append(value)
+            else:
+                out.append((topic, key, value))
+        pairs: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for _ in range(len(acks)):
+            topic, to_inc, token, status = acks.popleft()
+            pairs.setdefault((topic, to_inc), []).append((token, status))
+        for dest, tokens in pairs.items():
+            inboxes.setdefault(dest, []).append(wire.acks(tokens))
+        for (topic, to_inc), frames in inboxes.items():
+            head = wire.record_head(self.node, self.incarnation, to_inc)
+            for value in wire.frame_records(head, frames):
+                out.append((topic, None, value))
+        produce = self._producer.produce
+        while out:
+            topic, key, value = out[0]
             try:
-                produce(topic, key=key, value=value)
-                self.records += 1
-                return
-            except BufferError:  # librdkafka's queue is full (the broker is slow or gone)
-                poll(0.1)
+                produce(topic, value, key)
+            except BufferError:  # librdkafka's queue is full (the broker is slow or gone): next drain
+                break
             except KafkaException as exc:
                 self.failed += 1
                 log.error("could not produce to %s: %s", topic, exc)
-                return
-        self.failed += 1
-        log.error("dropped a cluster record for %s: the producer queue stayed full", topic)
+            else:
+                self.records += 1
+            out.popleft()
+        while len(out) > self.MAX_BACKLOG:
+            self.failed += 1
+            topic = out.popleft()[0]
+            log.error("dropped a cluster record for %s: the producer queue stayed full", topic)
+        self._producer.poll(0)
 
-    def close(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+    def stop(self) -> None:
+        """On the loop: no more drains after this last one."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop = None
+        self.drain()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Off the loop (it blocks): until librdkafka delivered what it holds, or `timeout`."""
         self._producer.flush(timeout)
 
 

@@ -167,6 +167,7 @@ class Cluster:
         except Exception as exc:
             raise ClusterError(f"could not create the cluster topics on {self.bootstrap}: {exc}") from exc
         self.outbox = Outbox(self.bootstrap, self.node, self.incarnation, drain_s=c.batch_ms / 1000)
+        self.outbox.start(loop)
 
         def feed(fn: Any) -> Any:
             return lambda batch: loop.call_soon_threadsafe(fn, batch)
@@ -212,7 +213,8 @@ class Cluster:
         if self._reader is not None:
             await loop.run_in_executor(None, self._reader.stop)
         if self.outbox is not None:
-            await loop.run_in_executor(None, self.outbox.close, 5.0)
+            self.outbox.stop()
+            await loop.run_in_executor(None, self.outbox.flush, 5.0)
         try:
             await loop.run_in_executor(None, self.store.mark_stopped, self.node, self.incarnation, now_ms())
         except Exception:
