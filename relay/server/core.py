@@ -267,6 +267,9 @@ class RelayServer:
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = sock[0], sock[1]
         self.stall_watch.start(self._loop)
+        attach = getattr(self.listener, "attach_loop", None)  # the Kafka emitter drains on this loop, not a thread
+        if attach is not None:
+            attach(self._loop)
         self._every(self.config.sweep_interval_s, self._sweep)
         self._every(self.config.commitment_flush_s, lambda: self._commits and self._schedule_flush())
         self._every(self.config.purge_interval_s, lambda: self.spawn(self._purge()))

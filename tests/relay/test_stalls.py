@@ -20,7 +20,7 @@ def test_a_blocked_loop_and_a_collection_are_counted() -> None:
             quiet = watch.stalls
             time.sleep(0.06)  # noqa: ASYNC251 - blocking the loop for 60 ms is the point
             await asyncio.sleep(0.03)
-            assert watch.stalls == quiet + 1
+            assert watch.stalls >= quiet + 1  # more when the machine is busy
             assert 0.04 <= watch.lag_max_s < 1.0
             junk = [[i] for i in range(100_000)]
             for item in junk:
