@@ -59,7 +59,9 @@ SOURCE_HEADER = "sg-src"  # on inbound copies: b"<signals partition>:<offset>:<i
 @dataclass
 class WorkerConfig:
     group: str = "sg-detect"
-    batch: int = 5000  # records per poll
+    batch: int = 15_000  # records per poll: per-poll costs (decode columns, LightGBM call, decisions'
+    # transaction) spread over more records — 42,300 against 39,200 signals per CPU-second for 5,000
+    # (back to back, the 300k backlog); live, a poll holds what 10 ms brought (hundreds)
     poll_timeout_s: float = 0.01  # consume() waits this long to fill a batch; short keeps latency low
     checkpoint_interval_s: float = 10.0  # at least this often ...
     checkpoint_max_share: float = 0.05  # ... unless checkpoints would then take more than this share of the time,
