@@ -211,21 +211,12 @@ class NetFeed(WholeTopicReader):
         it whole at every start: a day of registrations, not the broker's default week). Also
         after a broker reset took it (the embedded broker re-creates only `Settings.topics`); the
         worker's republished registrations wait for it."""
-        from confluent_kafka.admin import NewTopic
-
-        from sealguard.stream import admin
+        from sealguard.stream import StreamError, ensure_topics
 
         try:
-            client = admin(self._bootstrap)
-            if self.topic in client.list_topics(timeout=10).topics:
-                return
-            new = NewTopic(self.topic, num_partitions=self._npartitions, replication_factor=1,
-                           config={"retention.ms": str(self._retention_ms)})
-            for fut in client.create_topics([new], operation_timeout=10).values():
-                fut.result()
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" in str(exc):
-                return
+            ensure_topics(self._bootstrap, [self.topic], self._npartitions,
+                          {"retention.ms": str(self._retention_ms)})
+        except (KafkaException, StreamError) as exc:
             log.warning("net feed: could not create %s yet (tried again while it is missing): %s", self.topic, exc)
 
     def on_records(self, msgs: list[Any]) -> None:

@@ -76,16 +76,23 @@ def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
     raise StreamError(f"Kafka broker at {bootstrap} is not up after {timeout:.0f}s: {last}")
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    """Create missing topics with `partitions` partitions (keyed by account); existing ones are kept."""
+def ensure_topics(bootstrap: str, names: list[str], partitions: int,
+                  config: dict[str, str] | None = None) -> list[str]:
+    """Create missing topics with `partitions` partitions (keyed by account) and the topic `config`
+    (e.g. a short `retention.ms`); existing ones are kept as they are. Returns the names this call
+    created (not those another process created meanwhile)."""
     client = admin(bootstrap)
     existing = set(client.list_topics(timeout=10).topics)
-    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=1, config=config or {})
+              for n in names if n not in existing]
     if not wanted:
-        return
+        return []
+    created = []
     for name, fut in client.create_topics(wanted, operation_timeout=10).items():
         try:
             fut.result()
+            created.append(name)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise StreamError(f"could not create topic {name}: {exc}") from None
+    return created

@@ -45,21 +45,14 @@ def inbox_config(retention_ms: int) -> dict[str, str]:
 def ensure_inbox(bootstrap: str, topic: str, retention_ms: int) -> None:
     """Create a node's inbox (one partition) with `inbox_config`, or set that config on an inbox an
     earlier version created without it."""
-    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-    from sealguard.stream import StreamError, admin
+    from sealguard.stream import StreamError, admin, ensure_topics
 
-    client = admin(bootstrap)
     config = inbox_config(retention_ms)
-    if topic not in client.list_topics(timeout=10).topics:
-        for name, fut in client.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1, config=config)],
-                                              operation_timeout=10).items():
-            try:
-                fut.result()
-                return
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise StreamError(f"could not create topic {name}: {exc}") from None
+    if ensure_topics(bootstrap, [topic], 1, config):
+        return
+    client = admin(bootstrap)
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
         ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()])
     for fut in client.incremental_alter_configs([resource]).values():
