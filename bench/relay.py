@@ -356,8 +356,10 @@ def _run(loaders: list[Loader], count: int, *, inflight: int = 0, rate: float = 
 
 
 def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], args: argparse.Namespace,
-            run_id: str, profile: Path | None = None, metrics_url: str | None = None) -> dict[str, Any]:
-    """Every figure for one server: RSS per idle user, closed-loop rate/CPU/latency, half-load p99."""
+            run_id: str, profile: Path | None = None, metrics_url: str | None = None,
+            name: str | None = None) -> dict[str, Any]:
+    """Every figure for one server: RSS per idle user, closed-loop rate/CPU/latency, half-load p99
+    (and, with --syscalls, its syscalls per message over an extra closed loop)."""
     k = len(loaders)
     time.sleep(1.0)
     rss_none = rss_bytes(pid)
@@ -369,7 +371,7 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
                                 "keepalive_s": args.keepalive, "partners": args.partners} for f, c in zip(firsts, counts)])
     connected = sum(r["connected"] for r in replies)
     failed = sum(r["failed"] for r in replies)
-    log.info("%s: %d users connected in %.1fs (%d failed%s)", target, connected, time.monotonic() - t0, failed,
+    log.info("%s: %d users connected in %.1fs (%d failed%s)", name or target, connected, time.monotonic() - t0, failed,
              ": " + next(r["error"] for r in replies if r["error"]) if failed else "")
     if connected < 2 or failed > args.users * 0.01:
         raise BenchError(f"{target}: only {connected} of {args.users} users connected; first error: "
@@ -418,6 +420,9 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
                          for name in threads1), key=lambda kv: -kv[1])
     out["thread_cpu_us_per_msg"] = {name: round(us, 2) for name, us in per_thread if us > 0}
 
+    if getattr(args, "syscalls", False):
+        out.update(count_syscalls(pid, loaders, args, name or target))
+
     if profile is not None:
         spy = PySpy(pid, profile)
         _run(loaders, args.messages, inflight=args.inflight)
@@ -441,9 +446,86 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     else:
         out.update(half_rate=math.nan, half_p99_ms=math.nan)
     all_do(loaders, [{"cmd": "close"}] * k)
-    log.info("%s figures: %s", target, json.dumps({k2: round(v, 3) if isinstance(v, float) else v
+    log.info("%s figures: %s", name or target, json.dumps({k2: round(v, 3) if isinstance(v, float) else v
                                                    for k2, v in out.items()}))
     return out
+
+
+# The syscalls a message server makes, each counted by its own tracepoint; `raw_syscalls:sys_enter`
+# counts all of them, the rest is "other". (All ~350 `syscalls:sys_enter_*` take perf 14 s to set
+# up and tear down here.)
+_SYSCALLS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait",
+             "epoll_pwait", "epoll_ctl", "futex", "poll", "ppoll", "clock_nanosleep", "getrandom", "accept4",
+             "close", "mmap", "munmap", "brk", "madvise", "fsync", "fdatasync", "pwrite64", "pread64", "lseek",
+             "openat", "getpid", "sched_yield", "rt_sigprocmask")
+
+
+def count_syscalls(pid: int, loaders: list[Loader], args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Syscalls per delivered message of one server: `perf stat -e syscalls:sys_enter_X ... -e
+    raw_syscalls:sys_enter -p PID` (every thread) over an extra closed loop after the measured one,
+    so the tracepoints cost the measured figures nothing. Empty (and a log line saying why) when
+    perf cannot count them."""
+    perf = shutil.which("perf")
+    if perf is None:
+        log.warning("%s: syscalls not counted: no perf on this machine", name)
+        return {}
+    n = min(args.messages, 20_000)
+    with tempfile.NamedTemporaryFile(prefix="sg-perf-", suffix=".csv", delete=False) as f:
+        out_path = Path(f.name)
+    try:
+        events = [a for sc in _SYSCALLS for a in ("-e", f"syscalls:sys_enter_{sc}")]
+        proc = subprocess.Popen([perf, "stat", "-x,", "-o", str(out_path), *events, "-e", "raw_syscalls:sys_enter",
+                                 "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # perf opens ~350 tracepoints per thread before it counts
+        if proc.poll() is not None:
+            log.warning("%s: syscalls not counted: perf stat exited: %s", name, (proc.stderr.read() if proc.stderr
+                                                                                  else "")[-500:])
+            return {}
+        replies, _wall, _lat = _run(loaders, n, inflight=args.inflight)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        counts: dict[str, int] = {}
+        for line in out_path.read_text().splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and parts[0].isdigit() and int(parts[0]):
+                counts[parts[2].removeprefix("syscalls:sys_enter_")] = int(parts[0])
+    finally:
+        out_path.unlink(missing_ok=True)
+    delivered = sum(r["received"] for r in replies)
+    if not delivered or not counts:
+        log.warning("%s: syscalls not counted (delivered %d, perf counted %d kinds)", name, delivered, len(counts))
+        return {}
+    total_n = counts.pop("raw_syscalls:sys_enter", 0)
+    other = total_n - sum(counts.values())
+    if other > 0:
+        counts["other"] = other
+    per = {k: v / delivered for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    total = total_n / delivered
+    log.info("%s syscalls per message (perf, %d messages): %.2f in all; %s", name, delivered, total,
+             ", ".join(f"{k} {v:.2f}" for k, v in per.items() if v >= 0.01))
+    return {"syscalls_per_msg": total, "syscalls_by_kind_per_msg": {k: round(v, 3) for k, v in per.items()},
+            "syscalls_msgs": delivered}
+
+
+NATIVE_FLOOR_SRC = REPO / "bench" / "_floor_native.c"
+NATIVE_VARIANTS = {"write": [], "coalesce": ["--coalesce"]}
+
+
+def compile_native_floor(dest: Path) -> Path:
+    """bench/_floor_native.c built with the machine's gcc (-O2) into `dest`; returns the binary."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise BenchError("--floor-native needs a C compiler (gcc or cc on PATH) to build bench/_floor_native.c")
+    exe = dest / "floor_native"
+    proc = subprocess.run([gcc, "-O2", "-Wall", "-o", str(exe), str(NATIVE_FLOOR_SRC)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"gcc could not build {NATIVE_FLOOR_SRC}: {proc.stderr.strip()[-2000:]}")
+    return exe
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -471,6 +553,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--floor", action="store_true",
                     help="also measure the protocol's floor (bench/_floor_relay.py --coalesce) with the same load, "
                          "between the relay and mosquitto (figures on stderr and in --json)")
+    ap.add_argument("--floor-native", nargs="?", const="both", default=None, choices=["both", "write", "coalesce"],
+                    help="also measure the protocol's floor in C (bench/_floor_native.c, built with gcc -O2 into a "
+                         "temp dir): `write` one write per frame, `coalesce` one write per connection per epoll "
+                         "iteration, `both` (the default) one after the other; figures on stderr and in --json")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count each server's syscalls per message (perf stat, every thread) over an extra "
+                         "closed loop of min(--messages, 20000) after its measured one")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of the relay, written here")
     ap.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     args = ap.parse_args(argv)
@@ -521,6 +610,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log.info("relay code: %s", version)
     relay: dict[str, Any] = {}
     floor: dict[str, Any] = {}
+    native: dict[str, dict[str, Any]] = {}
     mosq: dict[str, Any] = {}
     signals_dropped: float | None = None
     with ExitStack() as stack:
@@ -542,7 +632,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.info("relay pid %d listening on %s:%d, metrics %s", server.proc.pid, server.host, server.port,
                      server.metrics_url)
             relay = measure("relay", server.proc.pid, server.host, server.port, loaders, args, run_id,
-                            profile=args.profile, metrics_url=server.metrics_url)
+                            profile=args.profile, metrics_url=server.metrics_url, name="relay")
             try:
                 signals_dropped = metric_sum(server.metrics(), "signals_dropped")
             except OSError as exc:
@@ -559,11 +649,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fserver = RelayProcess(fstate, "", command=[sys.executable, "-m", "bench._floor_relay", "--coalesce"])
             stack.callback(fserver.stop)
             fserver.wait_listening()
-            floor = measure("relay", fserver.proc.pid, fserver.host, fserver.port, loaders, args, run_id + "f")
+            floor = measure("relay", fserver.proc.pid, fserver.host, fserver.port, loaders, args, run_id + "f",
+                            name="floor")
             fserver.stop()
+        if args.floor_native:
+            # The same floor in C (epoll, non-blocking sockets, TCP_NODELAY): the least CPU per message
+            # any implementation of the four-frame protocol costs here, measured with the same load.
+            exe = compile_native_floor(state)
+            for variant in (["write", "coalesce"] if args.floor_native == "both" else [args.floor_native]):
+                nstate = state / f"native-{variant}"
+                nstate.mkdir()
+                nserver = RelayProcess(nstate, "", command=[str(exe), *NATIVE_VARIANTS[variant]])
+                stack.callback(nserver.stop)
+                nserver.wait_listening()
+                native[variant] = measure("relay", nserver.proc.pid, nserver.host, nserver.port, loaders, args,
+                                          run_id + "n" + variant[0], name=f"floor-native-{variant}")
+                nserver.stop()
         if not args.skip_mosquitto:
             pid = mosquitto_pid()
-            mosq = measure("mqtt", pid, args.mqtt_host, args.mqtt_port, loaders, args, run_id)
+            mosq = measure("mqtt", pid, args.mqtt_host, args.mqtt_port, loaders, args, run_id, name="mosquitto")
     figures: dict[str, Any] = {
         "users": args.users, "msgs": args.messages,
         "msgs_per_s": _int(relay.get("msgs_per_s")), "server_cpu_us_per_msg": relay.get("cpu_us_per_msg"),
@@ -575,14 +679,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.json is not None:
         args.json.write_text(json.dumps({"figures": figures, "relay_code": version, "relay": relay, "floor": floor,
-                                         "mosquitto": mosq}, indent=2, default=str))
+                                         "floor_native": native, "mosquitto": mosq}, indent=2, default=str))
     if floor:
         log.info("floor (bench/_floor_relay.py --coalesce, same run): cpu_us_per_msg=%.1f msgs_per_s=%.0f "
                  "half_load_p99_ms=%.2f rss_bytes_per_idle_conn=%.0f; relay/floor=%.2f floor/mosquitto=%.2f",
                  floor["cpu_us_per_msg"], floor["msgs_per_s"], floor.get("half_p99_ms", math.nan),
                  floor["rss_per_conn"], _ratio(relay.get("cpu_us_per_msg"), floor["cpu_us_per_msg"]),
                  _ratio(floor["cpu_us_per_msg"], mosq.get("cpu_us_per_msg")))
-    _verdict(figures, mosq, relay, floor)
+    mcpu = mosq.get("cpu_us_per_msg")
+    for variant, d in native.items():
+        log.info("floor-native-%s (bench/_floor_native.c, same run): cpu_us_per_msg=%.1f (kernel %.1f + user %.1f) "
+                 "msgs_per_s=%.0f half_load_p99_ms=%.2f rss_bytes_per_idle_conn=%.0f; native/mosquitto=%.2f "
+                 "(the must: server_cpu_us_per_msg <= 1.5 x mosquitto = %.1f), relay/native=%.2f, floor/native=%.2f",
+                 variant, d["cpu_us_per_msg"], d.get("kernel_us_per_msg", math.nan), d.get("user_us_per_msg", math.nan),
+                 d["msgs_per_s"], d.get("half_p99_ms", math.nan), d["rss_per_conn"], _ratio(d["cpu_us_per_msg"], mcpu),
+                 1.5 * mcpu if mcpu is not None else math.nan, _ratio(relay.get("cpu_us_per_msg"), d["cpu_us_per_msg"]),
+                 _ratio(floor.get("cpu_us_per_msg"), d["cpu_us_per_msg"]))
+    _verdict(figures, mosq, relay, floor, native)
     return figures
 
 
@@ -596,9 +709,11 @@ def _int(value: float | None) -> int | None:
 
 
 def _verdict(f: dict[str, Any], mosq: dict[str, Any], relay: dict[str, Any] | None = None,
-             floor: dict[str, Any] | None = None) -> None:
+             floor: dict[str, Any] | None = None, native: dict[str, dict[str, Any]] | None = None) -> None:
     """Log issue 3's musts against this run (stderr only; the line carries the figures)."""
-    for name, d in (("relay", relay or {}), ("floor", floor or {}), ("mosquitto", mosq)):
+    servers = [("relay", relay or {}), ("floor", floor or {}),
+               *((f"floor-native-{v}", d) for v, d in (native or {}).items()), ("mosquitto", mosq)]
+    for name, d in servers:
         if "half_cpu_pressure_pct" in d:
             log.info("%s half-load phase: p99_ms=%.2f, CPU pressure %.0f%% of the time (some task waited for a "
                      "CPU), server preempted %.0f/s, load average %.1f, load schedule lag max %.1f ms", name,
@@ -609,10 +724,13 @@ def _verdict(f: dict[str, Any], mosq: dict[str, Any], relay: dict[str, Any] | No
                      "garbage collections over 1 ms %d (%.1f ms of collection in all)", name,
                      d["half_relay_loop_stalls"], d["half_relay_loop_stall_ms"], d["half_relay_gc_pauses"],
                      d["half_relay_gc_ms"])
-    for name, d in (("relay", relay or {}), ("floor", floor or {}), ("mosquitto", mosq)):
+    for name, d in servers:
         if "kernel_us_per_msg" in d:
             log.info("%s CPU per message (closed loop): %.1f µs in the kernel (syscalls), %.1f µs in user space",
                      name, d["kernel_us_per_msg"], d["user_us_per_msg"])
+    counted = [(name, d["syscalls_per_msg"]) for name, d in servers if "syscalls_per_msg" in d]
+    if counted:
+        log.info("syscalls per message (perf, extra closed loop): %s", ", ".join(f"{n} {v:.2f}" for n, v in counted))
     if mosq:
         log.info("mosquitto: msgs_per_s=%.0f p50_ms=%.3f p99_ms=%.3f rss_bytes_per_idle_conn=%.0f",
                  mosq.get("msgs_per_s", math.nan), mosq.get("p50_ms", math.nan), mosq.get("p99_ms", math.nan),
