@@ -10,6 +10,7 @@ pandas.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -219,12 +220,30 @@ def _behaviour_change_operators() -> list[Operator]:
 _SCOPE: dict[str, object] = {"burstiness": burstiness, "max": max}
 
 
+_CELL = re.compile(r"\bT\[(\d+)\]\[(\d+)\]")
+_FLOAT_OF_CELL = re.compile(r"\bfloat\((T\d+_\d+)\)")
+_MAX1_OF_CELL = re.compile(r"\bmax\(1\.0, (T\d+_\d+)\)")
+
+
+def _fused(expr: str) -> str:
+    """An operator's expression over local names: `T[w][c]` → `Tw_c` (each window's sums unpacked
+    once), and for such a name `float(x)` → `(x + 0.0)`, `max(1.0, x)` → `(x if x > 1.0 else 1.0)`
+    — the same values (sums are integers), without a builtin call each."""
+    expr = _CELL.sub(r"T\1_\2", expr)
+    expr = _FLOAT_OF_CELL.sub(r"(\1 + 0.0)", expr)
+    return _MAX1_OF_CELL.sub(r"(\1 if \1 > 1.0 else 1.0)", expr)
+
+
 def compile_row(ops: tuple[Operator, ...]) -> Callable[[AccountState, FeatureEngine, int], list[float]]:
-    """One function computing every operator's feature for an account at `ts` (FEATURE_NAMES order)."""
+    """One function computing every operator's feature for an account at `ts` (FEATURE_NAMES order).
+
+    Each window's live sums are fetched once and unpacked into locals (`Tw_c`); an expression that
+    needs a whole window (`burstiness(T[w])`) still gets it as `T[w]`."""
     fetch = ", ".join(f"v{i}.totals(ts)" for i in range(len(WINDOWS)))
     unpack = ", ".join(f"v{i}" for i in range(len(WINDOWS)))
-    body = ",\n        ".join(op.expr for op in ops)
-    src = (f"def row(st, engine, ts):\n    {unpack}, = st.vecs\n    T = ({fetch},)\n    net = engine.net\n"
+    cells = "".join(f"    {', '.join(f'T{w}_{c}' for c in range(N_CHANNELS))}, = T[{w}]\n" for w in range(len(WINDOWS)))
+    body = ",\n        ".join(_fused(op.expr) for op in ops)
+    src = (f"def row(st, engine, ts):\n    {unpack}, = st.vecs\n    T = ({fetch},)\n{cells}    net = engine.net\n"
            f"    return [\n        {body}]\n")
     scope = dict(_SCOPE)
     exec(compile(src, "<detection.features.row>", "exec"), scope)  # noqa: S102 - our own expressions

@@ -15,6 +15,7 @@ one per statistic; that batching is what lets plain Python keep up with the stre
 from __future__ import annotations
 
 from collections import deque
+from operator import sub as _sub
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,7 @@ class RollingVector:
     def _expire(self, b: int) -> None:
         ring, tot, oldest_live = self._ring, self.tot, b - self._n + 1
         while ring and ring[0][0] < oldest_live:
-            _, old = ring.popleft()
-            for i, x in enumerate(old):
-                if x:
-                    tot[i] -= x
+            tot[:] = map(_sub, tot, ring.popleft()[1])  # in place: callers may hold `tot`
 
     def add(self, ts: int, channel: int, x: float = 1) -> None:
         vec = self._advance(ts // self._width)
