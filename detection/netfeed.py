@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 RETENTION_MS = 26 * 3_600_000  # the 24 h window, plus slack for a worker whose event time lags the others
 # Per window: (bucket width, span of the buckets before the current one) — the oldest live time as
 # of `ts` is `ts - ts % width - before`.
-_SPANS = tuple((w.width_ms, (w.buckets - 1) * w.width_ms) for w in WINDOWS)
+_SPANS = tuple((w.width_ms, (w.buckets - 1) * w.width_ms) for w in WINDOWS)  # NetFeedView.counts unpacks three
 
 
 class GlobalNetBook:
@@ -141,6 +141,34 @@ class NetFeedView:
             if g > n:
                 return float(g)
         return float(n)
+
+    def counts(self, bucket: str | None, ts: int) -> list[float]:
+        """`count` of every window at once, in WINDOWS order (the fused feature row reads all of them):
+        one call, and the bucket looked up once per book."""
+        if bucket is None:
+            return [0.0, 0.0, 0.0]
+        n0 = n1 = n2 = 0
+        for b in self.local:
+            vecs = b.buckets.get(bucket)
+            if vecs is not None:
+                v0, v1, v2 = vecs
+                n0 += v0.totals(ts)[0]
+                n1 += v1.totals(ts)[0]
+                n2 += v2.totals(ts)[0]
+        times = self.book.times.get(bucket)
+        if times:
+            hi = bisect_right(times, ts)
+            (w0, b0), (w1, b1), (w2, b2) = _SPANS
+            g = hi - bisect_left(times, ts - ts % w0 - b0)
+            if g > n0:
+                n0 = g
+            g = hi - bisect_left(times, ts - ts % w1 - b1)
+            if g > n1:
+                n1 = g
+            g = hi - bisect_left(times, ts - ts % w2 - b2)
+            if g > n2:
+                n2 = g
+        return [float(n0), float(n1), float(n2)]
 
 
 class NetFeed(WholeTopicReader):

@@ -223,6 +223,7 @@ _SCOPE: dict[str, object] = {"burstiness": burstiness, "max": max}
 _CELL = re.compile(r"\bT\[(\d+)\]\[(\d+)\]")
 _FLOAT_OF_CELL = re.compile(r"\bfloat\((T\d+_\d+)\)")
 _MAX1_OF_CELL = re.compile(r"\bmax\(1\.0, (T\d+_\d+)\)")
+_NET_COUNT = re.compile(r"\bnet\.count\(st\.net_bucket, (\d+), ts\)")
 
 
 def _fused(expr: str) -> str:
@@ -231,7 +232,8 @@ def _fused(expr: str) -> str:
     — the same values (sums are integers), without a builtin call each."""
     expr = _CELL.sub(r"T\1_\2", expr)
     expr = _FLOAT_OF_CELL.sub(r"(\1 + 0.0)", expr)
-    return _MAX1_OF_CELL.sub(r"(\1 if \1 > 1.0 else 1.0)", expr)
+    expr = _MAX1_OF_CELL.sub(r"(\1 if \1 > 1.0 else 1.0)", expr)
+    return _NET_COUNT.sub(r"NR[\1]", expr)
 
 
 def compile_row(ops: tuple[Operator, ...]) -> Callable[[AccountState, FeatureEngine, int], list[float]]:
@@ -242,9 +244,12 @@ def compile_row(ops: tuple[Operator, ...]) -> Callable[[AccountState, FeatureEng
     fetch = ", ".join(f"v{i}.totals(ts)" for i in range(len(WINDOWS)))
     unpack = ", ".join(f"v{i}" for i in range(len(WINDOWS)))
     cells = "".join(f"    {', '.join(f'T{w}_{c}' for c in range(N_CHANNELS))}, = T[{w}]\n" for w in range(len(WINDOWS)))
-    body = ",\n        ".join(_fused(op.expr) for op in ops)
+    exprs = [_fused(op.expr) for op in ops]
+    body = ",\n        ".join(exprs)
+    # `net.count(st.net_bucket, w, ts)` of every window: one `net.counts` read (NR[w]) for the row.
+    reads = "    NR = net.counts(st.net_bucket, ts)\n" if any("NR[" in e for e in exprs) else ""
     src = (f"def row(st, engine, ts):\n    {unpack}, = st.vecs\n    T = ({fetch},)\n{cells}    net = engine.net\n"
-           f"    return [\n        {body}]\n")
+           f"{reads}    return [\n        {body}]\n")
     scope = dict(_SCOPE)
     exec(compile(src, "<detection.features.row>", "exec"), scope)  # noqa: S102 - our own expressions
     return scope["row"]  # type: ignore[return-value]

@@ -115,6 +115,13 @@ class NetBook:
         vecs = self.buckets.get(bucket)
         return float(vecs[w].totals(ts)[0]) if vecs is not None else 0.0
 
+    def counts(self, bucket: str | None, ts: int) -> list[float]:
+        """`count` of every window at once, in WINDOWS order (the fused feature row reads them together)."""
+        vecs = self.buckets.get(bucket) if bucket is not None else None
+        if vecs is None:
+            return [0.0] * len(WINDOWS)
+        return [float(v.totals(ts)[0]) for v in vecs]
+
 
 class NetView:
     """The sum of several partitions' NetBooks: registrations are keyed by account, so one bucket's
@@ -135,6 +142,18 @@ class NetView:
             if vecs is not None:
                 n += vecs[w].totals(ts)[0]
         return n
+
+    def counts(self, bucket: str | None, ts: int) -> list[float]:
+        """`count` of every window at once, in WINDOWS order."""
+        ns = [0.0] * len(WINDOWS)
+        if bucket is None:
+            return ns
+        for book in self.books:
+            vecs = book.buckets.get(bucket)
+            if vecs is not None:
+                for w, v in enumerate(vecs):
+                    ns[w] += v.totals(ts)[0]
+        return ns
 
 
 class FeatureEngine:
@@ -331,7 +350,11 @@ class FeatureEngine:
             seen[sender] = None
             if len(seen) > INBOUND_MEMORY:
                 del seen[next(iter(seen))]
-        self._add(st, ts, RECEIVED, 1)
+        for vec in st.vecs:  # _add(st, ts, RECEIVED, 1), inlined: one per direct message
+            b = ts // vec._width
+            v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
+            v[RECEIVED] += 1
+            vec.tot[RECEIVED] += 1
         return st
 
     def block(self, ts: int, blocked: str) -> AccountState:

@@ -91,6 +91,31 @@ def test_the_view_never_counts_less_than_the_partitions_held() -> None:
     assert view.count("net-9", 0, t0 + 100) == 0.0
 
 
+def test_counts_reads_every_window_as_count_does() -> None:
+    """`counts` (the fused feature row's one read per row) equals `count` per window, for the feed's
+    view, the partitions' view and one book, whichever side is larger and as windows expire."""
+    import random
+
+    rng = random.Random(7)
+    t0 = 1_800_000_000_000
+    local_a, local_b = NetBook(), NetBook()
+    book = GlobalNetBook()
+    views = [NetFeedView(book, [local_a, local_b]), NetView([local_a, local_b]), local_a]
+    ts = t0
+    for i in range(400):
+        ts += rng.choice([10, 900, 40_000, 700_000])
+        bucket = rng.choice(["net-1", "net-2", "net-3"])
+        if rng.random() < 0.5:
+            rng.choice([local_a, local_b]).register(bucket, ts)
+        if rng.random() < 0.6:
+            book.add(f"acct-{i}", bucket, ts)
+        for view in views:
+            for b in ("net-1", "net-2", "net-9", None):
+                want = [view.count(b, w, ts) for w in range(3)]
+                got = view.counts(b, ts)
+                assert got == want and all(type(x) is float for x in got), (view, b, ts)
+
+
 def _until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
