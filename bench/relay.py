@@ -19,7 +19,9 @@ What it does (issue 3, "Benchmark"):
 Figures other than the issue's line (mosquitto's rate, p50/p99 and RSS per connection, the load
 side's schedule lag) go to stderr and, with `--json PATH`, to a file. `--profile PATH` records the
 relay with py-spy during an extra closed-loop run after the measured one (so sampling does not
-skew the figures) and logs where its time goes.
+skew the figures) and logs where its time goes. `--floor` and `--floor-native` measure the
+protocol's floor (no relay logic) in Python and in C in the same run; `--syscalls` counts every
+server's syscalls per message with perf over an extra closed loop.
 """
 
 from __future__ import annotations
