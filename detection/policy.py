@@ -65,15 +65,21 @@ _RECEIVED_24H = FEATURE_INDEX["received_24h"]
 
 
 _REPORT_COLS = [i for name, i in FEATURE_INDEX.items() if name.startswith("reports_per_recipient_")]
+# Block features: a brigade blocks as it reports, so they are discounted with its reports.
+_BLOCK_COLS = [i for name, i in FEATURE_INDEX.items()
+               if name.startswith(("blocks_per_recipient_", "blocks_per_first_contact_")) or name == "blocks_total"]
 
 
-def ban_scores(model: Any, rows: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+def ban_scores(model: Any, rows: np.ndarray, scores: np.ndarray, threshold: float, *,
+               brigade_blocks: bool = True) -> np.ndarray:
     """Scores for the ban decision: rows at or above `threshold` are re-scored as if only their
     *verified* reports had been filed.
 
     A brigade (many accounts falsely mass-reporting an innocent one) files reports whose named
     messages the relay cannot verify. They may raise a review case, never an automatic ban on
-    their own: if the score falls below the threshold without them, no auto-ban."""
+    their own: if the score falls below the threshold without them, no auto-ban. A brigade's
+    members also block the account as they report, so with `brigade_blocks` the block features are
+    scaled by the same verified share (the blocks that came with verified reports are kept)."""
     out = np.array(scores, dtype=np.float64, copy=True)
     if model is None or len(out) == 0:
         return out
@@ -86,6 +92,8 @@ def ban_scores(model: Any, rows: np.ndarray, scores: np.ndarray, threshold: floa
     keep = np.where(total[idx] > 0, verified_w[idx] / np.maximum(total[idx], 1e-9), 1.0)
     adjusted[:, _REPORT_COLS] *= keep[:, None]
     adjusted[:, _REPORTS] = verified_w[idx]
+    if brigade_blocks:
+        adjusted[:, _BLOCK_COLS] *= keep[:, None]
     out[idx] = np.minimum(out[idx], model.score(adjusted))
     return out
 

@@ -99,6 +99,24 @@ def test_unverified_reports_alone_never_ban() -> None:
     assert [v.queue for v in out] == ["model_review"], "a review case, not a ban"
 
 
+def test_a_brigades_blocks_are_discounted_with_its_reports() -> None:
+    """A brigade blocks as it reports: re-scored for the ban, its blocks go with its unverified reports
+    (scaled by the verified share); a spammer's blocks without unverified reports stay."""
+    import numpy as np
+
+    from detection.policy import ban_scores
+
+    class BlocksModel:  # scores 0.99 while the account was blocked more than three times
+        def score(self, rows: np.ndarray) -> np.ndarray:
+            return np.where(rows[:, FEATURE_INDEX["blocks_total"]] > 3, 0.99, 0.1)
+
+    brigaded = row(reports_total=22, verified_reports_total=1, blocks_total=20, blocks_per_recipient_24h=4)
+    spammer = row(reports_total=6, verified_reports_total=2, blocks_total=5, blocks_per_recipient_24h=1)
+    rows = np.asarray([brigaded, spammer])
+    assert ban_scores(BlocksModel(), rows, np.array([0.99, 0.99]), 0.95).tolist() == [0.1, 0.99]
+    assert ban_scores(BlocksModel(), rows, np.array([0.99, 0.99]), 0.95, brigade_blocks=False).tolist() == [0.99, 0.99]
+
+
 def test_min_objections_holds_a_model_ban_until_recipients_object() -> None:
     outreach = dict(sends_total=10, recipients_24h=10, sends_1h=10, first_contact_share_1h=1.0)
     p, st = Policy(min_objections=2), AccountState(0)
