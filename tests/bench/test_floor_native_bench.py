@@ -27,7 +27,7 @@ from relay.client.identity import Identity
 from relay.protocol import DeliveryStatus, FrameType, encode, encode_deliver_ack, encode_frame, encode_send
 from relay.testing import next_address, run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"relay: listening=(\S+):(\d+) ")
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
                                 reason="no C compiler (gcc or cc) on this machine to build bench/_floor_native.c")
