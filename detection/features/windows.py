@@ -75,10 +75,11 @@ class RollingVector:
             ring.append((b, vec))
             self._head = b
             return vec
+        if ring[0][0] <= b - self._n:  # the oldest bucket falls out (the ring is not empty: head > -1)
+            self._expire(b)
         vec = [0] * self._channels
         ring.append((b, vec))
         self._head = b
-        self._expire(b)
         return vec
 
     def _expire(self, b: int) -> None:
