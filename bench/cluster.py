@@ -196,83 +196,120 @@ def _threads(pids: list[int], names: list[dict[str, str]]) -> dict[str, float]:
 
 # -- 1 and 2: throughput, CPU, latency -----------------------------------------------------------------
 
-def closed_loop(nodes: Nodes, extra_pids: list[int], loaders: list[Loader], args: argparse.Namespace,
-                label: str) -> dict[str, Any]:
-    k = len(loaders)
-    counts = _split(args.users, k)
-    firsts = [sum(counts[:i]) for i in range(k)]
-    run_id = "c" + os.urandom(4).hex()
-    replies = all_do(loaders, [{"cmd": "connect", "target": "relay", "host": "127.0.0.1", "port": nodes.ports[0],
-                                "ports": nodes.ports, "first": f, "count": c, "concurrency": args.concurrency,
-                                "run_id": run_id, "keepalive_s": 50.0, "partners": args.partners}
-                               for f, c in zip(firsts, counts)])
-    connected = sum(r["connected"] for r in replies)
-    if connected < max(2, args.users * 0.99):
-        raise BenchError(f"{label}: only {connected} of {args.users} users connected; first error: "
-                         f"{next((r['error'] for r in replies if r['error']), '')}")
-    time.sleep(1.5)  # every node learns every route
+class ClosedLoop:
+    """One setup's closed-loop measurement (its nodes, its broker, its own load processes with their
+    users connected), so that the two setups can take turns: `run()` measures one run of
+    `--messages` messages; `summary()` keeps the median run. Each run is preceded by a short warm-up
+    (not measured): the setup sat idle while the other one ran."""
 
-    def phase(count: int) -> tuple[list[dict[str, Any]], float, list[float]]:
-        windows = _split(args.inflight, k)
+    def __init__(self, nodes: Nodes, extra_pids: list[int], loaders: list[Loader], args: argparse.Namespace,
+                 label: str) -> None:
+        self.nodes, self.extra_pids, self.loaders, self.args, self.label = nodes, extra_pids, loaders, args, label
+        self.runs: list[dict[str, Any]] = []
+        self.all_lat: list[float] = []
+        self.idle_pids: list[int] = []  # the other setup's processes: their CPU during our runs is logged
+
+    def connect(self) -> None:
+        args, nodes, k = self.args, self.nodes, len(self.loaders)
+        counts = _split(args.users, k)
+        firsts = [sum(counts[:i]) for i in range(k)]
+        run_id = "c" + os.urandom(4).hex()
+        replies = all_do(self.loaders, [{"cmd": "connect", "target": "relay", "host": "127.0.0.1",
+                                         "port": nodes.ports[0], "ports": nodes.ports, "first": f, "count": c,
+                                         "concurrency": args.concurrency, "run_id": run_id, "keepalive_s": 50.0,
+                                         "partners": args.partners}
+                                        for f, c in zip(firsts, counts)])
+        connected = sum(r["connected"] for r in replies)
+        if connected < max(2, args.users * 0.99):
+            raise BenchError(f"{self.label}: only {connected} of {args.users} users connected; first error: "
+                             f"{next((r['error'] for r in replies if r['error']), '')}")
+        time.sleep(1.5)  # every node learns every route
+        self.pids = nodes.pids + self.extra_pids
+        self.names = [*(nodes.node_id(i) for i in range(nodes.n) if nodes.children[i] is not None), "broker"]
+        self.thread_names = [python_thread_names(p) for p in nodes.pids]
+
+    def phase(self, count: int) -> tuple[list[dict[str, Any]], float, list[float]]:
+        k = len(self.loaders)
+        windows = _split(self.args.inflight, k)
         cmds = [{"cmd": "run", "count": c, "inflight": max(1, w), "timeout": 120.0}
                 for c, w in zip(_split(count, k), windows)]
-        rs = all_do(loaders, cmds)
+        rs = all_do(self.loaders, cmds)
         for i, r in enumerate(rs):
             if r.get("timed_out"):
-                log.warning("%s: load %d timed out: sent=%s received=%s acked=%s last_error=%s", label, i, r["sent"],
-                            r["received"], r["acked"], r["last_error"])
+                log.warning("%s: load %d timed out: sent=%s received=%s acked=%s last_error=%s", self.label, i,
+                            r["sent"], r["received"], r["acked"], r["last_error"])
         wall = (max(r["t_end"] for r in rs) - min(r["t_start"] for r in rs)) / 1e9
         return rs, wall, _latencies(rs)
 
-    phase(min(max(args.messages // 10, 100), 3000))  # warm-up
-    pids = nodes.pids + extra_pids
-    names = [*(nodes.node_id(i) for i in range(nodes.n) if nodes.children[i] is not None), "broker"]
-    thread_names = [python_thread_names(p) for p in nodes.pids]
-    runs: list[dict[str, Any]] = []
-    all_lat: list[float] = []
-    for _ in range(args.repeats):  # the machine is shared: the median run of several
+    def run(self) -> None:
+        """A warm-up, then one measured run: CPU of every node and the broker per delivered message."""
+        nodes, pids, names, label = self.nodes, self.pids, self.names, self.label
+        self.phase(min(max(self.args.messages // 10, 100), 3000))  # warm-up
         handed0 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
+        idle0 = cpu_total(self.idle_pids)
         per0 = [cpu_seconds(p) for p in pids]
-        threads0 = _threads(nodes.pids, thread_names)
-        rs, wall, lat = phase(args.messages)
+        threads0 = _threads(nodes.pids, self.thread_names)
+        rs, wall, lat = self.phase(self.args.messages)
         per1 = [cpu_seconds(p) for p in pids]
-        threads1 = _threads(nodes.pids, thread_names)
+        threads1 = _threads(nodes.pids, self.thread_names)
+        idle1 = cpu_total(self.idle_pids)
         handed1 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
         delivered = sum(r["received"] for r in rs)
         acked = sum(r["acked"] for r in rs)
-        all_lat.extend(lat)
+        self.all_lat.extend(lat)
         run = {"delivered": delivered, "acked": acked, "wall_s": wall, "handed": handed1 - handed0,
                "msgs_per_s": delivered / wall if wall > 0 else math.nan,
                "cpu_us_per_msg": (sum(per1) - sum(per0)) * 1e6 / delivered if delivered else math.nan}
-        runs.append(run)
+        self.runs.append(run)
         if delivered:
             log.info("%s: %.0f msgs/s, %.1f us of CPU per message by process: %s; by thread, summed over the "
-                     "nodes: %s", label, run["msgs_per_s"], run["cpu_us_per_msg"],
+                     "nodes: %s; the idle other setup meanwhile: %.1f%% of a core", label, run["msgs_per_s"],
+                     run["cpu_us_per_msg"],
                      {n: round((b - a) * 1e6 / delivered, 1) for n, a, b in zip(names, per0, per1)},
                      {k: round((v - threads0.get(k, 0.0)) * 1e6 / delivered, 1)
                       for k, v in sorted(threads1.items(), key=lambda kv: threads0.get(kv[0], 0.0) - kv[1])
-                      if v - threads0.get(k, 0.0) > 0})
-    median = sorted(runs, key=lambda r: r["cpu_us_per_msg"])[len(runs) // 2]
-    delivered = sum(r["delivered"] for r in runs)
-    acked = sum(r["acked"] for r in runs)
-    all_lat.sort()
-    if getattr(args, "profile", None) is not None and nodes.cluster:  # after the measured run: no skew
+                      if v - threads0.get(k, 0.0) > 0},
+                     (idle1 - idle0) * 100 / wall if wall > 0 else math.nan)
+
+    def profile(self, path: Path) -> None:
+        """After the measured runs (no skew): py-spy on the first node during one more run."""
         from bench.relay import PySpy, summarize_profile
 
-        spy = PySpy(nodes.pids[0], args.profile)
-        phase(args.messages)
+        spy = PySpy(self.nodes.pids[0], path)
+        self.phase(self.args.messages)
         spy.stop()
-        if args.profile.exists():
-            log.info("%s: profile of %s (py-spy):\n%s", label, nodes.node_id(0), summarize_profile(args.profile))
-    all_do(loaders, [{"cmd": "close"}] * k)
-    out = {"delivered": delivered, "acked": acked, "runs": len(runs),
-           "msgs_per_s": median["msgs_per_s"], "cpu_us_per_msg": median["cpu_us_per_msg"],
-           "cpu_us_per_msg_runs": [round(r["cpu_us_per_msg"], 1) for r in runs],
-           "p50_ms": percentile(all_lat, 50), "p99_ms": percentile(all_lat, 99),
-           "lost": max(0, acked - delivered),  # acked (SEND_ACK) but never received
-           "cross_node_share": sum(r["handed"] for r in runs) / delivered if delivered else math.nan}
-    log.info("%s: %s", label, json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in out.items()}))
-    return out
+        if path.exists():
+            log.info("%s: profile of %s (py-spy):\n%s", self.label, self.nodes.node_id(0), summarize_profile(path))
+
+    def close(self) -> None:
+        all_do(self.loaders, [{"cmd": "close"}] * len(self.loaders))
+
+    def summary(self) -> dict[str, Any]:
+        runs = self.runs
+        median = sorted(runs, key=lambda r: r["cpu_us_per_msg"])[len(runs) // 2]
+        delivered = sum(r["delivered"] for r in runs)
+        acked = sum(r["acked"] for r in runs)
+        all_lat = sorted(self.all_lat)
+        out = {"delivered": delivered, "acked": acked, "runs": len(runs),
+               "msgs_per_s": median["msgs_per_s"], "cpu_us_per_msg": median["cpu_us_per_msg"],
+               "cpu_us_per_msg_runs": [round(r["cpu_us_per_msg"], 1) for r in runs],
+               "p50_ms": percentile(all_lat, 50), "p99_ms": percentile(all_lat, 99),
+               "lost": max(0, acked - delivered),  # acked (SEND_ACK) but never received
+               "cross_node_share": sum(r["handed"] for r in runs) / delivered if delivered else math.nan}
+        log.info("%s: %s", self.label, json.dumps({k2: round(v, 3) if isinstance(v, float) else v
+                                                   for k2, v in out.items()}))
+        return out
+
+
+def closed_loops(one: ClosedLoop, many: ClosedLoop, repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two setups take turns — single, cluster, single, cluster… — so that both see the same
+    machine (it is shared: its load drifts over minutes, and a setup measured only before the other
+    would carry that drift into the ratio); the median run of each is kept."""
+    one.idle_pids, many.idle_pids = many.pids, one.pids
+    for _ in range(repeats):
+        one.run()
+        many.run()
+    return one.summary(), many.summary()
 
 
 # -- 3: a node killed under load ------------------------------------------------------------------------
@@ -396,8 +433,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--users", type=int, default=600, help="users of the closed-loop runs")
     ap.add_argument("--messages", type=int, default=30_000, help="messages of each closed-loop run (long enough that "
                     "a shared machine's noise averages out)")
-    ap.add_argument("--repeats", type=int, default=3, help="measured closed-loop runs per setup; the figures are "
-                    "the median run's (p99 over all of them)")
+    ap.add_argument("--repeats", type=int, default=5, help="measured closed-loop runs per setup, the setups taking "
+                    "turns; the figures are each setup's median run (p99 over all of them)")
     ap.add_argument("--inflight", type=int, default=2000, help="most messages in flight at once (all loaders); "
                     "enough that the cluster, whose hops wait for batching, is not bound by latency")
     ap.add_argument("--partners", type=int, default=10, help="conversations per user")
@@ -438,17 +475,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         state = args.state_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sg-bench-cluster-")))
         state.mkdir(parents=True, exist_ok=True)
         kafka = os.environ.get("SEALGUARD_KAFKA")
-        extra_pids: list[int] = []
+        # One broker per setup: both setups stay up while they take turns, and the idle one's
+        # polling (its readers' fetches, heartbeats) must not land on the measured one's broker CPU.
+        kafkas: list[str] = []
+        brokers: list[list[int]] = []
+        stops: list[Any] = []
         if not kafka:
             from sealguard.broker import EmbeddedBroker
             from sealguard.settings import Settings
 
-            broker = stack.enter_context(EmbeddedBroker(Settings(state_dir=state), log_path=state / "broker.log"))
-            kafka = broker.bootstrap
-            assert broker.proc is not None
-            extra_pids = [broker.proc.pid]
+            for name in ("single", "cluster"):
+                (state / name).mkdir(parents=True, exist_ok=True)
+                broker = stack.enter_context(EmbeddedBroker(Settings(state_dir=state / name),
+                                                            log_path=state / f"broker-{name}.log"))
+                assert broker.proc is not None
+                kafkas.append(broker.bootstrap)
+                brokers.append([broker.proc.pid])
+                stops.append(broker.stop)
         else:
-            log.warning("SEALGUARD_KAFKA names a broker: its CPU is not counted")
+            log.warning("SEALGUARD_KAFKA names a broker: its CPU is not counted, and both setups share it")
+            kafkas, brokers = [kafka, kafka], [[], []]
         try:
             db_single = create_pg_database(PG_ADMIN_URL)
             db_cluster = create_pg_database(PG_ADMIN_URL)
@@ -456,15 +502,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"PostgreSQL at {PG_ADMIN_URL} is needed (SEALGUARD_TEST_PG): {exc}") from None
         stack.callback(drop_pg_database, PG_ADMIN_URL, db_single)
         stack.callback(drop_pg_database, PG_ADMIN_URL, db_cluster)
-        loaders = [Loader(i) for i in range(args.load_procs)]
+        loaders = [Loader(i) for i in range(2 * args.load_procs)]  # each setup keeps its own users connected
         stack.callback(lambda: [ld.stop() for ld in loaders])
 
-        with Nodes(state / "single", kafka, db_single, 1, cluster=False, limits=limits) as single:
-            one = closed_loop(single, extra_pids, loaders, args, "single node")
-        many = Nodes(state / "cluster", kafka, db_cluster, args.nodes, limits=limits)
+        single = Nodes(state / "single", kafkas[0], db_single, 1, cluster=False, limits=limits)
+        stack.callback(single.stop)
+        single.start_all()
+        many = Nodes(state / "cluster", kafkas[1], db_cluster, args.nodes, limits=limits)
         stack.callback(many.stop)
         many.start_all()
-        multi = closed_loop(many, extra_pids, loaders, args, f"{args.nodes} nodes")
+        loop_one = ClosedLoop(single, brokers[0], loaders[:args.load_procs], args, "single node")
+        loop_many = ClosedLoop(many, brokers[1], loaders[args.load_procs:], args, f"{args.nodes} nodes")
+        loop_one.connect()
+        loop_many.connect()
+        one, multi = closed_loops(loop_one, loop_many, args.repeats)
+        loop_one.close()
+        single.stop()
+        if stops:
+            stops[0]()  # the single node's broker
+        if args.profile is not None:
+            loop_many.profile(args.profile)
+        loop_many.close()
         killed = uvloop.run(kill_run(many, args))
         # Started again from this (main) thread: a child's PR_SET_PDEATHSIG follows the thread that
         # started it, and the event loop's executor threads end with the loop.
