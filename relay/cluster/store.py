@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sealguard.storage import Database, RelayNodeRow, RelayRouteRow
 
 NodeRow = tuple[str, int, str, int, int | None]  # node, incarnation, inbox_topic, last_seen, stopped_at
+_BEAT = text("UPDATE relay_nodes SET last_seen = :now WHERE node = :node AND incarnation = :inc")
+_NODES = text("SELECT node, incarnation, inbox_topic, last_seen, stopped_at FROM relay_nodes")
 
 
 def _insert(session: Session, table: type) -> object:
@@ -37,13 +39,12 @@ class ClusterStore:
             s.execute(delete(RelayRouteRow).where(RelayRouteRow.node == node))
 
     def heartbeat(self, node: str, incarnation: int, now: int) -> list[NodeRow]:
-        """Stamp our row and read everyone's, in one transaction."""
-        with self.db.session() as s, s.begin():
-            s.execute(update(RelayNodeRow).where(RelayNodeRow.node == node, RelayNodeRow.incarnation == incarnation)
-                      .values(last_seen=now))
-            return [tuple(r) for r in s.execute(select(  # type: ignore[misc]
-                RelayNodeRow.node, RelayNodeRow.incarnation, RelayNodeRow.inbox_topic, RelayNodeRow.last_seen,
-                RelayNodeRow.stopped_at)).all()]
+        """Stamp our row and read everyone's, in one transaction. Every second on every node, so on a
+        plain connection with two fixed statements: through an ORM session it cost the node ~5 ms of
+        CPU a second (its code cold in the cache between beats), this way ~1.5."""
+        with self.db.engine.begin() as c:
+            c.execute(_BEAT, {"now": now, "node": node, "inc": incarnation})
+            return [tuple(r) for r in c.execute(_NODES).all()]  # type: ignore[misc]
 
     def nodes(self) -> list[NodeRow]:
         with self.db.session() as s:
