@@ -79,6 +79,11 @@ class ClusterConfig:
     # An inbox record is needed until its node read it (milliseconds) and is useless once its sender
     # gave up on it (`handover_timeout_s`): the inbox keeps ciphertext minutes, not Kafka's week.
     inbox_retention_ms: int = 300_000
+    # The server's writing iterations are paced to one per `write_interval_ms` (RelayServer._pace_writes):
+    # a node carrying 1/N of the clients wakes for fewer sockets and frames at a time than one node
+    # carrying all of them, and pays an epoll wakeup, a read and a write per few messages instead of
+    # per many. The pause costs a hop at most this long, against the batch_ms a crossing waits anyway.
+    write_interval_ms: float = 1.0
 
     def inbox_topic(self, node: str) -> str:
         return f"{self.inbox_prefix}{node}.v1"
@@ -167,6 +172,13 @@ class Cluster:
         except Exception as exc:
             raise ClusterError(f"could not create the cluster topics on {self.bootstrap}: {exc}") from exc
         self.outbox = Outbox(self.bootstrap, self.node, self.incarnation, drain_s=c.batch_ms / 1000)
+        self.server.write_interval_s = c.write_interval_ms / 1000
+        emitter = self.server.listener
+        if getattr(emitter, "idle_wait_s", None) is not None:
+            # The signal emitter drains on this loop too: at the outbox's pace, not 100 times a second —
+            # a node of N carries 1/N of the signals, so 100 drains (and produce requests) a second
+            # each carried 1/N as many as on a single node.
+            emitter.idle_wait_s = max(emitter.idle_wait_s, c.batch_ms / 1000)
         self.outbox.start(loop)
 
         def feed(fn: Any) -> Any:
