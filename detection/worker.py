@@ -31,6 +31,8 @@ import warnings
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import chain, compress
+from operator import itemgetter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -53,6 +55,7 @@ from sealguard.storage import Database
 
 log = logging.getLogger(__name__)
 
+_TS = itemgetter("ts")
 SOURCE_HEADER = "sg-src"  # on inbound copies: b"<signals partition>:<offset>:<its checkpointed floor>"
 
 
@@ -322,44 +325,50 @@ class Worker:
         kept: list[Any] = []  # the records of assigned partitions, in batch order
         where: list[Shard] = []
         raws: list[Any] = []
+        tops: list[str] = []
+        parts: list[int] = []
         for m in msgs:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s", err)
                 continue
-            shard = shards.get(m.partition())
+            p = m.partition()
+            shard = shards.get(p)
             if shard is None:
                 continue
             kept.append(m)
             where.append(shard)
             raws.append(m.value())
+            tops.append(m.topic())
+            parts.append(p)
         # Offsets and the last record of each (topic, partition), malformed ones included (skipped, not lost).
-        last: dict[tuple[str, int], int] = {}
-        for i, m in enumerate(kept):
-            last[(m.topic(), m.partition())] = i
-        for (topic, _), i in last.items():
+        for (topic, _), i in dict(zip(zip(tops, parts), range(len(kept)))).items():
             shard = where[i]
             shard.offsets[topic] = kept[i].offset() + 1
             shard.last[topic] = raws[i]
             shard.dirty = True
         records = decode_batch(raws)
-        good: list[int] = []
-        is_sig: list[bool] = []
-        for i, r in enumerate(records):
-            if type(r) is dict:
-                good.append(i)
-            else:
-                m = kept[i]
-                self._bad(m.topic(), m, r if isinstance(r, ContractError) else ContractError(str(r)))
-        topics = [kept[i].topic() for i in good]
-        is_sig = [t == signals for t in topics]
+        if all(type(r) is dict for r in records):  # the common case: every record accepted
+            good: Any = range(len(records))
+            recs: list[dict[str, Any]] = records  # type: ignore[assignment]
+            topics = tops
+        else:
+            good = []
+            for i, r in enumerate(records):
+                if type(r) is dict:
+                    good.append(i)
+                else:
+                    m = kept[i]
+                    self._bad(m.topic(), m, r if isinstance(r, ContractError) else ContractError(str(r)))
+            recs = [records[i] for i in good]  # type: ignore[misc]
+            topics = [tops[i] for i in good]
+        is_sig = list(map(signals.__eq__, topics))
         n_sig = sum(is_sig)
-        n_in = len(good) - n_sig
-        ahead: dict[int, int] = {}  # signals partition -> newest event time in this batch
-        for i, sig in zip(good, is_sig):
-            if sig:
-                ahead[where[i].partition] = records[i]["ts"]  # type: ignore[index]
+        n_in = len(recs) - n_sig
+        stamps = list(map(_TS, recs))
+        # signals partition -> event time of its last record in this batch
+        ahead: dict[int, int] = dict(zip(compress([parts[i] for i in good], is_sig), compress(stamps, is_sig)))
         if self._check_partitioner:
             for i, sig in zip(good, is_sig):
                 m = kept[i]
@@ -367,19 +376,21 @@ class Worker:
                     self._verify_partitioner(m)
                     if not self._check_partitioner:
                         break
-        stamps = [records[i]["ts"] for i in good]  # type: ignore[index]
-        order = sorted(range(len(good)), key=stamps.__getitem__)  # stable: equal times keep their batch order
+        order = sorted(range(len(recs)), key=stamps.__getitem__)  # stable: equal times keep their batch order
         pending: list[tuple[str, Any, Shard, int, list[float]]] = []
+        due, mark = self.schedule.due, self.schedule.mark
         for k in order:
             i = good[k]
-            r: dict[str, Any] = records[i]  # type: ignore[assignment]
+            r = recs[k]
             shard = where[i]
             try:
                 if is_sig[k]:
-                    engine = shard.engine
-                    account = engine.outbound_record(r)
-                    if account is not None:
-                        self._due(shard, account, r["ts"], False, pending)
+                    account = shard.engine.outbound_record(r)
+                    if account is not None:  # Worker._due, inlined: once per send
+                        st = shard.engine.accounts[account]
+                        if st.action != "ban" and due(st, stamps[k], received=False):
+                            mark(st, stamps[k])
+                            pending.append((account, st, shard, stamps[k], feature_row(st, shard.engine, stamps[k])))
                     t = r["type"]
                     field_ = _COUNTERPART.get(t)
                     if field_ is not None:
@@ -522,7 +533,9 @@ class Worker:
 
     def _score(self, pending: list[tuple[str, Any, Shard, int, list[float]]]) -> None:
         champion, challenger = self.models.champion, self.models.challenger
-        matrix = np.asarray([p[4] for p in pending], dtype=np.float64)
+        width = len(pending[0][4])
+        matrix = np.fromiter(chain.from_iterable([p[4] for p in pending]), np.float64,
+                             count=len(pending) * width).reshape(len(pending), width)
         scores = champion.score(matrix) if champion is not None else None
         version = champion.version if champion is not None else None
         bans = ban_scores(champion, matrix, scores, self.policy.ban_threshold) if scores is not None else None
