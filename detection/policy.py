@@ -14,7 +14,9 @@ the rule ids, the model version and the score.
   block, no verified report) is banned on outreach only once that outreach is older than the
   last hour: a teacher writing to forty new parents looks like a spammer for the first minutes,
   and unlike one once the parents answer. A fresh account (a blaster, a farm) is not given that
-  hour, and one objection is enough for anyone. Between 7 and 30 days old the wait holds only an
+  hour unless its outreach is answered (≥ half as many messages received as sent in the day: a new
+  user writing to friends it has not saved yet; then talkative outreach does not skip the hour
+  either), and one objection is enough for anyone. Between 7 and 30 days old the wait holds only an
   account with a life in the day (≥ 2 direct messages received): a days-old blaster or farm account
   nobody writes to is not given the hour. A brigade's blocks (filed with unverified reports) are not
   objections;
@@ -62,6 +64,7 @@ _AGE = FEATURE_INDEX["account_age_s"]
 _FIRST_PER_RECIPIENT_24H = FEATURE_INDEX["first_contacts_per_recipient_24h"]
 _MESSAGES_PER_RECIPIENT_24H = FEATURE_INDEX["messages_per_recipient_24h"]
 _RECEIVED_24H = FEATURE_INDEX["received_24h"]
+_RECEIVED_PER_SEND_24H = FEATURE_INDEX["received_per_send_24h"]
 
 
 _REPORT_COLS = [i for name, i in FEATURE_INDEX.items() if name.startswith("reports_per_recipient_")]
@@ -136,6 +139,11 @@ class Policy:
     # still talks with people). None: every established account waits.
     long_established_age_s: float | None = 30 * 86_400.0
     min_received_for_life: int = 2
+    # A younger account waits too once its outreach is answered (≥ `fresh_answered_share` direct
+    # messages received per direct message sent in the day, ≥ `min_received_for_life` of them): a
+    # new user writing to friends not saved yet, who answer. Blasters and farms are rarely answered.
+    # None: a younger account never waits.
+    fresh_answered_share: float | None = 0.5
     # Objections as evidence: a recipient's block stands for a stranger contacted (a hijacked account
     # writing to its own contacts reaches few strangers, but its contacts block it) — only while no
     # unverified report hangs on the account (a brigade blocks as it reports). False turns it off.
@@ -220,12 +228,21 @@ class Policy:
             return True  # its own evidence of time passing: several messages to each stranger
         else:
             return False
-        if self.established_age_s is not None and objections < 1 and row[_AGE] >= self.established_age_s and (
-                self.long_established_age_s is None or row[_AGE] >= self.long_established_age_s
-                or row[_RECEIVED_24H] >= self.min_received_for_life):
-            settled = row[_FIRST_24H] - row[_FIRST_1H] + strangers - row[_STRANGERS_1H]
-            return settled >= self.min_settled_outreach or self.talkative(row)
-        return True
+        if self.established_age_s is None or objections >= 1:
+            return True
+        fresh = row[_AGE] < self.established_age_s
+        if fresh:
+            waits = (self.fresh_answered_share is not None and row[_RECEIVED_24H] >= self.min_received_for_life
+                     and row[_RECEIVED_PER_SEND_24H] >= self.fresh_answered_share)
+        else:
+            waits = (self.long_established_age_s is None or row[_AGE] >= self.long_established_age_s
+                     or row[_RECEIVED_24H] >= self.min_received_for_life)
+        if not waits:
+            return True
+        settled = row[_FIRST_24H] - row[_FIRST_1H] + strangers - row[_STRANGERS_1H]
+        # Talkative outreach stands in for the hour on an established account; a fresh one that is
+        # answered (a new user chatting with friends it has not saved yet) waits for it.
+        return settled >= self.min_settled_outreach or (not fresh and self.talkative(row))
 
     def talkative(self, row: Sequence[float]) -> bool:
         """A few strangers contacted first, most of the day's recipients, each kept talking."""

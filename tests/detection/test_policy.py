@@ -215,3 +215,17 @@ def test_talkative_outreach_to_two_strangers_reaches_enough_people() -> None:
     assert not _banned(Policy(), row(sends_total=11, recipients_24h=2, first_contacts_24h=2, account_age_s=DAY,
                                      first_contacts_per_recipient_24h=1.0, messages_per_recipient_24h=1.0)), \
         "two strangers written to once each reach too few people"
+
+
+def test_a_fresh_account_whose_outreach_is_answered_waits_the_hour() -> None:
+    # A new user (11 hours old) chatting with three people it has not saved yet, who answer: three
+    # messages each, two of the first contacts in the last hour. A blaster is rarely answered.
+    new_user = dict(sends_total=9, recipients_24h=3, first_contacts_24h=3, first_contacts_1h=2,
+                    first_contacts_per_recipient_24h=1.0, messages_per_recipient_24h=3.0, account_age_s=11 * 3600)
+    assert not _banned(Policy(), row(**new_user, received_24h=8, received_per_send_24h=8 / 9))
+    assert _banned(Policy(fresh_answered_share=None), row(**new_user, received_24h=8, received_per_send_24h=8 / 9))
+    assert _banned(Policy(), row(**new_user, received_24h=1, received_per_send_24h=1 / 9)), "not answered: no wait"
+    settled = {**new_user, "first_contacts_1h": 0}
+    assert _banned(Policy(), row(**settled, received_24h=8, received_per_send_24h=8 / 9)), "an hour later it may be"
+    objected = row(**new_user, received_24h=8, received_per_send_24h=8 / 9, blocks_total=1)
+    assert _banned(Policy(), objected), "one objection lifts the wait"
