@@ -39,7 +39,8 @@ from relay.cluster.bus import Outbox, Reader, Source, ensure_inbox
 from relay.cluster.routes import NodeTable, RouteTable
 from relay.cluster.store import ClusterStore
 from relay.protocol import DeliveryStatus, ErrorCode, FrameType, GroupOp, encode
-from relay.server.core import _DELIVER, _DELIVER_1TO1, _DELIVER_FIXED, _VERSION
+from relay.server.core import _ACK as _SEND_ACK_STRUCT
+from relay.server.core import _ACK_LEN, _DELIVER, _DELIVER_1TO1, _DELIVER_FIXED, _VERSION
 from relay.server.store import QueuedOut
 from sealguard.contracts import now_ms
 from sealguard.storage import Database
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _SEND_ACK, _ERROR = int(FrameType.SEND_ACK), int(FrameType.ERROR)
+_SEND_ACK_PACK = _SEND_ACK_STRUCT.pack
 _QUOTA = int(ErrorCode.QUOTA_EXCEEDED)
 
 
@@ -142,8 +144,9 @@ class Cluster:
         self.outbox: Outbox | None = None
         self._reader: Reader | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # token → (the sender's Outgoing, the message, deadline (monotonic), destination node)
-        self._pending: dict[int, tuple[Outgoing, QueuedOut, float, str]] = {}
+        # token → (the sender's Outgoing, the message, deadline (monotonic), destination node); from
+        # hand_over_direct: (the sender's Connection, the SEND's fields as a tuple, deadline, node)
+        self._pending: dict[int, tuple[Any, Any, float, str]] = {}
         self._local: dict[int, tuple[Outgoing, QueuedOut]] = {}  # token → queued here after a failed handover
         self._tokens = itertools.count(1)
         self._deadline = time.monotonic() + config.handover_timeout_s  # for a handover now; refreshed each sweep
@@ -310,6 +313,40 @@ class Cluster:
         self.stats.handed_over += 1
         return True
 
+    def hand_over_direct(self, conn: Any, rid: int, mid: bytes, recipient: str, sender: str, kind: int, ts: int,
+                         ciphertext: bytes) -> bool:
+        """`hand_over` for a 1:1 SEND, called first in the server's send path with the SEND's fields:
+        the sender's connection and (rid, mid, recipient, sender, kind, ts, ciphertext) wait in
+        `_pending` as they are, and a DELIVERED ack answers the sender with one packed SEND_ACK. The
+        QueuedOut and Outgoing are built only when the message must be queued here or settled any
+        other way (`_materialize`)."""
+        if not self.ready:
+            return False
+        node = self.routes.node_of.get(recipient)
+        if node is None:
+            return False
+        peer = self.nodes.peers.get(node)
+        if peer is None or not peer.alive:
+            return False
+        token = next(self._tokens) & 0xFFFFFFFF
+        self._pending[token] = (conn, (rid, mid, recipient, sender, kind, ts, ciphertext), self._deadline, node)
+        self.outbox.to_inbox(peer.inbox_topic, peer.incarnation,  # type: ignore[union-attr]
+                             wire.handover(token, mid, kind, ts, recipient, sender, None, ciphertext))
+        self.stats.handed_over += 1
+        return True
+
+    def _materialize(self, entry: tuple[Any, Any, float, str]) -> tuple[Outgoing, QueuedOut, float, str]:
+        """A `_pending` entry as (Outgoing, QueuedOut, deadline, node), whichever hook made it."""
+        from relay.server.core import Outgoing
+
+        conn, item, deadline, node = entry
+        if type(item) is not tuple:
+            return entry
+        rid, mid, recipient, sender, kind, ts, ct = item
+        return (Outgoing(conn, rid, mid, 1),
+                QueuedOut(mid, recipient, sender, None, kind, ct, ts, ts + int(self.server.config.queue_ttl_s * 1000)),
+                deadline, node)
+
     def connected(self, account: str) -> None:
         if self.outbox is None:
             return  # start() publishes whoever connected before it
@@ -377,7 +414,7 @@ class Cluster:
         """The destination did not take the message: commit it to the queue here, then ack."""
         from relay.server.core import Outgoing
 
-        out, item, _, _ = entry
+        out, item, _, _ = self._materialize(entry)
         self.stats.fallbacks += 1
         self._local[token] = (out, item)
         self.server._queue(item, Outgoing(self._local_port, token, item.message_id, 1))  # type: ignore[arg-type]
@@ -400,10 +437,15 @@ class Cluster:
             self.stats.late_acks += 1  # already queued here after a timeout: the copy there is a duplicate
             return
         self.stats.acks_received += 1
+        if status == wire.DELIVERED and type(entry[1]) is tuple:  # a 1:1 from hand_over_direct: the SEND_ACK
+            rid, mid = entry[1][0], entry[1][1]
+            self.server.stats.acks_delivered += 1
+            entry[0].send(_SEND_ACK_PACK(_ACK_LEN, _VERSION, _SEND_ACK, 0, rid, mid, wire.DELIVERED))
+            return
         if status == wire.FAILED:
             self._fallback(token, entry)
             return
-        out, item, _, node = entry
+        out, item, _, node = self._materialize(entry)
         self.server._settle(out, queued=status == wire.QUEUED, refused=status == wire.REFUSED)
         if status == wire.QUEUED:
             self._poke(item.recipient, skip=node)

@@ -637,10 +637,12 @@ class RelayServer:
                                           kind, ts) + ciphertext)
             self.stats.frames_out += 1
         else:
-            item, out = QueuedOut(mid, recipient, sender, None, kind, ciphertext, ts,
-                                  ts + int(self.config.queue_ttl_s * 1000)), Outgoing(conn, rid, mid, 1)
-            if self.cluster is None or not self.cluster.hand_over(item, out):  # on another node, or queued
-                self._queue(item, out)
+            cluster = self.cluster  # on another node: handed over as plain fields (no QueuedOut, no Outgoing)
+            if cluster is not None and cluster.hand_over_direct(conn, rid, mid, recipient, sender, kind, ts,
+                                                                ciphertext):
+                return
+            self._queue(QueuedOut(mid, recipient, sender, None, kind, ciphertext, ts,
+                                  ts + int(self.config.queue_ttl_s * 1000)), Outgoing(conn, rid, mid, 1))
 
     def route(self, out: Outgoing, mid: bytes, sender: str, sender_b: bytes, recipient: str, group: str | None,
               kind: int, ts: int, ciphertext: bytes, rconn: Connection | None) -> None:
