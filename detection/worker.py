@@ -56,6 +56,7 @@ from sealguard.storage import Database
 log = logging.getLogger(__name__)
 
 _TS = itemgetter("ts")
+CHECKPOINT_NICE = 10  # a forked checkpoint's niceness: it pickles for seconds while the worker decides
 SOURCE_HEADER = "sg-src"  # on inbound copies: b"<signals partition>:<offset>:<its checkpointed floor>"
 
 
@@ -646,6 +647,7 @@ class Worker:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 _die_with_parent(parent)  # an orphan must not write an old snapshot over a new owner's
+                os.nice(CHECKPOINT_NICE)  # background work: the worker's polls (time-to-enforcement) come first
                 save_shards(Database(self.db.url, migrate=False), self.cfg.group, self.signals_topic, shards)
                 code, outcome = 0, pickle.dumps({sh.partition: sh.saved for sh in shards})
             except CheckpointFenced as exc:
