@@ -3,12 +3,14 @@
 In one run (issue 8):
 1. **single node** — `python -m sealguard relay` (no cluster) on PostgreSQL; the relay benchmark's
    load processes (`bench/_load.py`) connect `--users` users and run a closed loop of `--messages`
-   100-byte messages (`--repeats` measured runs, the median kept: the machine is shared); CPU of the
-   relay and the broker per delivered message;
-2. **N nodes** — `sealguard relay --cluster --node-id relay-i` × N on the same broker and database;
-   the same load with user i on node i mod N, so a message crosses nodes with probability (N-1)/N;
-   CPU of every node plus the broker per delivered message, latency send → receipt (p99), and the
-   share of messages handed over between nodes (the nodes' `cluster_handed_over` counters);
+   100-byte messages; CPU of the relay and the broker per delivered message;
+2. **N nodes** — `sealguard relay --cluster --node-id relay-i` × N on another database; the same
+   load with user i on node i mod N, so a message crosses nodes with probability (N-1)/N; CPU of
+   every node plus the broker per delivered message, latency send → receipt (p99), and the share
+   of messages handed over between nodes (the nodes' `cluster_handed_over` counters).
+   Steps 1 and 2 take turns — single, cluster, single, cluster… `--repeats` measured runs each, the
+   median of each kept — so both see the same shared machine; both setups stay up meanwhile, each
+   on its own embedded broker with its own load processes (its users stay connected);
 3. **a node killed under load** — real SDK clients (`bench/_harness_load.py`, vodozemac, a
    supervisor per user that reconnects — to the next node — after the kill) send at `--kill-rate`
    for `--kill-seconds`; halfway, the last node gets SIGKILL; then every message acked to its sender
