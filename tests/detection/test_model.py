@@ -25,6 +25,21 @@ def test_load_score_and_explain(tiny_model: Path) -> None:
     assert all(name in FEATURE_NAMES for t in top for name, _ in t)
 
 
+def test_explain_is_each_rows_largest_contributions(tiny_model: Path) -> None:
+    """`explain` sorts all rows at once; each row's answer is its own contributions' top by magnitude
+    (LightGBM pred_contrib, bias left out, zeros dropped), as a row-by-row argsort gives it."""
+    m = load_model(tiny_model)
+    rows = np.random.default_rng(5).random((40, len(FEATURE_NAMES))) * 50
+    rows[::4] = 0.0
+    contrib = np.asarray(m.booster.predict(rows, pred_contrib=True, num_threads=1))[:, :-1]
+    want = []
+    for row in contrib:
+        idx = np.argsort(-np.abs(row))[:4]
+        want.append([(m.features[i], float(row[i])) for i in idx if row[i] != 0.0])
+    assert m.explain(rows, top=4) == want
+    assert m.explain(rows[:1], top=4) == want[:1] and m.explain(rows[:0]) == []
+
+
 def test_a_model_over_a_subset_of_features_is_served(tiny_model: Path, tmp_path: Path) -> None:
     import lightgbm as lgb
 
