@@ -157,7 +157,7 @@ def _operators() -> list[Operator]:
         ]
     ops += [AccountAge(), Lifetime("sends_total"), Lifetime("blocks_total"), Lifetime("reports_total"),
             Lifetime("verified_reports_total")]
-    return ops + _behaviour_change_operators()
+    return ops + _behaviour_change_operators() + _network_operators()
 
 
 class Ratio(Operator):
@@ -196,6 +196,30 @@ class RecentShare(Operator):
         self.name = f"{label}_{recent.name}_of_{base.name}"
         r, b = WINDOWS.index(recent), WINDOWS.index(base)
         self.expr = f"(T[{r}][{channel}] / T[{b}][{channel}] if T[{b}][{channel}] else 0.0)"
+
+
+class Networks(Operator):
+    """Networks (net buckets) the account's registration and sessions came from, ever: `networks_total`.
+
+    People use a few (home, mobile); a hijacked account's sessions move to the hijacker's."""
+
+    kind = "networks"
+    name = "networks_total"
+    expr = "float(st.nets_total)"
+
+
+class NetworkAge(Operator):
+    """Seconds since the account first used the network of its latest registration or session
+    (`network_age_s`; 0 before any): small when it has just moved to a network it never used."""
+
+    kind = "network_age"
+    name = "network_age_s"
+    expr = "((ts - st.nets[st.net_now]) / 1000.0 if st.nets is not None and st.net_now in st.nets else 0.0)"
+
+
+def _network_operators() -> list[Operator]:
+    """Network change (appended after the rate-free set, so older models keep their columns)."""
+    return [Networks(), NetworkAge()]
 
 
 def _behaviour_change_operators() -> list[Operator]:

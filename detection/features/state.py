@@ -39,6 +39,7 @@ from detection.features.operators import (
 from detection.features.windows import WINDOWS, RollingDistinct, RollingVector
 
 INBOUND_MEMORY = 4096  # senders remembered per account for reply detection (oldest forgotten first)
+NET_MEMORY = 32  # networks remembered per account (oldest forgotten first; one seen again counts as new)
 
 
 class AccountState:
@@ -61,12 +62,21 @@ class AccountState:
         "sends_total",
         "vecs",
         "verified_reports_total",
+        # appended (a checkpoint written before them restores with their defaults, see _restore_account)
+        "net_now",
+        "nets",
+        "nets_total",
     )
 
     def __init__(self, ts: int) -> None:
         self.registered_ts: int | None = None
         self.first_ts = ts
         self.net_bucket: str | None = None
+        # Networks (net buckets) its registration and sessions came from: the latest one, each one's
+        # first time (at most NET_MEMORY, the oldest forgotten first) and how many were ever new.
+        self.net_now: str | None = None
+        self.nets: dict[str, int] | None = None
+        self.nets_total = 0
         self.last_send_ts: int | None = None
         self.n_out = 0  # outbound events that can trigger scoring (sends, group adds)
         self.sends_total = 0
@@ -87,11 +97,31 @@ class AccountState:
         return (_restore_account, tuple(getattr(self, k) for k in AccountState.__slots__))
 
 
+_SLOT_DEFAULTS = {"net_now": None, "nets": None, "nets_total": 0}
+
+
 def _restore_account(*values: Any) -> AccountState:
     st = AccountState.__new__(AccountState)
     for k, v in zip(AccountState.__slots__, values):
         setattr(st, k, v)
+    for k in AccountState.__slots__[len(values):]:  # slots added after the checkpoint was written
+        setattr(st, k, _SLOT_DEFAULTS[k])
     return st
+
+
+def _see_network(st: AccountState, ts: int, net_bucket: str) -> None:
+    """`st` acted from `net_bucket` at `ts` (a registration or a session): a hijacker's sessions come
+    from a network the account never used."""
+    st.net_now = net_bucket
+    nets = st.nets
+    if nets is None:
+        st.nets = {net_bucket: ts}
+        st.nets_total = 1
+    elif net_bucket not in nets:
+        nets[net_bucket] = ts
+        st.nets_total += 1
+        if len(nets) > NET_MEMORY:
+            del nets[next(iter(nets))]
 
 
 class NetBook:
@@ -322,6 +352,7 @@ class FeatureEngine:
         st.registered_ts = ts
         st.net_bucket = net_bucket
         self.book.register(net_bucket, ts)
+        _see_network(st, ts, net_bucket)
         return st
 
     def session(self, ts: int, account: str, net_bucket: str | None) -> None:
@@ -331,6 +362,8 @@ class FeatureEngine:
             st = self.accounts[account] = AccountState(ts)
         if st.net_bucket is None:
             st.net_bucket = net_bucket
+        if net_bucket is not None:
+            _see_network(st, ts, net_bucket)
 
     def group_add(self, ts: int, actor: str, member_is_contact: bool | None) -> AccountState | None:
         """`actor` added a member to a group; the state when that member was a stranger (worth scoring)."""

@@ -22,8 +22,26 @@ WIN = {w.name: w for w in WINDOWS}
 
 @pytest.fixture(scope="module")
 def stream() -> Synth:
-    return Synth(seed=11).population(normal=15, blasters=1, drips=1, farm=3, minutes=75,
-                                     gap_ms=(2000, 20000)).strictly_increasing()
+    return with_sessions(Synth(seed=11).population(normal=15, blasters=1, drips=1, farm=3, minutes=75,
+                                                   gap_ms=(2000, 20000))).strictly_increasing()
+
+
+def with_sessions(s: Synth, per_account: int = 6) -> Synth:
+    """Sessions for every account over the stream's span, from one to four networks each (a home, a
+    mobile, and for some a network they move to late — a hijacker's), merged in time order."""
+    rng = s.rng
+    accounts = [*s.normal, *s.spammers]
+    start, end = s.events[0].ts, s.events[-1].ts
+    extra = []
+    for i, a in enumerate(accounts):
+        nets = [f"n{(i * 7 + k) % 23:012x}" for k in range(1 + i % 4)]  # some networks shared
+        for _ in range(per_account):
+            t = rng.randrange(start, end)
+            # the last network only in the stream's second half: a move to a network never used
+            net = nets[-1] if t > (start + end) // 2 and rng.random() < 0.7 else rng.choice(nets[:-1] or nets)
+            extra.append(s.book.session_opened(a, net, ts=t))
+    s.events = sorted([*s.events, *extra], key=lambda ev: ev.ts)
+    return s
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +87,8 @@ def expected(f: pd.DataFrame, name: str, a: str, t: int) -> float:
         return float((reps.verified > 0).sum())
     if name in BEHAVIOUR_CHANGE:
         return expected_behaviour_change(f, name, a, t)
+    if name in ("networks_total", "network_age_s"):
+        return expected_network(f, name, a, t)
     window = name.rsplit("_", 1)[1]
     inw = lambda df: df[_in_window(df.ts, t, window)]
     d = inw(direct)
@@ -205,6 +225,26 @@ def expected_behaviour_change(f: pd.DataFrame, name: str, a: str, t: int) -> flo
     raise AssertionError(f"no batch definition for {name}")
 
 
+def expected_network(f: pd.DataFrame, name: str, a: str, t: int) -> float:
+    """Networks of the account's registration and sessions up to `t`: how many distinct ones, and the
+    seconds since it first used the network of the latest one."""
+    mine = f[(f.ts <= t) & f.type.isin(["account.registered", "session.opened"]) & (f.account == a)]
+    if name == "networks_total":
+        return float(mine.net_bucket.nunique())
+    if not len(mine):
+        return 0.0
+    latest = mine.net_bucket.iloc[-1]
+    return (t - int(mine[mine.net_bucket == latest].ts.min())) / 1000.0
+
+
+def test_network_features_see_a_move(table: pd.DataFrame, stream: Synth) -> None:
+    """The stream has accounts on one to four networks, some moving to a new one late: the operators
+    see every count, and a move shows as a network younger than the account's first one."""
+    assert set(table.networks_total.astype(int)) >= {1, 2, 3, 4}
+    moved = table[table.networks_total >= 3]
+    assert (moved.network_age_s < moved.account_age_s).any()
+
+
 # -- the columnar, sharded replay (training's path) is the event replay, value for value -------------
 @pytest.fixture(scope="module")
 def columns(stream: Synth):
@@ -288,3 +328,22 @@ def test_record_doors_equal_the_event_doors(stream: Synth) -> None:
     assert by_event.accounts.keys() == by_record.accounts.keys()
     for account, st in by_event.accounts.items():
         assert feature_row(st, by_event, stream.now) == feature_row(by_record.accounts[account], by_record, stream.now)
+
+
+def test_a_checkpointed_account_from_before_the_network_fields_restores() -> None:
+    """AccountState pickles as a tuple of its slots; one written before the network slots were appended
+    restores with them empty, and then counts networks from its next session."""
+    from detection.features import FeatureEngine
+    from detection.features.state import _restore_account
+
+    t0 = 1_800_000_000_000
+    engine = FeatureEngine()
+    engine.register(t0, "a", "n1")
+    st = engine.accounts["a"]
+    fn, values = st.__reduce__()
+    old = fn(*values[:-3])  # the tuple an older build wrote
+    assert (old.nets, old.net_now, old.nets_total) == (None, None, 0) and old.registered_ts == t0
+    assert fn is _restore_account
+    engine.accounts["a"] = old
+    engine.session(t0 + 1_000, "a", "n2")
+    assert engine.features("a", t0 + 2_000)[list(FEATURE_NAMES).index("networks_total")] == 1.0
