@@ -65,6 +65,10 @@ _FIRST_PER_RECIPIENT_24H = FEATURE_INDEX["first_contacts_per_recipient_24h"]
 _MESSAGES_PER_RECIPIENT_24H = FEATURE_INDEX["messages_per_recipient_24h"]
 _RECEIVED_24H = FEATURE_INDEX["received_24h"]
 _RECEIVED_PER_SEND_24H = FEATURE_INDEX["received_per_send_24h"]
+# Network features (detection/features: networks_total, network_age_s); a feature list without them
+# (an older build) turns the takeover evidence off.
+_NETWORKS = FEATURE_INDEX.get("networks_total", -1)
+_NETWORK_AGE = FEATURE_INDEX.get("network_age_s", -1)
 
 
 _REPORT_COLS = [i for name, i in FEATURE_INDEX.items() if name.startswith("reports_per_recipient_")]
@@ -155,6 +159,13 @@ class Policy:
     min_conversation_strangers: int | None = 2
     min_conversation_share: float = 0.75
     min_messages_per_recipient: float = 3.0
+    # Takeover: an account older than `takeover_min_age_s` whose latest session comes from a network it
+    # first used less than `takeover_window_s` ago, after `takeover_min_networks` - 1 others (a
+    # hijacker's sessions move to its own network) — evidence on its own, wait included, once it reached
+    # `min_recipients` people (a hijacker writes to the owner's contacts, who know it). None: off.
+    takeover_min_networks: int | None = 3
+    takeover_window_s: float = 6 * 3600.0
+    takeover_min_age_s: float = 30 * 86_400.0
     # Optional, off by default: a model ban also needs this many objections from recipients (blocks,
     # verified reports). For a model trained on little data (`sealguard up`'s warm-up), whose early
     # scores cannot tell a teacher's first messages to parents from a spammer's.
@@ -174,8 +185,9 @@ class Policy:
         # Reach = distinct direct recipients + strangers pulled into groups (a group spammer reaches
         # people through the groups it stuffs, not one-to-one).
         reach_24h = row[_RECIPIENTS_24H] + row[_STRANGERS_24H]
-        evidence = (row[_SENDS] >= self.min_sends and self.abuse_evidence(row)
-                    and (reach_24h >= self.min_recipients or self.talkative(row)))
+        evidence = row[_SENDS] >= self.min_sends and (
+            (self.abuse_evidence(row) and (reach_24h >= self.min_recipients or self.talkative(row)))
+            or (reach_24h >= self.min_recipients and self.takeover(row)))
         # 1) the model, with minimum evidence
         decisive = score if ban_score is None else ban_score
         if decisive is not None and decisive >= self.ban_threshold and evidence:
@@ -243,6 +255,13 @@ class Policy:
         # Talkative outreach stands in for the hour on an established account; a fresh one that is
         # answered (a new user chatting with friends it has not saved yet) waits for it.
         return settled >= self.min_settled_outreach or (not fresh and self.talkative(row))
+
+    def takeover(self, row: Sequence[float]) -> bool:
+        """An old account that has just moved to a network it never used, after using others."""
+        return (self.takeover_min_networks is not None and _NETWORKS >= 0
+                and row[_NETWORKS] >= self.takeover_min_networks
+                and row[_NETWORK_AGE] < self.takeover_window_s and row[_AGE] >= self.takeover_min_age_s
+                and not self.min_objections)
 
     def talkative(self, row: Sequence[float]) -> bool:
         """A few strangers contacted first, most of the day's recipients, each kept talking."""

@@ -229,3 +229,16 @@ def test_a_fresh_account_whose_outreach_is_answered_waits_the_hour() -> None:
     assert _banned(Policy(), row(**settled, received_24h=8, received_per_send_24h=8 / 9)), "an hour later it may be"
     objected = row(**new_user, received_24h=8, received_per_send_24h=8 / 9, blocks_total=1)
     assert _banned(Policy(), objected), "one objection lifts the wait"
+
+
+def test_an_old_account_on_a_network_it_never_used_needs_no_strangers() -> None:
+    # A hijacked 2-year-old account: its sessions moved 20 minutes ago to a third network; it writes to
+    # the owner's contacts (no stranger, nobody objected yet), who know it.
+    hijacked = dict(sends_total=12, recipients_24h=6, account_age_s=700 * DAY, networks_total=3,
+                    network_age_s=1200)
+    assert _banned(Policy(), row(**hijacked))
+    assert not _banned(Policy(takeover_min_networks=None), row(**hijacked)), "no outreach: no ban without it"
+    assert not _banned(Policy(), row(**{**hijacked, "networks_total": 2})), "home and mobile: no move"
+    assert not _banned(Policy(), row(**{**hijacked, "network_age_s": 7 * 3600})), "moved long ago"
+    assert not _banned(Policy(), row(**{**hijacked, "account_age_s": 10 * DAY})), "a young account"
+    assert not _banned(Policy(), row(**{**hijacked, "recipients_24h": 2})), "reached too few people"
