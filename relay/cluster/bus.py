@@ -1,8 +1,8 @@
 """The cluster's Kafka side, on threads of its own, feeding the event loop in batches.
 
 * `Outbox` — one producer, drained on the event loop. The loop appends (topic, key, value) for the
-  routes topic, (topic, to_incarnation, frame) for a node's inbox and (topic, to_incarnation,
-  token, status) for an ACK to deques; every `drain_s` (ClusterConfig.batch_ms) a timer packs each
+  routes topic and (topic, to_incarnation, token, status) for an ACK to deques, and a frame for a
+  node's inbox to that inbox's list; every `drain_s` (ClusterConfig.batch_ms) a timer packs each
   destination's frames (its ACKs as one ACKS frame) into as few records as fit
   (`wire.frame_records`) and hands them to librdkafka (`linger.ms` 1), whose threads send them.
   Tansu's CPU goes by records and requests, not bytes: one record per destination per drain keeps
@@ -77,8 +77,11 @@ class Outbox:
         self.drain_s = drain_s
         self.records = 0
         self.failed = 0
-        self._q: deque[tuple[str, Any, bytes]] = deque()
+        self._q: deque[tuple[str, str, bytes]] = deque()  # routes-topic records (topic, key, value)
         self._acks: deque[tuple[str, int, int, int]] = deque()  # (topic, to_incarnation, token, status)
+        self.ack_append = self._acks.append  # `ack` without the call, for the node's ack ports
+        # (topic, to_incarnation) → frames for that inbox, in order; packed into records at the drain
+        self._frames: dict[tuple[str, int], list[bytes]] = {}
         self._backlog: deque[tuple[str, str | None, bytes]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -91,7 +94,11 @@ class Outbox:
         self._timer = loop.call_later(self.drain_s, self._tick)
 
     def to_inbox(self, topic: str, to_incarnation: int, frame: bytes) -> None:
-        self._q.append((topic, to_incarnation, frame))
+        frames = self._frames.get((topic, to_incarnation))
+        if frames is None:
+            self._frames[(topic, to_incarnation)] = [frame]
+        else:
+            frames.append(frame)
 
     def to_topic(self, topic: str, key: str, value: bytes) -> None:
         self._q.append((topic, key, value))
@@ -118,16 +125,12 @@ class Outbox:
         to librdkafka; on the loop, never blocking: what it cannot take now waits for the next drain."""
         q, acks, backlog = self._q, self._acks, self._backlog
         self._producer.poll(0)
-        if not (q or acks or backlog):
+        if not (q or acks or backlog or self._frames):
             return
         out = backlog
-        inboxes: dict[tuple[str, int], list[bytes]] = {}
+        inboxes, self._frames = self._frames, {}
         for _ in range(len(q)):
-            topic, key, value = q.popleft()
-            if type(key) is int:
-                inboxes.setdefault((topic, key), []).append(value)
-            else:
-                out.append((topic, key, value))
+            out.append(q.popleft())
         pairs: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for _ in range(len(acks)):
             topic, to_inc, token, status = acks.popleft()

@@ -437,6 +437,10 @@ class Cluster:
             self.stats.late_acks += 1  # already queued here after a timeout: the copy there is a duplicate
             return
         self.stats.acks_received += 1
+        self._settle_ack(token, entry, status)
+
+    def _settle_ack(self, token: int, entry: tuple[Any, Any, float, str], status: int) -> None:
+        """The destination answered `status` for the `_pending` entry (already popped) of `token`."""
         if status == wire.DELIVERED and type(entry[1]) is tuple:  # a 1:1 from hand_over_direct: the SEND_ACK
             rid, mid = entry[1][0], entry[1][1]
             self.server.stats.acks_delivered += 1
@@ -480,11 +484,11 @@ class Cluster:
         port = self._ports.get((node, incarnation))
         if port is None:
             assert self.outbox is not None
-            ack, topic, stats = self.outbox.ack, self.config.inbox_topic(node), self.stats
+            append, topic, stats = self.outbox.ack_append, self.config.inbox_topic(node), self.stats
 
-            def send_ack(token: int, status: int) -> None:
+            def send_ack(token: int, status: int) -> None:  # Outbox.ack, inlined: one per crossing message
                 stats.acks_sent += 1
-                ack(topic, incarnation, token, status)
+                append((topic, incarnation, token, status))
 
             port = self._ports[(node, incarnation)] = AckPort(send_ack)
         return port
@@ -576,9 +580,22 @@ class Cluster:
                             server._queue(QueuedOut(mid, recipient, sender, group, kind, ct, ts, ts + ttl),
                                           Outgoing(port, token, mid, 1))  # type: ignore[arg-type]
                     elif tag == wire.M:
-                        on_ack = self._on_ack
+                        # A batch's acks; a DELIVERED one for a 1:1 from hand_over_direct (nearly all of
+                        # them) answers its sender here, anything else goes through _settle_ack.
+                        pending_pop, settle, sstats = self._pending.pop, self._settle_ack, server.stats
                         for token, status in wire.parse_acks(frame):
-                            on_ack(token, status)
+                            entry = pending_pop(token, None)
+                            if entry is None:
+                                stats.late_acks += 1  # queued here after a timeout: the copy there is a duplicate
+                                continue
+                            stats.acks_received += 1
+                            f = entry[1]
+                            if status == wire.DELIVERED and type(f) is tuple:
+                                sstats.acks_delivered += 1
+                                entry[0].send(_SEND_ACK_PACK(_ACK_LEN, _VERSION, _SEND_ACK, 0, f[0], f[1],
+                                                             wire.DELIVERED))
+                            else:
+                                settle(token, entry, status)
                     elif tag == wire.A:
                         self._on_ack(*wire.parse_ack(frame))
                     elif tag == wire.P:
