@@ -24,6 +24,10 @@ the rule ids, the model version and the score.
   contacts, who block it), or talkative outreach (≥ 2 strangers contacted first, ≥ 75% of the day's
   recipients, ≥ 3 messages each: a conversational scam; it needs no wait — the conversations are
   their own evidence of time passing, and reaching 2 such strangers is enough);
+* takeover: an old account that has just moved to a network it never used, after using others (a
+  hijacker's /24), is evidence on its own once it reached a few people — a hijacker writes to the
+  owner's contacts, no strangers (see `takeover`; the thresholds rest on the simulator's two networks
+  per person);
 * review case (`model_review`): `review_threshold` ≤ score < ban, priority = score × reach
   (1 + people reached in 24 h), once per account;
 * rules: `restrict`/`ban` act (actor = the rule), `review` opens a case;
