@@ -67,7 +67,7 @@ class RollingVector:
         head = self._head
         if b <= head:
             return ring[-1][1]
-        if head <= b - self._n:  # the whole ring fell out (an account idle for a window): nothing to subtract
+        if head <= b - self._n or not ring:  # empty, or the whole ring fell out (idle for a window)
             if ring:
                 ring.clear()
                 self.tot = [0] * self._channels

@@ -347,3 +347,14 @@ def test_a_checkpointed_account_from_before_the_network_fields_restores() -> Non
     engine.accounts["a"] = old
     engine.session(t0 + 1_000, "a", "n2")
     assert engine.features("a", t0 + 2_000)[list(FEATURE_NAMES).index("networks_total")] == 1.0
+
+
+def test_a_window_starts_at_any_time_even_the_epoch() -> None:
+    """An empty ring takes its first bucket whatever the time (it once indexed the empty ring)."""
+    from detection.features.windows import W24H, RollingVector
+
+    rv = RollingVector(W24H, channels=2)
+    rv.add(0, 0, 1.0)
+    rv.add(3_600_000, 1, 2.0)
+    assert rv.totals(3_600_000) == [1.0, 2.0]
+    assert rv.totals(24 * 3_600_000) == [0.0, 2.0]  # bucket 0 left the 24 h window, bucket 1 is in it
