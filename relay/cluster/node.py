@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.cluster import wire
 from relay.cluster.bus import Outbox, Reader, Source, ensure_inbox
-from relay.cluster.routes import NodeTable, RouteTable
+from relay.cluster.routes import NodeTable, Peer, RouteTable
 from relay.cluster.store import ClusterStore
 from relay.protocol import DeliveryStatus, ErrorCode, FrameType, GroupOp, encode
 from relay.server.core import _ACK as _SEND_ACK_STRUCT
@@ -291,21 +291,23 @@ class Cluster:
                         node, len(gone), n)
 
     # -- hooks the server calls -------------------------------------------------------------------------
+    def _live_peer(self, recipient: str) -> Peer | None:
+        """The live node `recipient` is connected to, or None (not ready, not routed, or its node is dead)."""
+        if not self.ready:
+            return None
+        node = self.routes.node_of.get(recipient)
+        return None if node is None else self.nodes.alive(node)
+
     def hand_over(self, item: QueuedOut, out: Outgoing) -> bool:
         """The recipient is not connected here: hand the message to the node it is on. False when no
         live node has it (the server queues the message)."""
-        if not self.ready:
-            return False
-        node = self.routes.node_of.get(item.recipient)
-        if node is None:
-            return False
-        peer = self.nodes.peers.get(node)
-        if peer is None or not peer.alive:
+        peer = self._live_peer(item.recipient)
+        if peer is None:
             return False
         token = next(self._tokens) & 0xFFFFFFFF
         # The deadline is the sweep's clock (±sweep_s): a monotonic() call per message saved, and
         # `_pending` stays in deadline order, so the sweep stops at the first one not yet due.
-        self._pending[token] = (out, item, self._deadline, node)
+        self._pending[token] = (out, item, self._deadline, peer.node)
         assert self.outbox is not None
         self.outbox.to_inbox(peer.inbox_topic, peer.incarnation, wire.handover(
             token, item.message_id, item.kind, item.enqueued_at, item.recipient, item.sender, item.group,
@@ -320,16 +322,11 @@ class Cluster:
         `_pending` as they are, and a DELIVERED ack answers the sender with one packed SEND_ACK. The
         QueuedOut and Outgoing are built only when the message must be queued here or settled any
         other way (`_materialize`)."""
-        if not self.ready:
-            return False
-        node = self.routes.node_of.get(recipient)
-        if node is None:
-            return False
-        peer = self.nodes.peers.get(node)
-        if peer is None or not peer.alive:
+        peer = self._live_peer(recipient)
+        if peer is None:
             return False
         token = next(self._tokens) & 0xFFFFFFFF
-        self._pending[token] = (conn, (rid, mid, recipient, sender, kind, ts, ciphertext), self._deadline, node)
+        self._pending[token] = (conn, (rid, mid, recipient, sender, kind, ts, ciphertext), self._deadline, peer.node)
         self.outbox.to_inbox(peer.inbox_topic, peer.incarnation,  # type: ignore[union-attr]
                              wire.handover(token, mid, kind, ts, recipient, sender, None, ciphertext))
         self.stats.handed_over += 1
