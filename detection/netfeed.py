@@ -36,7 +36,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from detection.features.state import NetBook
+from detection.features.state import NetBook, books_counts
 from detection.features.windows import WINDOWS
 from sealguard.contracts import ContractError, decode
 from sealguard.topic_reader import WholeTopicReader
@@ -147,27 +147,17 @@ class NetFeedView:
         one call, and the bucket looked up once per book."""
         if bucket is None:
             return [0.0, 0.0, 0.0]
-        n0 = n1 = n2 = 0
-        for b in self.local:
-            vecs = b.buckets.get(bucket)
-            if vecs is not None:
-                v0, v1, v2 = vecs
-                n0 += v0.totals(ts)[0]
-                n1 += v1.totals(ts)[0]
-                n2 += v2.totals(ts)[0]
+        n0, n1, n2 = books_counts(self.local, bucket, ts)
         times = self.book.times.get(bucket)
         if times:
             hi = bisect_right(times, ts)
             (w0, b0), (w1, b1), (w2, b2) = _SPANS
             g = hi - bisect_left(times, ts - ts % w0 - b0)
-            if g > n0:
-                n0 = g
+            n0 = max(n0, g)
             g = hi - bisect_left(times, ts - ts % w1 - b1)
-            if g > n1:
-                n1 = g
+            n1 = max(n1, g)
             g = hi - bisect_left(times, ts - ts % w2 - b2)
-            if g > n2:
-                n2 = g
+            n2 = max(n2, g)
         return [float(n0), float(n1), float(n2)]
 
 

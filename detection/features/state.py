@@ -17,6 +17,7 @@ Each door returns the account whose features changed in a way worth scoring (or 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from detection.features.operators import (
@@ -45,7 +46,7 @@ NET_MEMORY = 32  # networks remembered per account (oldest forgotten first; one 
 class AccountState:
     """Everything detection remembers about one account: rolling channels and a few totals."""
 
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023 - the order is the checkpoint's (see __reduce__); new slots go last
         "action",
         "blocks_total",
         "cases",
@@ -174,17 +175,22 @@ class NetView:
         return n
 
     def counts(self, bucket: str | None, ts: int) -> list[float]:
-        """`count` of every window at once, in WINDOWS order (the three windows unrolled)."""
-        n0 = n1 = n2 = 0.0
-        if bucket is not None:
-            for book in self.books:
-                vecs = book.buckets.get(bucket)
-                if vecs is not None:
-                    v0, v1, v2 = vecs
-                    n0 += v0.totals(ts)[0]
-                    n1 += v1.totals(ts)[0]
-                    n2 += v2.totals(ts)[0]
-        return [n0, n1, n2]
+        """`count` of every window at once, in WINDOWS order."""
+        return [0.0, 0.0, 0.0] if bucket is None else list(books_counts(self.books, bucket, ts))
+
+
+def books_counts(books: Iterable[NetBook], bucket: str, ts: int) -> tuple[float, float, float]:
+    """Registrations in `bucket` over each window (WINDOWS order) summed over `books`: the fused
+    feature row reads all three for every scored row, so the windows are unrolled."""
+    n0 = n1 = n2 = 0.0
+    for book in books:
+        vecs = book.buckets.get(bucket)
+        if vecs is not None:
+            v0, v1, v2 = vecs
+            n0 += v0.totals(ts)[0]
+            n1 += v1.totals(ts)[0]
+            n2 += v2.totals(ts)[0]
+    return n0, n1, n2
 
 
 class FeatureEngine:
