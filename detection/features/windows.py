@@ -15,8 +15,8 @@ one per statistic; that batching is what lets plain Python keep up with the stre
 from __future__ import annotations
 
 from collections import deque
-from operator import sub as _sub
 from dataclasses import dataclass
+from operator import sub as _sub
 from typing import Any
 
 

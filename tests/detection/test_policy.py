@@ -220,8 +220,8 @@ def test_talkative_outreach_to_two_strangers_reaches_enough_people() -> None:
 def test_a_fresh_account_whose_outreach_is_answered_waits_the_hour() -> None:
     # A new user (11 hours old) chatting with three people it has not saved yet, who answer: three
     # messages each, two of the first contacts in the last hour. A blaster is rarely answered.
-    new_user = dict(sends_total=9, recipients_24h=3, first_contacts_24h=3, first_contacts_1h=2,
-                    first_contacts_per_recipient_24h=1.0, messages_per_recipient_24h=3.0, account_age_s=11 * 3600)
+    new_user = {"sends_total": 9, "recipients_24h": 3, "first_contacts_24h": 3, "first_contacts_1h": 2,
+                "first_contacts_per_recipient_24h": 1.0, "messages_per_recipient_24h": 3.0, "account_age_s": 11 * 3600}
     assert not _banned(Policy(), row(**new_user, received_24h=8, received_per_send_24h=8 / 9))
     assert _banned(Policy(fresh_answered_share=None), row(**new_user, received_24h=8, received_per_send_24h=8 / 9))
     assert _banned(Policy(), row(**new_user, received_24h=1, received_per_send_24h=1 / 9)), "not answered: no wait"
@@ -234,8 +234,8 @@ def test_a_fresh_account_whose_outreach_is_answered_waits_the_hour() -> None:
 def test_an_old_account_on_a_network_it_never_used_needs_no_strangers() -> None:
     # A hijacked 2-year-old account: its sessions moved 20 minutes ago to a third network; it writes to
     # the owner's contacts (no stranger, nobody objected yet), who know it.
-    hijacked = dict(sends_total=12, recipients_24h=6, account_age_s=700 * DAY, networks_total=3,
-                    network_age_s=1200)
+    hijacked = {"sends_total": 12, "recipients_24h": 6, "account_age_s": 700 * DAY, "networks_total": 3,
+                "network_age_s": 1200}
     assert _banned(Policy(), row(**hijacked))
     assert not _banned(Policy(takeover_min_networks=None), row(**hijacked)), "no outreach: no ban without it"
     assert not _banned(Policy(), row(**{**hijacked, "networks_total": 2})), "home and mobile: no move"
