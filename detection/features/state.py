@@ -148,10 +148,7 @@ class NetBook:
 
     def counts(self, bucket: str | None, ts: int) -> list[float]:
         """`count` of every window at once, in WINDOWS order (the fused feature row reads them together)."""
-        vecs = self.buckets.get(bucket) if bucket is not None else None
-        if vecs is None:
-            return [0.0] * len(WINDOWS)
-        return [float(v.totals(ts)[0]) for v in vecs]
+        return [0.0, 0.0, 0.0] if bucket is None else list(books_counts((self,), bucket, ts))
 
 
 class NetView:
