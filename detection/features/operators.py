@@ -35,6 +35,7 @@ RECEIVED = 11    # direct messages received
 N_CHANNELS = 12
 
 VERIFIED_WEIGHT = 3  # a report whose named messages the relay verified counts three times
+SAVED_WINDOWS: tuple[Window, ...] = (WINDOWS[1], WINDOWS[2])  # saved strangers are counted over 1 h and 24 h
 
 
 def burstiness(tot: list[float]) -> float:
@@ -157,7 +158,7 @@ def _operators() -> list[Operator]:
         ]
     ops += [AccountAge(), Lifetime("sends_total"), Lifetime("blocks_total"), Lifetime("reports_total"),
             Lifetime("verified_reports_total")]
-    return ops + _behaviour_change_operators() + _network_operators()
+    return ops + _behaviour_change_operators() + _network_operators() + _saved_operators()
 
 
 class Ratio(Operator):
@@ -220,6 +221,24 @@ class NetworkAge(Operator):
 def _network_operators() -> list[Operator]:
     """Network change (appended after the rate-free set, so older models keep their columns)."""
     return [Networks(), NetworkAge()]
+
+
+class SavedFirst(Operator):
+    """Strangers saved as contacts seconds before the account's first message to them, over one window
+    (`saved_first_contacts_24h`): adding someone just before writing hides the relay's `first_contact`,
+    so these are the strangers contacted that `first_contacts_W` misses (see `state._saved_first`)."""
+
+    kind = "saved_first"
+
+    def __init__(self, window: Window) -> None:
+        self.name, self.window = f"saved_first_contacts_{window.name}", window
+        k = SAVED_WINDOWS.index(window)
+        self.expr = f"(st.saved[{k}].totals(ts)[0] + 0.0 if st.saved is not None else 0.0)"
+
+
+def _saved_operators() -> list[Operator]:
+    """Saved strangers (issue #4 round four; appended last, so older models keep their columns)."""
+    return [SavedFirst(WINDOWS[1]), SavedFirst(WINDOWS[2])]
 
 
 def _behaviour_change_operators() -> list[Operator]:

@@ -32,6 +32,7 @@ from detection.features.operators import (
     RECIPIENTS,
     REPLY,
     REPORTS,
+    SAVED_WINDOWS,
     SENDS,
     STRANGERS,
     VERIFIED_WEIGHT,
@@ -41,6 +42,11 @@ from detection.features.windows import WINDOWS, RollingDistinct, RollingVector
 
 INBOUND_MEMORY = 4096  # senders remembered per account for reply detection (oldest forgotten first)
 NET_MEMORY = 32  # networks remembered per account (oldest forgotten first; one seen again counts as new)
+# Saved strangers: a contact added at most SAVED_FIRST_MS before the account's first message to it
+# counts as a stranger contacted, saved first (the add hides the relay's `first_contact`). At most
+# SAVED_MEMORY contact adds wait for their first message (the oldest forgotten first).
+SAVED_FIRST_MS = 120_000
+SAVED_MEMORY = 64
 
 
 class AccountState:
@@ -67,6 +73,8 @@ class AccountState:
         "net_now",
         "nets",
         "nets_total",
+        "added",
+        "saved",
     )
 
     def __init__(self, ts: int) -> None:
@@ -78,6 +86,10 @@ class AccountState:
         self.net_now: str | None = None
         self.nets: dict[str, int] | None = None
         self.nets_total = 0
+        # Contacts it added that it has not written to since (contact -> when), and the rolling
+        # count of strangers saved seconds before its first message to them (None until the first).
+        self.added: dict[str, int] | None = None
+        self.saved: tuple[RollingVector, ...] | None = None
         self.last_send_ts: int | None = None
         self.n_out = 0  # outbound events that can trigger scoring (sends, group adds)
         self.sends_total = 0
@@ -98,7 +110,7 @@ class AccountState:
         return (_restore_account, tuple(getattr(self, k) for k in AccountState.__slots__))
 
 
-_SLOT_DEFAULTS = {"net_now": None, "nets": None, "nets_total": 0}
+_SLOT_DEFAULTS = {"net_now": None, "nets": None, "nets_total": 0, "added": None, "saved": None}
 
 
 def _restore_account(*values: Any) -> AccountState:
@@ -123,6 +135,34 @@ def _see_network(st: AccountState, ts: int, net_bucket: str) -> None:
         st.nets_total += 1
         if len(nets) > NET_MEMORY:
             del nets[next(iter(nets))]
+
+
+def _saved_first(st: AccountState, ts: int, recipient: str, first: int, reply: int) -> None:
+    """`st` writes to `recipient`: if it added `recipient` at most SAVED_FIRST_MS before and has not
+    written to it since, this is a saved stranger's first message — unless the relay flagged it as a
+    first contact anyway, or `recipient` wrote to `st` before (an acquaintance). Adds too old to count
+    are forgotten on the way (an address-book import leaves nothing behind)."""
+    added = st.added
+    assert added is not None
+    added_ts = added.pop(recipient, None)
+    _forget_stale(st, added, ts)
+    if added_ts is None or first or reply or not 0 <= ts - added_ts <= SAVED_FIRST_MS:
+        return
+    if st.saved is None:
+        st.saved = tuple(RollingVector(w, 1) for w in SAVED_WINDOWS)
+    for vec in st.saved:
+        vec.add(ts, 0, 1)
+
+
+def _forget_stale(st: AccountState, added: dict[str, int], ts: int) -> None:
+    """Drop the adds older than SAVED_FIRST_MS before `ts` (oldest first; None once none is left)."""
+    oldest = ts - SAVED_FIRST_MS
+    while added:
+        k = next(iter(added))
+        if added[k] >= oldest:
+            return
+        del added[k]
+    st.added = None
 
 
 class NetBook:
@@ -203,6 +243,7 @@ class FeatureEngine:
             "session.opened": self._out_session,
             "group.member_added": self._out_group_add,
             "group.created": self._out_group_add,
+            "contact.added": self._out_contact_added,
         }
         self._in = {
             "message.sent": self._in_message,
@@ -243,6 +284,8 @@ class FeatureEngine:
             self.session(r["ts"], r["account"], r["net_bucket"])
         elif t == "account.registered":
             self.register(r["ts"], r["account"], r["net_bucket"])
+        elif t == "contact.added":
+            self.contact_added(r["ts"], r["account"], r["contact"])
         elif ((t == "group.member_added" or t == "group.created") and r.get("member") is not None
               and self.group_add(r["ts"], r["actor"], r.get("member_is_contact")) is not None):
             return r["actor"]  # type: ignore[no-any-return]
@@ -272,6 +315,9 @@ class FeatureEngine:
 
     def _out_session(self, ev: Any) -> None:
         self.session(ev.ts, ev.account, ev.net_bucket)
+
+    def _out_contact_added(self, ev: Any) -> None:
+        self.contact_added(ev.ts, ev.account, ev.contact)
 
     def _out_group_add(self, ev: Any) -> str | None:
         if ev.member is None:
@@ -310,6 +356,8 @@ class FeatureEngine:
         if recipient is not None:
             first = 1 if first_contact else 0
             reply = 1 if recipient in st.inbound_from else 0
+            if st.added is not None:
+                _saved_first(st, ts, recipient, first, reply)
             for vec, dist in zip(st.vecs, st.dists):
                 b = ts // vec._width
                 v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
@@ -357,6 +405,20 @@ class FeatureEngine:
         self.book.register(net_bucket, ts)
         _see_network(st, ts, net_bucket)
         return st
+
+    def contact_added(self, ts: int, account: str, contact: str) -> None:
+        """`account` saved `contact` (its next message to `contact` may be a saved stranger's first)."""
+        st = self.accounts.get(account)
+        if st is None:
+            st = self.accounts[account] = AccountState(ts)
+        added = st.added
+        if added is None:
+            added = st.added = {}
+        added.pop(contact, None)  # the latest add counts; re-inserted as the newest
+        added[contact] = ts
+        if len(added) > SAVED_MEMORY:
+            del added[next(iter(added))]
+        _forget_stale(st, added, ts)
 
     def session(self, ts: int, account: str, net_bucket: str | None) -> None:
         """`account` opened a session (its first seen network stands in for a registration's)."""

@@ -107,14 +107,14 @@ class _Rows:
 
 # -- the columnar replay --------------------------------------------------------------------
 # What one door of one event does (0: nothing for the features).
-SEND, RECEIVE, SESSION, REGISTER, NET_ONLY, GROUP_ADD, BLOCK, REPORT, SELF = range(1, 10)
+SEND, RECEIVE, SESSION, REGISTER, NET_ONLY, GROUP_ADD, BLOCK, REPORT, SELF, CONTACT = range(1, 11)
 _OUT_KIND = {"message.sent": SEND, "account.registered": REGISTER, "session.opened": SESSION,
-             "group.member_added": GROUP_ADD, "group.created": GROUP_ADD}
+             "group.member_added": GROUP_ADD, "group.created": GROUP_ADD, "contact.added": CONTACT}
 _IN_KIND = {"message.sent": RECEIVE, "contact.blocked": BLOCK, "report.filed": REPORT}
 
 # The columns the replay reads (a file may lack the ones no event of it uses).
 REPLAY_COLUMNS = ("type", "ts", "sender", "recipient", "first_contact", "account", "net_bucket", "actor", "member",
-                  "member_is_contact", "blocked", "reported", "messages_verified")
+                  "member_is_contact", "blocked", "reported", "messages_verified", "contact")
 
 
 def shard_of(account: str, shards: int) -> int:
@@ -173,7 +173,9 @@ def plan_replay(table: Any) -> ReplayPlan:
     out_kind = np.array([_OUT_KIND.get(t, 0) for t in type_names] + [0], dtype=np.int8)[type_idx]
     in_kind = np.array([_IN_KIND.get(t, 0) for t in type_names] + [0], dtype=np.int8)[type_idx]
     out_str = pc.coalesce(col("sender"), col("actor"), col("account"))
-    in_str = pc.coalesce(col("recipient"), col("blocked"), col("reported"))
+    # (a contact add's contact rides in the inbound column: its inbound door does nothing, and its
+    # outbound door reads it as the other account, as a send reads its recipient)
+    in_str = pc.coalesce(col("recipient"), col("blocked"), col("reported"), col("contact"))
     both = pc.dictionary_encode(pa.concat_arrays([out_str, in_str]))
     codes = pc.fill_null(both.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
     out_acct, in_acct = codes[:n], codes[n:]
@@ -275,6 +277,7 @@ def _replay(plan: ReplayPlan, event: np.ndarray, kinds: np.ndarray, acct: np.nda
     due, mark, row = schedule.due, schedule.mark, feature_row
     send, receive, session, register = engine.send, engine.receive, engine.session, engine.register
     group_add, block, report, book = engine.group_add, engine.block, engine.report, engine.book
+    contact_added = engine.contact_added
     names = plan.names
     ts_all = plan.ts
     buckets = plan.buckets[plan.bucket[event]].tolist()
@@ -299,6 +302,9 @@ def _replay(plan: ReplayPlan, event: np.ndarray, kinds: np.ndarray, acct: np.nda
             continue
         elif kind == NET_ONLY:
             book.register(nb, ts)
+            continue
+        elif kind == CONTACT:
+            contact_added(ts, a, o)
             continue
         elif kind == REGISTER:
             register(ts, a, nb)

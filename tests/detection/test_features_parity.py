@@ -22,8 +22,9 @@ WIN = {w.name: w for w in WINDOWS}
 
 @pytest.fixture(scope="module")
 def stream() -> Synth:
-    return with_sessions(Synth(seed=11).population(normal=15, blasters=1, drips=1, farm=3, minutes=75,
-                                                   gap_ms=(2000, 20000))).strictly_increasing()
+    return with_saved_strangers(with_sessions(Synth(seed=11).population(normal=15, blasters=1, drips=1, farm=3,
+                                                                        minutes=75, gap_ms=(2000, 20000)))
+                                ).strictly_increasing()
 
 
 def with_sessions(s: Synth, per_account: int = 6) -> Synth:
@@ -44,6 +45,31 @@ def with_sessions(s: Synth, per_account: int = 6) -> Synth:
     return s
 
 
+def with_saved_strangers(s: Synth) -> Synth:
+    """Contact adds followed by a first message: strangers (new accounts) and acquaintances (who may
+    have written first), saved 0.5 s to 5 minutes before the message (both sides of the 2-minute
+    bound), some written to twice, some added and never written to; merged in time order."""
+    from sealguard.contracts import MessageKind, new_account_id
+
+    rng = s.rng
+    start, end = s.events[0].ts + 400_000, s.events[-1].ts
+    extra = []
+    for i, a in enumerate([*s.spammers, *s.normal[:6]]):
+        for _ in range(3 + i % 4):
+            t = rng.randrange(start, end)
+            x = new_account_id() if rng.random() < 0.7 else rng.choice(s.normal)
+            if x == a:
+                continue
+            d = rng.choice([500, 30_000, 119_000, 121_000, 300_000])
+            extra.append(s.book.contact_added(a, x, ts=t - d))
+            if rng.random() < 0.85:
+                extra.append(s.book.message_sent(a, x, 100, MessageKind.text, True, ts=t))
+                if rng.random() < 0.3:
+                    extra.append(s.book.message_sent(a, x, 100, MessageKind.text, True, ts=t + 5_000))
+    s.events = sorted([*s.events, *extra], key=lambda ev: ev.ts)
+    return s
+
+
 @pytest.fixture(scope="module")
 def table(stream: Synth) -> pd.DataFrame:
     return build_feature_table(stream.events, "every")
@@ -59,7 +85,8 @@ def frame(stream: Synth) -> pd.DataFrame:
                      "reported": d.get("reported"), "verified": d.get("messages_verified", 0) or 0,
                      "actor": d.get("actor"), "member": d.get("member"),
                      "member_is_contact": bool(d.get("member_is_contact", False)),
-                     "account": d.get("account"), "net_bucket": d.get("net_bucket")})
+                     "account": d.get("account"), "net_bucket": d.get("net_bucket"),
+                     "contact": d.get("contact")})
     return pd.DataFrame(rows)
 
 
@@ -89,6 +116,8 @@ def expected(f: pd.DataFrame, name: str, a: str, t: int) -> float:
         return expected_behaviour_change(f, name, a, t)
     if name in ("networks_total", "network_age_s"):
         return expected_network(f, name, a, t)
+    if name.startswith("saved_first_contacts_"):
+        return expected_saved(f, name, a, t)
     window = name.rsplit("_", 1)[1]
     inw = lambda df: df[_in_window(df.ts, t, window)]
     d = inw(direct)
@@ -237,6 +266,51 @@ def expected_network(f: pd.DataFrame, name: str, a: str, t: int) -> float:
     return (t - int(mine[mine.net_bucket == latest].ts.min())) / 1000.0
 
 
+def expected_saved(f: pd.DataFrame, name: str, a: str, t: int) -> float:
+    """Strangers saved first: direct messages of `a` in the window that are its first message to the
+    recipient since its latest add of them, sent at most 120 s after that add, not flagged as a first
+    contact, to someone who had never written to `a` before."""
+    saved = _saved_sends(f)
+    mine = saved[(saved.sender == a) & (saved.ts <= t)]
+    return float(_in_window(mine.ts, t, name.rsplit("_", 1)[1]).sum())
+
+
+_SAVED: dict[int, pd.DataFrame] = {}
+
+
+def _saved_sends(f: pd.DataFrame) -> pd.DataFrame:
+    """The direct messages of the stream that were a saved stranger's first (computed once per frame)."""
+    if id(f) in _SAVED:
+        return _SAVED[id(f)]
+    adds = f[f.type == "contact.added"]
+    direct = f[(f.type == "message.sent") & f.recipient.notna()]
+    keep = []
+    for i, s, r, ts, first in zip(direct.index, direct.sender, direct.recipient, direct.ts, direct.first_contact):
+        mine = adds[(adds.account == s) & (adds.contact == r) & (adds.ts <= ts)]
+        if not len(mine) or first or ((direct.sender == r) & (direct.recipient == s) & (direct.ts < ts)).any():
+            continue
+        added = int(mine.ts.max())
+        since = (direct.sender == s) & (direct.recipient == r) & (direct.ts >= added) & (direct.ts < ts)
+        if ts - added <= 120_000 and not since.any():
+            keep.append(i)
+    _SAVED[id(f)] = out = direct.loc[keep]
+    return out
+
+
+@pytest.mark.parametrize("name", ["saved_first_contacts_1h", "saved_first_contacts_24h"])
+def test_saved_strangers_match_batch_on_every_row_that_has_them(name: str, table: pd.DataFrame,
+                                                                frame: pd.DataFrame) -> None:
+    """Every row of the accounts that saved someone (the sampled parity test above may miss them): the
+    counts are non-trivial (several per account, the 2-minute bound and the window both bite)."""
+    savers = set(frame[frame.type == "contact.added"].account) & set(table[table[name] > 0].account)
+    rows = table[table.account.isin(savers)]
+    assert len(savers) >= 5 and table[name].max() >= 3
+    mismatches = [(a, int(t), got, expected_saved(frame, name, a, int(t)))
+                  for a, t, got in zip(rows.account, rows.ts, rows[name])]
+    mismatches = [m for m in mismatches if not math.isclose(m[2], m[3], abs_tol=1e-9)]
+    assert not mismatches, f"{name}: {len(mismatches)} rows differ, e.g. {mismatches[:3]}"
+
+
 def test_network_features_see_a_move(table: pd.DataFrame, stream: Synth) -> None:
     """The stream has accounts on one to four networks, some moving to a new one late: the operators
     see every count, and a move shows as a network younger than the account's first one."""
@@ -333,7 +407,7 @@ def test_record_doors_equal_the_event_doors(stream: Synth) -> None:
 def test_a_checkpointed_account_from_before_the_network_fields_restores() -> None:
     """AccountState pickles as a tuple of its slots; one written before the network slots were appended
     restores with them empty, and then counts networks from its next session."""
-    from detection.features import FeatureEngine
+    from detection.features import AccountState, FeatureEngine
     from detection.features.state import _restore_account
 
     t0 = 1_800_000_000_000
@@ -341,8 +415,9 @@ def test_a_checkpointed_account_from_before_the_network_fields_restores() -> Non
     engine.register(t0, "a", "n1")
     st = engine.accounts["a"]
     fn, values = st.__reduce__()
-    old = fn(*values[:-3])  # the tuple an older build wrote
+    old = fn(*values[:AccountState.__slots__.index("net_now")])  # the tuple an older build wrote
     assert (old.nets, old.net_now, old.nets_total) == (None, None, 0) and old.registered_ts == t0
+    assert (old.added, old.saved) == (None, None)
     assert fn is _restore_account
     engine.accounts["a"] = old
     engine.session(t0 + 1_000, "a", "n2")
