@@ -23,6 +23,21 @@ from sealguard.topic_reader import WholeTopicReader
 log = logging.getLogger(__name__)
 
 
+def decode_enforcement(value: bytes, topic: str, where: Any = "?") -> Enforcement | None:
+    """One record of the enforcement topic as an `Enforcement`, or None (logged) when it is not one.
+    Shared with a cluster node, whose cluster reader reads this topic in its own fetches
+    (relay/cluster/node.py)."""
+    try:
+        event = decode(value)
+    except ContractError as exc:
+        log.error("rejected a record on %s at %s: %s", topic, where, exc)
+        return None
+    if not isinstance(event, Enforcement):
+        log.error("rejected a %s record on %s: not an enforcement", event.type, topic)
+        return None
+    return event
+
+
 class EnforcementConsumer(WholeTopicReader):
     def __init__(self, bootstrap: str, topic: str, node: str, on_enforcement: Callable[[Enforcement], None],
                  on_reconnect: Callable[[], None], *, health_interval_s: float = 2.0) -> None:
@@ -49,15 +64,9 @@ class EnforcementConsumer(WholeTopicReader):
 
     def on_records(self, msgs: list[Any]) -> None:
         for msg in msgs:
-            try:
-                event = decode(msg.value())
-            except ContractError as exc:
+            event = decode_enforcement(msg.value(), self.topic, f"offset {msg.offset()}")
+            if event is None:
                 self.rejected += 1
-                log.error("rejected a record on %s offset %d: %s", self.topic, msg.offset(), exc)
-                continue
-            if not isinstance(event, Enforcement):
-                self.rejected += 1
-                log.error("rejected a %s record on %s: not an enforcement", event.type, self.topic)
                 continue
             self.received += 1
             self.on_enforcement(event)

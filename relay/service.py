@@ -85,14 +85,16 @@ class RelayService:
 
             if not s.kafka:
                 raise ClusterError("a relay cluster needs Kafka (SEALGUARD_KAFKA)")
-            self.cluster = self.server.cluster = Cluster(self.server, self.db, s.kafka, self.cluster_config)
+            self.cluster = self.server.cluster = Cluster(self.server, self.db, s.kafka, self.cluster_config,
+                                                         enforcement_topic=s.enforcement_topic,
+                                                         enforcement_partitions=s.partitions)
             await self.cluster.start()
         # What was loaded (accounts, groups, blocks) lives as long as the process: keep it out of
         # every collection; and collect young objects less often — the hot path makes few cycles.
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 50)
-        if s.kafka:
+        if s.kafka and self.cluster is None:  # a cluster node reads enforcement in its cluster reader's fetches
             from relay.enforcement_consumer import EnforcementConsumer
 
             server = self.server

@@ -8,12 +8,13 @@
   Tansu's CPU goes by records and requests, not bytes: one record per destination per drain keeps
   both low.
 * `Reader` — one consumer and one thread, by assignment (no consumer group, nothing committed):
-  the node's inbox from its end and the routes topic from the beginning, in one fetch request.
-  Each poll's records of a topic reach the loop as one `call_soon_threadsafe`.
+  the node's inbox from its end, the routes topic and the enforcement topic from the beginning, in
+  one fetch request. Each poll's records of a topic reach their source's `on_records` at once.
 
-When the broker was unreachable and answers again, a reader re-assigns its partitions (the log
-may be new: Tansu restarts empty) and calls `on_reset`, so the node reloads what it knows from
-the database.
+When the broker was unreachable and answers again, a fetch is out of range, or a watched source's
+high watermark went down (a new, shorter log: Tansu restarts empty and answers a fetch past it with
+nothing), a reader re-assigns its partitions and calls `on_reset`, so the node reloads what it knows
+from the database.
 """
 
 from __future__ import annotations
@@ -181,12 +182,15 @@ class Source:
     from_end: bool
     on_records: Callable[[list[tuple[Any, bytes]]], None]
     create: Callable[[], None]
+    # Check this topic's high watermarks every `Reader.health_interval_s`: one going down is a new log
+    # (the enforcement topic: what `sealguard.topic_reader.WholeTopicReader` does for a single node).
+    watch: bool = False
 
 
 class Reader:
-    """Consume several topics by assignment with one consumer on one thread (a node's inbox and the
-    routes topic: one fetch request for both); each poll's records of a topic go to its
-    `on_records(list[(key, value)])`.
+    """Consume several topics by assignment with one consumer on one thread (a node's inbox, the
+    routes topic and the enforcement topic: one fetch request for all three); each poll's records of a
+    topic go to its `on_records(list[(key, value)])`.
 
     Fetches ask for 1 byte and wait up to `fetch_wait_ms`. Tansu 0.6 (measured here, docs/cluster.md)
     charges ~0.4 ms of CPU per fetch request, empty or not, so the request rate is what costs: with
@@ -195,7 +199,7 @@ class Reader:
     2.2–3.8% at W = 20 (with `fetch.min.bytes` 1 MB it holds every fetch for the whole wait)."""
 
     def __init__(self, bootstrap: str, sources: list[Source], name: str, *, on_reset: Callable[[], None] | None = None,
-                 fetch_wait_ms: int = 100) -> None:
+                 fetch_wait_ms: int = 100, health_interval_s: float = 2.0) -> None:
         from sealguard.stream import consumer
 
         self.sources = {src.topic: src for src in sources}
@@ -204,6 +208,9 @@ class Reader:
         self.received = 0
         self.resets = 0
         self._down = False
+        self.health_interval_s = health_interval_s
+        self._watched: list[TopicPartition] = []  # the partitions of `watch` sources
+        self._high: dict[tuple[str, int], int] = {}  # their highest watermark seen on this log
         self._stop = threading.Event()
         self._consumer = consumer(bootstrap, f"{name}-{uuid.uuid4().hex[:8]}",
                                   **{"error_cb": self._on_error, "enable.auto.offset.store": False,
@@ -238,6 +245,25 @@ class Reader:
                     offset = max(high, 0)
                 tps.append(TopicPartition(topic, p, offset))
         self._consumer.assign(tps)
+        self._watched = [TopicPartition(tp.topic, tp.partition) for tp in tps if self.sources[tp.topic].watch]
+        self._high = {}
+
+    def _log_reset(self) -> bool:
+        """True when a watched partition's high watermark went below one seen before: a new log
+        (watermarks never decrease on one log)."""
+        for tp in self._watched:
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            except KafkaException as exc:
+                log.debug("%s: could not check %s: %s", self.name, tp.topic, exc)
+                return False
+            key = (tp.topic, tp.partition)
+            if high < self._high.get(key, -1):
+                log.warning("%s: %s[%d] now ends at %d, below the %d seen before: a new log", self.name,
+                            tp.topic, tp.partition, high, self._high[key])
+                return True
+            self._high[key] = high
+        return False
 
     def start(self) -> None:
         self._thread.start()
@@ -248,6 +274,9 @@ class Reader:
             self._down = True
 
     def _run(self) -> None:
+        import time
+
+        next_check = time.monotonic() + self.health_interval_s
         while not self._stop.is_set():
             if self._down:
                 try:
@@ -263,6 +292,11 @@ class Reader:
                 log.info("%s: broker back, partitions re-assigned", self.name)
                 if self.on_reset is not None:
                     self.on_reset()
+            if self._watched and time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.health_interval_s
+                if self._log_reset():
+                    self._down = True
+                    continue
             try:
                 # consume(n, t) waits for n records or t: take the first as soon as it comes, then
                 # whatever else is already fetched.
@@ -277,7 +311,10 @@ class Reader:
             for m in msgs:
                 err = m.error()
                 if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
+                    if err.code() == KafkaError.OFFSET_OUT_OF_RANGE:
+                        log.warning("%s: %s: the log is new; reading it again", self.name, err.str())
+                        self._down = True
+                    elif err.code() != KafkaError._PARTITION_EOF:
                         log.warning("%s: %s", self.name, err.str())
                     continue
                 batches.setdefault(m.topic(), []).append((m.key(), m.value()))

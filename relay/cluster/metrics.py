@@ -22,7 +22,8 @@ COUNTERS = {
     "fallbacks": "Handovers queued here instead (node dead, no ack in time, or it failed)",
     "pokes": "Other nodes told to deliver an account's queue now",
     "stale": "Inbox frames addressed to an earlier incarnation of this node (ignored)",
-    "rejected": "Malformed cluster records",
+    "enforcements": "Enforcement decisions read by the cluster reader (applied idempotently)",
+    "rejected": "Malformed cluster records (and enforcement records that are not decisions)",
     "takeovers": "Local connections closed because the account logged in on another node",
 }
 

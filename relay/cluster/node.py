@@ -92,8 +92,8 @@ class ClusterConfig:
 
 
 class Stats:
-    __slots__ = ("acks_received", "acks_sent", "fallbacks", "handed_over", "handovers_received", "late_acks",
-                 "pokes", "rejected", "stale", "takeovers")
+    __slots__ = ("acks_received", "acks_sent", "enforcements", "fallbacks", "handed_over", "handovers_received",
+                 "late_acks", "pokes", "rejected", "stale", "takeovers")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -127,13 +127,18 @@ class AckPort:
 
 
 class Cluster:
-    def __init__(self, server: RelayServer, db: Database, bootstrap: str, config: ClusterConfig) -> None:
+    def __init__(self, server: RelayServer, db: Database, bootstrap: str, config: ClusterConfig, *,
+                 enforcement_topic: str | None = None, enforcement_partitions: int | None = None) -> None:
         wire.check_node_id(config.node)
         if config.node != server.config.node:
             raise ClusterError(f"cluster node {config.node!r} differs from the relay's node {server.config.node!r}")
         self.server = server
         self.bootstrap = bootstrap
         self.config = config
+        # Read by the cluster reader, in the same fetch requests as the inbox and the routes topic
+        # (RelayService then starts no EnforcementConsumer): one fetching consumer per node, not two.
+        self.enforcement_topic = enforcement_topic
+        self.enforcement_partitions = enforcement_partitions or config.partitions
         self.node = config.node
         self.store = ClusterStore(db)
         self.routes = RouteTable()
@@ -187,12 +192,20 @@ class Cluster:
         def feed(fn: Any) -> Any:
             return lambda batch: loop.call_soon_threadsafe(fn, batch)
 
-        self._reader = Reader(self.bootstrap, [
+        sources = [
             Source(inbox, True, feed(self._on_inbox), create_inbox),
             Source(c.routes_topic, False, feed(self._on_routes),
                    functools.partial(ensure_topics, self.bootstrap, [c.routes_topic], c.partitions)),
-        ], "cluster-reader", on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon),
-            fetch_wait_ms=c.inbox_fetch_wait_ms)
+        ]
+        if self.enforcement_topic is not None:
+            # Every node applies every decision (idempotent by decision id), read from the beginning;
+            # a new log (broker restart, watermark down) reloads the decisions from the database.
+            sources.append(Source(self.enforcement_topic, False, self._enforcement_feed(loop),
+                                  functools.partial(ensure_topics, self.bootstrap, [self.enforcement_topic],
+                                                    self.enforcement_partitions), watch=True))
+        self._reader = Reader(self.bootstrap, sources, "cluster-reader",
+                              on_reset=lambda: loop.call_soon_threadsafe(self._reload_soon),
+                              fetch_wait_ms=c.inbox_fetch_wait_ms)
         # The inbox is positioned before anyone can learn we exist (our node row); the routes topic is
         # replayed from the beginning over the database snapshot (older records lose to newer ones).
         await run(None, self._reader.assign)
@@ -246,6 +259,34 @@ class Cluster:
 
     def _reload_soon(self) -> None:
         self.server.spawn(self._reload())
+        if self.enforcement_topic is not None:
+            log.info("cluster: the enforcement log is new: reloading decisions from the database")
+            self.server.spawn(self.server.enforcer.load_from_db())
+
+    def _enforcement_feed(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The enforcement topic's records, decoded on the reader's thread; the decisions applied on the loop."""
+        from relay.enforcement_consumer import decode_enforcement
+
+        topic, stats = self.enforcement_topic, self.stats
+
+        def on_records(batch: list[tuple[Any, bytes]]) -> None:
+            events = []
+            for _key, value in batch:
+                event = decode_enforcement(value, topic or "")
+                if event is None:
+                    stats.rejected += 1
+                else:
+                    events.append(event)
+            if events:
+                stats.enforcements += len(events)
+                loop.call_soon_threadsafe(self._on_enforcements, events)
+
+        return on_records
+
+    def _on_enforcements(self, events: list[Any]) -> None:
+        on_enforcement = self.server.enforcer.on_enforcement
+        for event in events:
+            on_enforcement(event)
 
     # -- the cluster's DB thread ---------------------------------------------------------------------------
     def _db_loop(self) -> None:

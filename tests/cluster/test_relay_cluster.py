@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import uvloop
@@ -315,6 +316,31 @@ def test_routes_newer_wins_and_nodes_expire_on_our_clock() -> None:
     assert table.observe([("n2", 5, "t.n2", 1_000_900, None)], 13.6, 0) == (["n2"], [])  # still: dead
     assert table.observe([("n2", 6, "t.n2", 5, None)], 14.0, 0) == ([], ["n2"])  # restarted
     assert table.observe([("n2", 6, "t.n2", 6, 7)], 14.5, 0) == (["n2"], [])  # stopped cleanly
+
+
+def test_the_cluster_reader_finds_a_new_enforcement_log_by_its_watermarks() -> None:
+    """A cluster node reads the enforcement topic in its cluster reader (no EnforcementConsumer): a
+    watched source whose high watermark goes down is a new log (Tansu restarted empty), so the
+    reader re-assigns and the node reloads its decisions from the database."""
+    from confluent_kafka import TopicPartition
+
+    from relay.cluster.bus import Reader
+
+    class Consumer:
+        high: ClassVar[dict[int, int]] = {0: 5, 1: 7}
+
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+            return 0, self.high[tp.partition]
+
+    reader = Reader.__new__(Reader)
+    reader.name, reader._consumer = "cluster-reader", Consumer()
+    reader._watched = [TopicPartition("enf", 0), TopicPartition("enf", 1)]
+    reader._high = {}
+    assert not reader._log_reset()
+    Consumer.high = {0: 6, 1: 7}  # grew: the same log
+    assert not reader._log_reset()
+    Consumer.high = {0: 6, 1: 2}  # went down: a new log
+    assert reader._log_reset()
 
 
 def test_bad_node_id_is_refused_by_the_cli(tmp_path: Path) -> None:
