@@ -7,6 +7,8 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 PYTEST_ARGS ?=
+# Two workers: most tests wait on brokers and child processes, so two share the 2 cores well.
+PYTEST_WORKERS ?= 2
 
 .PHONY: up test venv chromium clean lint
 
@@ -14,7 +16,7 @@ up: venv
 	$(VENV)/bin/sealguard up
 
 test: venv chromium
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 venv: $(VENV)/.synced
 

@@ -19,6 +19,20 @@ from sealguard.settings import Settings
 PG_ADMIN_URL = os.environ.get("SEALGUARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+# `make test` runs the suite on two xdist workers, a file at a time (`--dist loadfile`, so a file's
+# module fixtures start once). The long files go first, so the last file to finish is a short one:
+# the e2e spine alone takes three minutes.
+LONG_FIRST = ("tests/e2e/", "tests/cluster/", "tests/reliability/", "tests/bench/", "tests/dashboard/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid
+        return next((i for i, prefix in enumerate(LONG_FIRST) if path.startswith(prefix)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: within a rank, the collection order
+
+
 @pytest.fixture(scope="session")
 def broker_bootstrap() -> Iterator[str]:
     """A live Kafka-protocol broker for the whole session."""
