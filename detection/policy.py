@@ -23,7 +23,10 @@ the rule ids, the model version and the score.
 * outreach may also be: blocks standing for strangers (a hijacked account writing to its own
   contacts, who block it), or talkative outreach (≥ 2 strangers contacted first, ≥ 75% of the day's
   recipients, ≥ 3 messages each: a conversational scam; it needs no wait — the conversations are
-  their own evidence of time passing, and reaching 2 such strangers is enough);
+  their own evidence of time passing, and reaching 2 such strangers is enough — but, being the
+  thinnest evidence, a ban score ≥ `talkative_min_score`);
+* strangers saved as contacts seconds before the first message to them (`saved_first_contacts_*`:
+  the add hides the relay's `first_contact`) count as strangers contacted, everywhere above;
 * takeover: an old account that has just moved to a network it never used, after using others (a
   hijacker's /24), is evidence on its own once it reached a few people — a hijacker writes to the
   owner's contacts, no strangers (see `takeover`; the thresholds rest on the simulator's two networks
@@ -73,6 +76,9 @@ _RECEIVED_PER_SEND_24H = FEATURE_INDEX["received_per_send_24h"]
 # (an older build) turns the takeover evidence off.
 _NETWORKS = FEATURE_INDEX.get("networks_total", -1)
 _NETWORK_AGE = FEATURE_INDEX.get("network_age_s", -1)
+# Strangers saved as contacts seconds before the first message (detection/features: saved_first_contacts_*).
+_SAVED_1H = FEATURE_INDEX.get("saved_first_contacts_1h", -1)
+_SAVED_24H = FEATURE_INDEX.get("saved_first_contacts_24h", -1)
 
 
 _REPORT_COLS = [i for name, i in FEATURE_INDEX.items() if name.startswith("reports_per_recipient_")]
@@ -163,6 +169,10 @@ class Policy:
     min_conversation_strangers: int | None = 2
     min_conversation_share: float = 0.75
     min_messages_per_recipient: float = 3.0
+    # Talkative outreach is the thinnest evidence (two strangers kept talking is also a person who
+    # met two new people): it counts only under a model ban score of at least this. None: the ban
+    # threshold.
+    talkative_min_score: float | None = 0.98
     # Takeover: an account older than `takeover_min_age_s` whose latest session comes from a network it
     # first used less than `takeover_window_s` ago, after `takeover_min_networks` - 1 others (a
     # hijacker's sessions move to its own network) — evidence on its own, wait included, once it reached
@@ -170,6 +180,10 @@ class Policy:
     takeover_min_networks: int | None = 3
     takeover_window_s: float = 6 * 3600.0
     takeover_min_age_s: float = 30 * 86_400.0
+    # Strangers saved as contacts seconds before the first message to them count as strangers
+    # contacted (the add hides the relay's `first_contact`): in outreach, the wait and talkative
+    # outreach. False: only the relay's first contacts count.
+    saved_strangers: bool = True
     # Optional, off by default: a model ban also needs this many objections from recipients (blocks,
     # verified reports). For a model trained on little data (`sealguard up`'s warm-up), whose early
     # scores cannot tell a teacher's first messages to parents from a spammer's.
@@ -189,11 +203,12 @@ class Policy:
         # Reach = distinct direct recipients + strangers pulled into groups (a group spammer reaches
         # people through the groups it stuffs, not one-to-one).
         reach_24h = row[_RECIPIENTS_24H] + row[_STRANGERS_24H]
+        decisive = score if ban_score is None else ban_score
         evidence = row[_SENDS] >= self.min_sends and (
-            (self.abuse_evidence(row) and (reach_24h >= self.min_recipients or self.talkative(row)))
+            (self.abuse_evidence(row, decisive) and (reach_24h >= self.min_recipients
+                                                     or self.talkative(row, decisive)))
             or (reach_24h >= self.min_recipients and self.takeover(row)))
         # 1) the model, with minimum evidence
-        decisive = score if ban_score is None else ban_score
         if decisive is not None and decisive >= self.ban_threshold and evidence:
             return self._banned(self._ban(account, ts, model_version or "model", ReasonCode.spam, score,
                                           model_version, rule_ids, st), st)
@@ -220,7 +235,7 @@ class Policy:
             out += self._case(st, account, ts, "user_reports", row[_REPORTS], score, model_version, rule_ids)
         return out
 
-    def abuse_evidence(self, row: Sequence[float]) -> bool:
+    def abuse_evidence(self, row: Sequence[float], score: float | None = None) -> bool:
         """Unsolicited outreach, or recipients' objections: what a model ban must rest on.
 
         Outreach = strangers contacted first (in the last hour, or the last day: a slow or talkative
@@ -228,7 +243,8 @@ class Policy:
         unverified report hangs on the account; or ≥ 2 verified reports; or talkative outreach (a
         few strangers, each kept in conversation — see the fields)."""
         strangers = row[_STRANGERS_24H]
-        first = max(round(row[_FIRST_SHARE_1H] * row[_SENDS_1H]), row[_FIRST_24H])
+        saved_24h, saved_1h = self._saved(row)
+        first = max(round(row[_FIRST_SHARE_1H] * row[_SENDS_1H]), row[_FIRST_24H]) + saved_24h
         outreach = first + strangers
         # Blocks count as objections only while no unverified report hangs on the account: a brigade
         # blocks as it falsely reports, so its blocks must not lift the wait nor stand for outreach.
@@ -240,7 +256,7 @@ class Policy:
             outreach += blocks
         if outreach >= self.min_outreach or row[_VERIFIED] >= self.min_verified_reports:
             pass
-        elif self.talkative(row):
+        elif self.talkative(row, score):
             return True  # its own evidence of time passing: several messages to each stranger
         else:
             return False
@@ -255,10 +271,10 @@ class Policy:
                      or row[_RECEIVED_24H] >= self.min_received_for_life)
         if not waits:
             return True
-        settled = row[_FIRST_24H] - row[_FIRST_1H] + strangers - row[_STRANGERS_1H]
+        settled = row[_FIRST_24H] - row[_FIRST_1H] + saved_24h - saved_1h + strangers - row[_STRANGERS_1H]
         # Talkative outreach stands in for the hour on an established account; a fresh one that is
         # answered (a new user chatting with friends it has not saved yet) waits for it.
-        return settled >= self.min_settled_outreach or (not fresh and self.talkative(row))
+        return settled >= self.min_settled_outreach or (not fresh and self.talkative(row, score))
 
     def takeover(self, row: Sequence[float]) -> bool:
         """An old account that has just moved to a network it never used, after using others."""
@@ -267,12 +283,24 @@ class Policy:
                 and row[_NETWORK_AGE] < self.takeover_window_s and row[_AGE] >= self.takeover_min_age_s
                 and not self.min_objections)
 
-    def talkative(self, row: Sequence[float]) -> bool:
-        """A few strangers contacted first, most of the day's recipients, each kept talking."""
-        return (self.min_conversation_strangers is not None
-                and row[_FIRST_24H] >= self.min_conversation_strangers
-                and row[_FIRST_PER_RECIPIENT_24H] >= self.min_conversation_share
+    def talkative(self, row: Sequence[float], score: float | None = None) -> bool:
+        """A few strangers contacted first, most of the day's recipients, each kept talking (and, with
+        `talkative_min_score`, a `score` that high — an unknown score passes)."""
+        if self.min_conversation_strangers is None:
+            return False
+        if self.talkative_min_score is not None and score is not None and score < self.talkative_min_score:
+            return False
+        saved = self._saved(row)[0]
+        first = row[_FIRST_24H] + saved
+        share = row[_FIRST_PER_RECIPIENT_24H] if not saved else first / max(1.0, row[_RECIPIENTS_24H])
+        return (first >= self.min_conversation_strangers and share >= self.min_conversation_share
                 and row[_MESSAGES_PER_RECIPIENT_24H] >= self.min_messages_per_recipient)
+
+    def _saved(self, row: Sequence[float]) -> tuple[float, float]:
+        """Strangers saved first (24 h, 1 h), when the policy counts them and the row has them."""
+        if not self.saved_strangers or _SAVED_24H < 0 or len(row) <= _SAVED_24H:
+            return 0.0, 0.0
+        return row[_SAVED_24H], row[_SAVED_1H]
 
     def _ban(self, account: str, ts: int, actor: str, reason: ReasonCode, score: float | None,
              model_version: str | None, rule_ids: tuple[str, ...], st: AccountState) -> Verdict:

@@ -242,3 +242,31 @@ def test_an_old_account_on_a_network_it_never_used_needs_no_strangers() -> None:
     assert not _banned(Policy(), row(**{**hijacked, "network_age_s": 7 * 3600})), "moved long ago"
     assert not _banned(Policy(), row(**{**hijacked, "account_age_s": 10 * DAY})), "a young account"
     assert not _banned(Policy(), row(**{**hijacked, "recipients_24h": 2})), "reached too few people"
+
+
+def test_strangers_saved_seconds_before_the_first_message_count_as_strangers() -> None:
+    # A conversational scam on a 100-day-old account: 3 recipients, 1 a first contact, 2 saved as
+    # contacts seconds before its first message (the relay's first_contact cannot see them).
+    scam = {"sends_total": 12, "recipients_24h": 3, "first_contacts_24h": 1, "first_contacts_1h": 0,
+            "first_contacts_per_recipient_24h": 1 / 3, "messages_per_recipient_24h": 4.0, "account_age_s": 100 * DAY,
+            "saved_first_contacts_24h": 2, "saved_first_contacts_1h": 1}
+    assert _banned(Policy(), row(**scam)), "three strangers, all its recipients, each kept talking"
+    assert not _banned(Policy(saved_strangers=False), row(**scam)), "one first contact is not enough"
+    # A blaster that saves every target first: fresh, nobody answers, no wait.
+    blaster = row(sends_total=6, recipients_24h=6, saved_first_contacts_24h=6, saved_first_contacts_1h=6,
+                  account_age_s=3600)
+    assert _banned(Policy(), blaster)
+    assert not _banned(Policy(saved_strangers=False), blaster)
+    # An established account saving new people in the last hour waits it out, as with first contacts.
+    recent = row(sends_total=6, recipients_24h=6, saved_first_contacts_24h=6, saved_first_contacts_1h=6,
+                 account_age_s=300 * DAY, received_24h=4)
+    assert not _banned(Policy(), recent)
+
+
+def test_talkative_outreach_needs_a_higher_score() -> None:
+    # Two strangers kept talking is also a person who met two new people: it bans only on a high score.
+    two = row(sends_total=11, recipients_24h=2, first_contacts_24h=2, first_contacts_1h=1,
+              first_contacts_per_recipient_24h=1.0, messages_per_recipient_24h=5.5, account_age_s=120 * DAY)
+    assert _banned(Policy(), two, score=0.99)
+    assert not _banned(Policy(), two, score=0.96)
+    assert _banned(Policy(talkative_min_score=None), two, score=0.96)
