@@ -43,11 +43,12 @@ class EvaluationError(DetectionError):
 class _Standing:
     """What the policy keeps per account (offline stand-in for AccountState's policy fields)."""
 
-    __slots__ = ("action", "cases")
+    __slots__ = ("action", "cases", "peak_ts")
 
     def __init__(self) -> None:
         self.action: str | None = None
         self.cases = 0
+        self.peak_ts: int | None = None
 
 
 @dataclass

@@ -188,6 +188,12 @@ class Policy:
     # verified reports). For a model trained on little data (`sealguard up`'s warm-up), whose early
     # scores cannot tell a teacher's first messages to parents from a spammer's.
     min_objections: int = 0
+    # Optional, off by default: a ban score that reached the ban threshold stays decisive this many
+    # seconds (the account's peak counts, not only the score at the moment). Objections arrive minutes
+    # after the messages they object to, while an early model's score of the same account may sink as
+    # it keeps acting (`sealguard up`'s warm-up model, with `min_objections`): without it the score and
+    # the objections must coincide at one scoring moment.
+    recent_score_s: float | None = None
     sample_per_mille: int = 50  # auto-bans also sampled into `auto_ban_sample` (5%)
     stats: dict[str, int] = field(default_factory=lambda: {"bans": 0, "restricts": 0, "cases": 0})
 
@@ -204,6 +210,11 @@ class Policy:
         # people through the groups it stuffs, not one-to-one).
         reach_24h = row[_RECIPIENTS_24H] + row[_STRANGERS_24H]
         decisive = score if ban_score is None else ban_score
+        if self.recent_score_s is not None and decisive is not None:
+            if decisive >= self.ban_threshold:
+                st.peak_ts = ts
+            elif st.peak_ts is not None and 0 <= ts - st.peak_ts <= self.recent_score_s * 1000:
+                decisive = self.ban_threshold  # its recent peak
         evidence = row[_SENDS] >= self.min_sends and (
             (self.abuse_evidence(row, decisive) and (reach_24h >= self.min_recipients
                                                      or self.talkative(row, decisive)))

@@ -75,6 +75,7 @@ class AccountState:
         "nets_total",
         "added",
         "saved",
+        "peak_ts",
     )
 
     def __init__(self, ts: int) -> None:
@@ -104,13 +105,14 @@ class AccountState:
         self.sched: list[int] = [0, -(10**15), 0, 0]
         self.action: str | None = None  # the policy's standing decision on this account (ban/restrict)
         self.cases: int = 0  # bit set of case queues already opened (see detection.policy)
+        self.peak_ts: int | None = None  # when its ban score last reached the ban threshold (Policy.recent_score_s)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A tuple of builtins pickles in C (checkpoints of 100k accounts must fit between polls).
         return (_restore_account, tuple(getattr(self, k) for k in AccountState.__slots__))
 
 
-_SLOT_DEFAULTS = {"net_now": None, "nets": None, "nets_total": 0, "added": None, "saved": None}
+_SLOT_DEFAULTS = {"net_now": None, "nets": None, "nets_total": 0, "added": None, "saved": None, "peak_ts": None}
 
 
 def _restore_account(*values: Any) -> AccountState:

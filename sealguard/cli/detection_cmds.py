@@ -24,6 +24,8 @@ def detect(
                                              "evidence); below it, a review case. Default: the policy's."),
     min_objections: int = typer.Option(0, min=0, help="A model ban also needs this many blocks or verified "
                                                       "reports from recipients (0: off)."),
+    recent_score_s: float = typer.Option(None, min=0.0, help="A ban score that reached the ban threshold stays "
+                                                             "decisive this many seconds (default: off)."),
     max_poll_interval_ms: int = typer.Option(15_000, min=1000, help="Kafka max.poll.interval.ms; on Tansu a group "
                                                                     "join takes this long (tests shorten it)."),
     checkpoint_interval: float = typer.Option(10.0, min=0.05, help="Seconds between checkpoints of state + offsets."),
@@ -38,7 +40,7 @@ def detect(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    policy = Policy(min_objections=min_objections)
+    policy = Policy(min_objections=min_objections, recent_score_s=recent_score_s)
     if ban_threshold is not None:
         policy.ban_threshold = ban_threshold
     cfg = WorkerConfig(group=group, rules_path=rules, model_dir=model, metrics_port=metrics_port, policy=policy,

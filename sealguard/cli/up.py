@@ -29,6 +29,9 @@ DEFAULT_SCENARIO = REPO_ROOT / "data" / "scenarios" / "spine.yaml"
 # victims block spam at ~15%, parents a teacher at ~1%); until then the account goes to review.
 UP_BAN_THRESHOLD = 0.98
 UP_MIN_OBJECTIONS = 2
+# Objections arrive minutes after the spam, while the warm-up model's score of a spammer may sink as
+# it keeps sending: a score that reached the threshold stays decisive for an hour (Policy.recent_score_s).
+UP_RECENT_SCORE_S = 3600
 
 
 @app.command()
@@ -85,7 +88,8 @@ def up(
         log.info("serving model %s (auto-ban at score >= %.2f with %d objections)", version, UP_BAN_THRESHOLD,
                  UP_MIN_OBJECTIONS)
         sup.start("detect", "detect", "--ban-threshold", str(UP_BAN_THRESHOLD),
-                  "--min-objections", str(UP_MIN_OBJECTIONS), timeout=90)
+                  "--min-objections", str(UP_MIN_OBJECTIONS), "--recent-score-s", str(UP_RECENT_SCORE_S),
+                  timeout=90)
         urls = {"api": api.get("listening", "nan"), "relay": relay["listening"], "broker": bootstrap}
         if not headless:
             console = sup.start("console", "console", env={"SEALGUARD_API_URL": urls["api"]})

@@ -270,3 +270,19 @@ def test_talkative_outreach_needs_a_higher_score() -> None:
     assert _banned(Policy(), two, score=0.99)
     assert not _banned(Policy(), two, score=0.96)
     assert _banned(Policy(talkative_min_score=None), two, score=0.96)
+
+
+def test_a_recent_peak_score_meets_objections_that_arrive_later() -> None:
+    """`up`'s operating point: ban score ≥ 0.98 and 2 objections. The score was high at the spammer's
+    first messages; the blocks came later, when its score had sunk."""
+    early = row(sends_total=5, recipients_24h=5, sends_1h=5, first_contact_share_1h=1.0)
+    later = row(sends_total=9, recipients_24h=9, sends_1h=9, first_contact_share_1h=1.0, blocks_total=2)
+    for recent, banned in ((None, False), (3600.0, True)):
+        p, st = Policy(min_objections=2, ban_threshold=0.98, recent_score_s=recent), AccountState(0)
+        assert not any(v.action is Action.ban for v in p.decide(A, st, early, 1_000, 0.99, "m", []))
+        out = p.decide(A, st, later, 600_000, 0.6, "m", [])
+        assert any(v.action is Action.ban for v in out) is banned
+    # ... but not once the peak is older than the window
+    p, st = Policy(min_objections=2, ban_threshold=0.98, recent_score_s=3600.0), AccountState(0)
+    p.decide(A, st, early, 1_000, 0.99, "m", [])
+    assert not any(v.action is Action.ban for v in p.decide(A, st, later, 3_700_000, 0.6, "m", []))
