@@ -98,7 +98,10 @@ class Sink:
         for v in verdicts:
             if v.action is not None:
                 if any(d.account == v.account for d, _ in self._decisions):
-                    self.flush()  # one decision per account and batch (a restrict, then a ban)
+                    # one decision per account and batch (a restrict, then a ban): write the cases and
+                    # decisions so far; buffered scores wait for their batch (a transaction of their own)
+                    self.flush_cases()
+                    self.flush_decisions()
                 self._decisions.append((v, st))
             elif v.queue is not None:
                 self._cases.append((v, st))

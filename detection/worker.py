@@ -30,6 +30,7 @@ import time
 import warnings
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress
 from operator import itemgetter
@@ -93,6 +94,38 @@ class WorkerConfig:
 _COUNTERPART: dict[str, str] = {"message.sent": "recipient", "contact.blocked": "blocked", "report.filed": "reported",
                                 "group.created": "member", "group.member_added": "member",
                                 "group.member_removed": "member"}
+
+
+def rule_hits(rules: Sequence[Any], matrix: np.ndarray) -> list[Sequence[Any]]:
+    """`RuleBook.hits(row)` for every row of a poll's score matrix at once: each rule's conditions
+    compared over whole columns — the same comparisons on the same float64 values, so the same rules
+    in the same order (tests/detection/test_worker.py compares them row by row). A row without a
+    hit gets the shared empty tuple (most rows: no list built for them)."""
+    n = len(matrix)
+    out: list[Any] = [()] * n
+    for rule in rules:
+        mask: Any = None
+        for idx, op, bound in rule.conditions:
+            got = op(matrix[:, idx], bound)
+            mask = got if mask is None else mask & got
+        for i in (range(n) if mask is None else np.flatnonzero(mask).tolist()):
+            hit = out[i]
+            if hit:
+                hit.append(rule)
+            else:
+                out[i] = [rule]
+    return out
+
+
+def last_per_account(records: list[tuple[int, str, int, float, bool]],
+                     pending: Sequence[tuple[Any, ...]]) -> list[tuple[int, str, int, float, bool]]:
+    """The scores worth storing of one poll, one per account: its last (`pending[i][0]` is the account
+    of record i's row). A backlog poll scores an active account several times within minutes of
+    event time; the history keeps its latest, and the throttle (`Shard.stored`) remembers that one."""
+    if len(records) < 2:
+        return records
+    last = {pending[r[0]][0]: k for k, r in enumerate(records)}
+    return records if len(last) == len(records) else [records[k] for k in sorted(last.values())]
 
 
 def _die_with_parent(parent: int) -> None:
@@ -546,11 +579,12 @@ class Worker:
         score_list: list[Any] = scores.tolist() if scores is not None else [None] * n
         ban_list: list[Any] = bans.tolist() if bans is not None else [None] * n
         self.score_latencies_ms.extend([now - p[3] for p in pending])
-        decide, hits = self.policy.decide, self.rules.hits
+        decide = self.policy.decide
+        hit_list = rule_hits(self.rules.rules, matrix)
         store_interval, store_delta = self.cfg.store_interval_ms, self.cfg.store_delta
         for i, (account, st, shard, ts, row) in enumerate(pending):
             score = score_list[i]
-            verdicts = decide(account, st, row, ts, score, version, hits(row), ban_score=ban_list[i])
+            verdicts = decide(account, st, row, ts, score, version, hit_list[i], ban_score=ban_list[i])
             if verdicts:
                 self.sink.apply(verdicts, st)
                 for v in verdicts:
@@ -564,6 +598,7 @@ class Worker:
                         or abs(score - last[1]) >= store_delta):
                     shard.stored[account] = (ts, score)
                     records.append((i, version or "", ts, score, False))
+        records = last_per_account(records, pending)
         if scores is not None:
             self.metrics.scored.labels(version).inc(len(pending))
             self.metrics.score_latency.observe(max(0, now - pending[-1][3]) / 1000.0)
