@@ -250,6 +250,7 @@ class Worker:
                 self._verify_log(shard)
             tp.offset = shard.offsets.get(tp.topic, OFFSET_BEGINNING)
         self._books[:] = [s.engine.book for s in self.shards.values()]
+        self._forget_books()
         self._paused.clear()
         self._part_ts.clear()
         consumer.assign(partitions)
@@ -275,6 +276,13 @@ class Worker:
             if shard is not None and not shard.dirty:
                 self._parked[p] = shard
         self._books[:] = [s.engine.book for s in self.shards.values()]
+        self._forget_books()
+
+    def _forget_books(self) -> None:
+        """The held NetBooks changed: the feed's view forgets the sums it remembers (NetFeedView)."""
+        forget = getattr(self.net, "forget_all", None)
+        if forget is not None:
+            forget()
 
     def _verify_log(self, shard: Shard) -> None:
         """After a broker reset the checkpointed offsets point into a log that no longer exists.

@@ -167,6 +167,12 @@ def _forget_stale(st: AccountState, added: dict[str, int], ts: int) -> None:
     st.added = None
 
 
+# Registrations counted per net bucket by any NetBook of this process: a change stamp for a reader
+# that remembers a bucket's sums between reads (`detection.netfeed.NetFeedView`) — the sums of a
+# bucket change only when a book registers in it, or as its windows expire.
+NET_CHANGES: dict[str, int] = {}
+
+
 class NetBook:
     """Registrations per network bucket, over each window (farms register in bursts from one bucket)."""
 
@@ -176,6 +182,7 @@ class NetBook:
         self.buckets: dict[str, tuple[RollingVector, ...]] = {}
 
     def register(self, bucket: str, ts: int) -> None:
+        NET_CHANGES[bucket] = NET_CHANGES.get(bucket, 0) + 1
         vecs = self.buckets.get(bucket)
         if vecs is None:
             vecs = self.buckets[bucket] = tuple(RollingVector(w, 1) for w in WINDOWS)

@@ -116,6 +116,47 @@ def test_counts_reads_every_window_as_count_does() -> None:
                 assert got == want and all(type(x) is float for x in got), (view, b, ts)
 
 
+def test_counts_remembered_per_bucket_are_what_the_books_say() -> None:
+    """NetFeedView.counts remembers the held books' sums per bucket (read again at the same window
+    indexes with no registration since, they are the same): against a twin view that recomputes
+    every read, over registrations into held books, reads several times per time, time moving back
+    a little (a partition behind another), single-window reads in between, and a change of books."""
+    rng = random.Random(5)
+    t0 = 1_800_000_000_000
+    twins = []
+    for _ in range(2):
+        local = [NetBook(), NetBook()]
+        twins.append((local, GlobalNetBook(), []))
+    (loc_a, glob_a, _), (loc_b, glob_b, _) = twins
+    cached, fresh = NetFeedView(glob_a, loc_a), NetFeedView(glob_b, loc_b)
+    ts, hits = t0, 0
+    for i in range(3000):
+        ts += rng.choice([0, 5, 300, 2_000, 6_000, 70_000, 400_000, -3_000])
+        bucket = rng.choice(["net-1", "net-2", "net-3"])
+        r = rng.random()
+        if r < 0.08:
+            which = rng.randrange(2)
+            loc_a[which].register(bucket, ts)
+            loc_b[which].register(bucket, ts)
+        elif r < 0.12:
+            glob_a.add(f"acct-{i}", bucket, ts)
+            glob_b.add(f"acct-{i}", bucket, ts)
+        elif r < 0.14:
+            w = rng.randrange(3)
+            assert cached.count(bucket, w, ts) == fresh.count(bucket, w, ts)
+        elif r < 0.145:  # a revocation hands a book over: the worker replaces the list's content
+            loc_a.append(loc_a.pop(0))
+            loc_b.append(loc_b.pop(0))
+            cached.forget_all()
+        for b in ("net-1", "net-2", "net-3", "net-9", None):
+            before = dict(cached._local)
+            got = cached.counts(b, ts)
+            fresh.forget_all()
+            assert got == fresh.counts(b, ts), (i, b, ts)
+            hits += b is not None and cached._local == before and b in before
+    assert hits > 1000
+
+
 def _until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
