@@ -19,7 +19,6 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -86,9 +85,6 @@ class KafkaEmitter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._broker_down = False
-        # Set by `share_producer`: another writer on the loop (a cluster node's outbox) drains us.
-        self._shared = False
-        self._other_on_delivery: Callable[[KafkaError, Any], None] | None = None
         # Not idempotent: an idempotent producer stalls for good when the broker comes back
         # without its producer state (Tansu restarts empty — measured: 200 signals never drained).
         # A retried batch may duplicate a signal; detection tolerates that, losing one it cannot see.
@@ -136,11 +132,9 @@ class KafkaEmitter:
                 log.warning("signal broker unreachable; buffering signals (%s)", err.str())
             self._broker_down = True
 
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         # Called for failures only (delivery.report.only.error): no Python call per signal.
-        if err is not None and self._other_on_delivery is not None and msg.topic() != self.topic:
-            self._other_on_delivery(err, msg)  # a record of the writer sharing this producer
-        elif err is not None:
+        if err is not None:
             self.failed += 1
             log.error("signal lost by the broker: %s", err.str())
 
@@ -189,26 +183,8 @@ class KafkaEmitter:
         self._loop, self._loop_thread = loop, threading.get_ident()
         loop.call_later(self.idle_wait_s, self._drain_on_loop)
 
-    def share_producer(self, on_delivery: Callable[[KafkaError, Any], None]) -> Producer:
-        """Hand this emitter's producer to another writer on the same event loop (a cluster node's
-        outbox, relay/cluster/bus.py), which from now on calls `drain_now` right before producing its
-        own records, so that signals and its records leave in one produce request: Tansu charges
-        ~0.2 ms of CPU per request, whatever it carries. The emitter's own timer stops. The sharer's
-        records get this producer's settings — `message.timeout.ms` 0 among them: while the broker
-        is down they wait too. `on_delivery` gets the delivery failures of the sharer's topics."""
-        self._other_on_delivery = on_delivery
-        self._shared = True
-        return self._producer
-
-    def drain_now(self) -> None:
-        """One drain on the loop (the sharer's timer): never waits."""
-        try:
-            self._drain(0)
-        except Exception:
-            log.exception("signal emitter drain failed")
-
     def _drain_on_loop(self) -> None:
-        if self._stop.is_set() or self._loop is None or self._shared:
+        if self._stop.is_set() or self._loop is None:
             return
         try:
             self._drain(0)  # never waits: with the broker down the rest waits for the next tick

@@ -76,10 +76,7 @@ class RelayService:
             await loop.run_in_executor(None, ensure_topics, s.kafka, [s.signals_topic, s.enforcement_topic],
                                        s.partitions)
             if listener is None:
-                # A cluster node's outbox shares this producer and drains it every batch_ms (40 ms):
-                # no linger on top of that (handovers wait for it too).
-                self.emitter = KafkaEmitter(s.kafka, s.signals_topic,
-                                            **({"linger_ms": 1} if self.cluster_config is not None else {}))
+                self.emitter = KafkaEmitter(s.kafka, s.signals_topic)
                 listener = self.emitter
         self.server = RelayServer(self.db, self.config, listener or NullListener())
         await self.server.start(s.relay_host, s.relay_port)

@@ -71,7 +71,7 @@ class Outbox:
     MAX_BACKLOG = 10_000  # records librdkafka refused (its queue full: the broker long gone)
 
     def __init__(self, bootstrap: str, node: str, incarnation: int, *, drain_s: float = 0.02,
-                 linger_ms: int = 1, emitter: Any = None) -> None:
+                 linger_ms: int = 1) -> None:
         from sealguard.stream import producer
 
         self.node, self.incarnation = node, incarnation
@@ -86,17 +86,9 @@ class Outbox:
         self._backlog: deque[tuple[str, str | None, bytes]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        # With the node's signal emitter (`relay.emitter.KafkaEmitter.share_producer`): one producer for
-        # both, the emitter drained at the start of each of our drains, so that signals, handovers and
-        # acks leave in one produce request per drain instead of two (Tansu: ~0.2 ms of CPU each).
-        self._pre_drain: Callable[[], None] | None = None
-        if emitter is not None:
-            self._producer = emitter.share_producer(self._on_delivery)
-            self._pre_drain = emitter.drain_now
-        else:
-            self._producer = producer(bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 10_000,
-                                                    "delivery.report.only.error": True,
-                                                    "on_delivery": self._on_delivery})
+        self._producer = producer(bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 10_000,
+                                                "delivery.report.only.error": True,
+                                                "on_delivery": self._on_delivery})
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -133,8 +125,6 @@ class Outbox:
         """Pack each destination's frames (and its ACKs, as one ACKS frame) into records and hand them
         to librdkafka; on the loop, never blocking: what it cannot take now waits for the next drain."""
         q, acks, backlog = self._q, self._acks, self._backlog
-        if self._pre_drain is not None:
-            self._pre_drain()  # the signals first: both leave in the same request (linger.ms)
         self._producer.poll(0)
         if not (q or acks or backlog or self._frames):
             return

@@ -21,7 +21,7 @@ COUNTERS = {
     "late_acks": "Handover acks that came after the message was queued here",
     "fallbacks": "Handovers queued here instead (node dead, no ack in time, or it failed)",
     "pokes": "Other nodes told to deliver an account's queue now",
-    "stale": "Inbox frames addressed to an earlier incarnation of this node, or handovers older than handover_max_age_s (ignored)",
+    "stale": "Inbox frames addressed to an earlier incarnation of this node (ignored)",
     "enforcements": "Enforcement decisions read by the cluster reader (applied idempotently)",
     "rejected": "Malformed cluster records (and enforcement records that are not decisions)",
     "takeovers": "Local connections closed because the account logged in on another node",

@@ -67,11 +67,6 @@ class ClusterConfig:
     heartbeat_s: float = 1.0
     node_ttl_s: float = 5.0  # a node whose heartbeat has not changed this long is dead
     handover_timeout_s: float = 7.0  # > the relay's ack_timeout_s + its queue flush + two topic hops
-    # A handover older than this (its message's time against our wall clock) is not delivered: its
-    # sender queued it handover_timeout_s after handing it over. The outbox shares the signal
-    # emitter's never-expiring producer, so what was handed over during a broker outage arrives when
-    # the broker returns; delivering it then would only make duplicates.
-    handover_max_age_s: float = 60.0
     route_flush_s: float = 0.1  # route rows are written in batches this often
     queue_recheck_s: float = 1.0  # a login re-reads the queue once more after this
     sweep_s: float = 0.25
@@ -184,12 +179,14 @@ class Cluster:
             await run(None, create_inbox)
         except Exception as exc:
             raise ClusterError(f"could not create the cluster topics on {self.bootstrap}: {exc}") from exc
-        emitter = self.server.listener
-        shared = emitter if getattr(emitter, "share_producer", None) is not None else None
-        # The signal emitter shares the outbox's drains and producer: at the outbox's pace, not 100
-        # times a second (a node of N carries 1/N of the signals), and in the same produce requests.
-        self.outbox = Outbox(self.bootstrap, self.node, self.incarnation, drain_s=c.batch_ms / 1000, emitter=shared)
+        self.outbox = Outbox(self.bootstrap, self.node, self.incarnation, drain_s=c.batch_ms / 1000)
         self.server.write_interval_s = c.write_interval_ms / 1000
+        emitter = self.server.listener
+        if getattr(emitter, "idle_wait_s", None) is not None:
+            # The signal emitter drains on this loop too: at the outbox's pace, not 100 times a second —
+            # a node of N carries 1/N of the signals, so 100 drains (and produce requests) a second
+            # each carried 1/N as many as on a single node.
+            emitter.idle_wait_s = max(emitter.idle_wait_s, c.batch_ms / 1000)
         self.outbox.start(loop)
 
         def feed(fn: Any) -> Any:
@@ -585,7 +582,6 @@ class Cluster:
         server = self.server
         conns, inflight, stats, ports = server.conns, server.inflight, self.stats, self._ports
         ttl = int(server.config.queue_ttl_s * 1000)
-        oldest = now_ms() - int(self.config.handover_max_age_s * 1000)
         me = self.incarnation
         parse_handover, pack_deliver = wire.parse_handover, _DELIVER_1TO1.pack
         for _key, value in batch:
@@ -605,9 +601,6 @@ class Cluster:
                     if tag == wire.H:
                         token, mid, kind, ts, recipient, sender, group, ct = parse_handover(frame)
                         stats.handovers_received += 1
-                        if ts < oldest:  # its sender queued it long ago (see handover_max_age_s)
-                            stats.stale += 1
-                            continue
                         rconn = conns.get(recipient)
                         if rconn is not None and not rconn.closed:
                             if group is None:
