@@ -117,15 +117,30 @@ def rule_hits(rules: Sequence[Any], matrix: np.ndarray) -> list[Sequence[Any]]:
     return out
 
 
-def last_per_account(records: list[tuple[int, str, int, float, bool]],
-                     pending: Sequence[tuple[Any, ...]]) -> list[tuple[int, str, int, float, bool]]:
-    """The scores worth storing of one poll, one per account: its last (`pending[i][0]` is the account
-    of record i's row). A backlog poll scores an active account several times within minutes of
-    event time; the history keeps its latest, and the throttle (`Shard.stored`) remembers that one."""
+def last_per_account(records: list[tuple[int, str, int, float, bool]], pending: Sequence[tuple[Any, ...]],
+                     keep_above: float = 0.5) -> list[tuple[int, str, int, float, bool]]:
+    """The scores worth storing of one poll, one per account — its last — plus its highest when that
+    is another and at least `keep_above` (the policy's review threshold): `pending[i][0]` is the
+    account of record i's row. A backlog poll scores an active account several times within minutes
+    of event time; the history keeps its latest, and whether an account's highest stored score
+    crosses the review or ban threshold stays what it was (`models.shadow.agreement` counts the
+    accounts whose highest score crosses the ban threshold). The throttle (`Shard.stored`) is
+    unchanged: it followed every row worth storing, the last of them included."""
     if len(records) < 2:
         return records
-    last = {pending[r[0]][0]: k for k, r in enumerate(records)}
-    return records if len(last) == len(records) else [records[k] for k in sorted(last.values())]
+    last: dict[Any, int] = {}
+    top: dict[Any, int] = {}
+    for k, r in enumerate(records):
+        account = pending[r[0]][0]
+        last[account] = k
+        t = top.get(account)
+        if t is None or r[3] > records[t][3]:
+            top[account] = k
+    if len(last) == len(records):
+        return records
+    keep = set(last.values())
+    keep.update(k for k in top.values() if records[k][3] >= keep_above)
+    return [records[k] for k in sorted(keep)]
 
 
 def _die_with_parent(parent: int) -> None:
@@ -606,7 +621,7 @@ class Worker:
                         or abs(score - last[1]) >= store_delta):
                     shard.stored[account] = (ts, score)
                     records.append((i, version or "", ts, score, False))
-        records = last_per_account(records, pending)
+        records = last_per_account(records, pending, self.policy.review_threshold)
         if scores is not None:
             self.metrics.scored.labels(version).inc(len(pending))
             self.metrics.score_latency.observe(max(0, now - pending[-1][3]) / 1000.0)

@@ -195,6 +195,14 @@ def test_one_stored_score_per_account_and_poll_its_last() -> None:
     records = [(0, "m", 10, 0.1, False), (1, "m", 11, 0.2, False), (2, "m", 12, 0.3, False),
                (4, "m", 14, 0.5, False), (5, "m", 15, 0.6, False)]
     assert last_per_account(records, pending) == [(4, "m", 14, 0.5, False), (5, "m", 15, 0.6, False)]
+    # the highest stays too when it is not the last and at least the review threshold (an account's
+    # highest stored score is on the same side of the policy's thresholds)
+    high = [(0, "m", 10, 0.97, False), (2, "m", 12, 0.3, False), (4, "m", 14, 0.5, False), (1, "m", 11, 0.2, False)]
+    assert last_per_account(high, pending) == [(0, "m", 10, 0.97, False), (4, "m", 14, 0.5, False),
+                                               (1, "m", 11, 0.2, False)]
+    low = [(0, "m", 10, 0.45, False), (2, "m", 12, 0.3, False), (4, "m", 14, 0.2, False)]
+    assert last_per_account(low, pending) == [(4, "m", 14, 0.2, False)]
+    assert last_per_account(low, pending, keep_above=0.4) == [(0, "m", 10, 0.45, False), (4, "m", 14, 0.2, False)]
     assert last_per_account(records[:1], pending) == records[:1]
     assert last_per_account([], pending) == []
     distinct = [(0, "m", 10, 0.1, False), (1, "m", 11, 0.2, False), (3, "m", 13, 0.2, False)]
