@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -223,8 +224,6 @@ class Reader:
         """Assign every partition of every source; from the end means the high watermark read now —
         which on Tansu may lag the true end by one producer batch, so a few older records may be read
         again (the node ignores records addressed to another incarnation)."""
-        import time
-
         deadline = time.monotonic() + timeout
         tps = []
         for topic, src in self.sources.items():
@@ -274,8 +273,6 @@ class Reader:
             self._down = True
 
     def _run(self) -> None:
-        import time
-
         next_check = time.monotonic() + self.health_interval_s
         while not self._stop.is_set():
             if self._down:
