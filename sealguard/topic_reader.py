@@ -28,6 +28,28 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 log = logging.getLogger(__name__)
 
 
+def watermark_went_down(consumer: Any, partitions: list[TopicPartition], seen: dict[tuple[str, int], int],
+                        name: str) -> bool:
+    """True when a partition's high watermark is below the highest `seen` for it (updated as it goes):
+    watermarks never decrease on one log, so a lower one is a new log. (Not "ends before our
+    position": Tansu's reported watermark lags the true end by up to a producer batch, and stays
+    behind while nothing more is produced — that test restarted a reader every check.) False when
+    the broker cannot answer now."""
+    try:
+        for tp in partitions:
+            _, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            key = (tp.topic, tp.partition)
+            before = seen.get(key, -1)
+            if high < before:
+                log.warning("%s: %s[%d] now ends at %d, below the %d seen before: a new log", name, tp.topic,
+                            tp.partition, high, before)
+                return True
+            seen[key] = high
+    except KafkaException as exc:
+        log.debug("%s: could not check the log: %s", name, exc)
+    return False
+
+
 class WholeTopicReader:
     def __init__(self, bootstrap: str, topic: str, *, name: str, health_interval_s: float = 2.0,
                  fetch_wait_ms: int = 20) -> None:
@@ -39,7 +61,7 @@ class WholeTopicReader:
         self.restarts = 0  # times the reader started over on a new log
         self._down = False
         self._assigned: list[int] = []
-        self._high: dict[int, int] = {}  # partition -> the highest watermark seen on this log
+        self._high: dict[tuple[str, int], int] = {}  # (topic, partition) -> its highest watermark seen on this log
         self._stop = threading.Event()
         # assign(), never subscribe(): the group id is required by librdkafka and never joined.
         self._consumer = consumer(bootstrap, f"{name}-unjoined", **{
@@ -101,29 +123,15 @@ class WholeTopicReader:
 
     def _log_reset(self) -> bool:
         """True when the log is not the one we were reading: the partitions changed, or a partition's
-        high watermark went down. Watermarks never decrease on one log, so a lower one is a new log.
-        (Not "ends before our position": Tansu's reported watermark lags the true end by up to a
-        producer batch, and stays behind while nothing more is produced — that test restarted a
-        reader every check.)"""
+        high watermark went down (`watermark_went_down`)."""
         partitions = self._partitions()
         if partitions is None:
             return False
         if partitions != self._assigned:
             log.warning("%s: %s now has partitions %s (was %s)", self.name, self.topic, partitions, self._assigned)
             return True
-        try:
-            for p in partitions:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=2,
-                                                               cached=False)
-                seen = self._high.get(p, -1)
-                if high < seen:
-                    log.warning("%s: partition %d now ends at %d, below the %d seen before: a new log",
-                                self.name, p, high, seen)
-                    return True
-                self._high[p] = high
-        except KafkaException as exc:
-            log.debug("%s: could not check the log: %s", self.name, exc)
-        return False
+        return watermark_went_down(self._consumer, [TopicPartition(self.topic, p) for p in partitions], self._high,
+                                   self.name)
 
     def _run(self) -> None:
         try:

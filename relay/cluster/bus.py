@@ -32,6 +32,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from relay.cluster import wire
+from sealguard.topic_reader import watermark_went_down
 
 log = logging.getLogger(__name__)
 
@@ -248,21 +249,8 @@ class Reader:
         self._high = {}
 
     def _log_reset(self) -> bool:
-        """True when a watched partition's high watermark went below one seen before: a new log
-        (watermarks never decrease on one log)."""
-        for tp in self._watched:
-            try:
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-            except KafkaException as exc:
-                log.debug("%s: could not check %s: %s", self.name, tp.topic, exc)
-                return False
-            key = (tp.topic, tp.partition)
-            if high < self._high.get(key, -1):
-                log.warning("%s: %s[%d] now ends at %d, below the %d seen before: a new log", self.name,
-                            tp.topic, tp.partition, high, self._high[key])
-                return True
-            self._high[key] = high
-        return False
+        """True when a watched partition's high watermark went down: a new log."""
+        return watermark_went_down(self._consumer, self._watched, self._high, self.name)
 
     def start(self) -> None:
         self._thread.start()
