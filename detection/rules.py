@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from detection import DetectionError
@@ -154,6 +155,27 @@ class RuleBook:
 
     def hits(self, row: Sequence[float]) -> list[Rule]:
         return [r for r in self.rules if r.matches(row)]
+
+
+def rule_hits(rules: Sequence[Rule], matrix: np.ndarray) -> list[Sequence[Rule]]:
+    """`RuleBook.hits(row)` for every row of a poll's score matrix at once: each rule's conditions
+    compared over whole columns — the same comparisons on the same float64 values, so the same rules
+    in the same order (tests/detection/test_rules.py compares them row by row). A row without a
+    hit gets the shared empty tuple (most rows: no list built for them)."""
+    n = len(matrix)
+    out: list[Any] = [()] * n
+    for rule in rules:
+        mask: Any = None
+        for idx, op, bound in rule.conditions:
+            got = op(matrix[:, idx], bound)
+            mask = got if mask is None else mask & got
+        for i in (range(n) if mask is None else np.flatnonzero(mask).tolist()):
+            hit = out[i]
+            if hit:
+                hit.append(rule)
+            else:
+                out[i] = [rule]
+    return out
 
 
 def describe(rules: list[Rule]) -> list[dict[str, Any]]:

@@ -47,7 +47,7 @@ from detection.features import NetView, ScoreSchedule, feature_row
 from detection.model import ModelSlots
 from detection.netfeed import NetFeed
 from detection.policy import Policy, ban_scores
-from detection.rules import RuleBook
+from detection.rules import RuleBook, rule_hits
 from detection.sink import ScoreRecord, Sink
 from sealguard.contracts import ContractError, now_ms
 from sealguard.contracts.batch import decode_batch
@@ -94,27 +94,6 @@ class WorkerConfig:
 _COUNTERPART: dict[str, str] = {"message.sent": "recipient", "contact.blocked": "blocked", "report.filed": "reported",
                                 "group.created": "member", "group.member_added": "member",
                                 "group.member_removed": "member"}
-
-
-def rule_hits(rules: Sequence[Any], matrix: np.ndarray) -> list[Sequence[Any]]:
-    """`RuleBook.hits(row)` for every row of a poll's score matrix at once: each rule's conditions
-    compared over whole columns — the same comparisons on the same float64 values, so the same rules
-    in the same order (tests/detection/test_worker.py compares them row by row). A row without a
-    hit gets the shared empty tuple (most rows: no list built for them)."""
-    n = len(matrix)
-    out: list[Any] = [()] * n
-    for rule in rules:
-        mask: Any = None
-        for idx, op, bound in rule.conditions:
-            got = op(matrix[:, idx], bound)
-            mask = got if mask is None else mask & got
-        for i in (range(n) if mask is None else np.flatnonzero(mask).tolist()):
-            hit = out[i]
-            if hit:
-                hit.append(rule)
-            else:
-                out[i] = [rule]
-    return out
 
 
 def last_per_account(records: list[tuple[int, str, int, float, bool]], pending: Sequence[tuple[Any, ...]],

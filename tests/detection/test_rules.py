@@ -89,3 +89,31 @@ def test_group_stuffing_by_an_account_without_conversations_bans_and_an_admin_do
     admin = _row(strangers_added_1h=25, strangers_added_24h=25, received_24h=40, recipients_24h=30,
                  account_age_s=400 * 86_400.0)
     assert not [r for r in book.hits(admin) if r.action == "ban"]
+
+
+def test_rule_hits_of_a_poll_match_the_rulebook_row_by_row() -> None:
+    """`rule_hits` (a poll's rules over the score matrix's columns) gives every row the rules
+    `RuleBook.hits` gives it, in the same order — bounds hit exactly, every comparison, the default
+    rules and rules sharing a feature."""
+    import random
+
+    import numpy as np
+
+    from detection.features import FEATURE_NAMES
+    from detection.rules import RuleBook, parse_rules, rule_hits
+
+    names = FEATURE_NAMES[:6]
+    extra = parse_rules("rules:\n" + "".join(
+        f"  - {{id: r{i}, description: d, action: {('restrict', 'ban', 'review')[i % 3]},"
+        f" when: {{{names[i % 6]}: {{{op}: {bound}}}, {names[(i + 2) % 6]}: {{gte: 1, lt: 3}}}}}}\n"
+        for i, (op, bound) in enumerate([("lt", 2), ("lte", 2), ("gt", 1), ("gte", 2.5), ("eq", 1), ("eq", 0)])))
+    rng = random.Random(11)
+    book = RuleBook()  # detection/rules/default.yaml
+    for rules in (book.rules, extra, book.rules + extra, []):
+        book.rules = rules
+        matrix = np.array([[rng.choice([0.0, 1.0, 2.0, 2.5, 3.0, 20.0, 900.0, 0.05, 0.9, float("nan")])
+                            for _ in FEATURE_NAMES] for _ in range(3000)])
+        got = rule_hits(rules, matrix)
+        want = [book.hits(row) for row in matrix.tolist()]
+        assert [list(h) for h in got] == want
+        assert sum(map(len, want)) > (100 if rules else -1)

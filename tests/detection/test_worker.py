@@ -159,35 +159,6 @@ def test_counterpart_fields_agree_with_the_contract() -> None:
         assert counterpart_of(decode(raw)) == (rec.get(field) if field else None)
 
 
-def test_rule_hits_of_a_poll_match_the_rulebook_row_by_row() -> None:
-    """`rule_hits` (a poll's rules over the score matrix's columns) gives every row the rules
-    `RuleBook.hits` gives it, in the same order — bounds hit exactly, every comparison, the default
-    rules and rules sharing a feature."""
-    import random
-
-    import numpy as np
-
-    from detection.features import FEATURE_NAMES
-    from detection.rules import RuleBook, parse_rules
-    from detection.worker import rule_hits
-
-    names = FEATURE_NAMES[:6]
-    extra = parse_rules("rules:\n" + "".join(
-        f"  - {{id: r{i}, description: d, action: {('restrict', 'ban', 'review')[i % 3]},"
-        f" when: {{{names[i % 6]}: {{{op}: {bound}}}, {names[(i + 2) % 6]}: {{gte: 1, lt: 3}}}}}}\n"
-        for i, (op, bound) in enumerate([("lt", 2), ("lte", 2), ("gt", 1), ("gte", 2.5), ("eq", 1), ("eq", 0)])))
-    rng = random.Random(11)
-    book = RuleBook()  # detection/rules/default.yaml
-    for rules in (book.rules, extra, book.rules + extra, []):
-        book.rules = rules
-        matrix = np.array([[rng.choice([0.0, 1.0, 2.0, 2.5, 3.0, 20.0, 900.0, 0.05, 0.9, float("nan")])
-                            for _ in FEATURE_NAMES] for _ in range(3000)])
-        got = rule_hits(rules, matrix)
-        want = [book.hits(row) for row in matrix.tolist()]
-        assert [list(h) for h in got] == want
-        assert sum(map(len, want)) > (100 if rules else -1)
-
-
 def test_one_stored_score_per_account_and_poll_its_last() -> None:
     from detection.worker import last_per_account
 
