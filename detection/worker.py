@@ -274,9 +274,8 @@ class Worker:
 
     def _forget_books(self) -> None:
         """The held NetBooks changed: the feed's view forgets the sums it remembers (NetFeedView)."""
-        forget = getattr(self.net, "forget_all", None)
-        if forget is not None:
-            forget()
+        if self.netfeed is not None:
+            self.netfeed.view.forget_all()
 
     def _verify_log(self, shard: Shard) -> None:
         """After a broker reset the checkpointed offsets point into a log that no longer exists.
