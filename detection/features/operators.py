@@ -66,7 +66,7 @@ class Operator:
         fn = self.__dict__.get("_fn")
         if fn is None:
             fn = self._fn = eval(f"lambda T, st, net, ts: {self.expr}", _SCOPE)
-        return float(fn(tuple(v.totals(ts) for v in st.vecs), st, engine.net, ts))
+        return float(fn(st.totals(ts), st, engine.net, ts))
 
 
 class Count(Operator):
@@ -284,14 +284,12 @@ def compile_row(ops: tuple[Operator, ...]) -> Callable[[AccountState, FeatureEng
 
     Each window's live sums are fetched once and unpacked into locals (`Tw_c`); an expression that
     needs a whole window (`burstiness(T[w])`) still gets it as `T[w]`."""
-    fetch = ", ".join(f"v{i}.totals(ts)" for i in range(len(WINDOWS)))
-    unpack = ", ".join(f"v{i}" for i in range(len(WINDOWS)))
     cells = "".join(f"    {', '.join(f'T{w}_{c}' for c in range(N_CHANNELS))}, = T[{w}]\n" for w in range(len(WINDOWS)))
     exprs = [_fused(op.expr) for op in ops]
     body = ",\n        ".join(exprs)
     # `net.count(st.net_bucket, w, ts)` of every window: one `net.counts` read (NR[w]) for the row.
     reads = "    NR = net.counts(st.net_bucket, ts)\n" if any("NR[" in e for e in exprs) else ""
-    src = (f"def row(st, engine, ts):\n    {unpack}, = st.vecs\n    T = ({fetch},)\n{cells}    net = engine.net\n"
+    src = (f"def row(st, engine, ts):\n    T = st.totals(ts)\n{cells}    net = engine.net\n"
            f"{reads}    return [\n        {body}]\n")
     scope = dict(_SCOPE)
     exec(compile(src, "<detection.features.row>", "exec"), scope)  # noqa: S102 - our own expressions

@@ -18,6 +18,8 @@ Each door returns the account whose features changed in a way worth scoring (or 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import add as _add_
+from operator import sub as _sub
 from typing import Any
 
 from detection.features.operators import (
@@ -38,7 +40,14 @@ from detection.features.operators import (
     VERIFIED_WEIGHT,
     feature_row,
 )
-from detection.features.windows import WINDOWS, RollingDistinct, RollingVector
+from detection.features.windows import (
+    WINDOWS,
+    AccountWindow,
+    RollingVector,
+    window_expire,
+    window_open,
+    window_see,
+)
 
 INBOUND_MEMORY = 4096  # senders remembered per account for reply detection (oldest forgotten first)
 NET_MEMORY = 32  # networks remembered per account (oldest forgotten first; one seen again counts as new)
@@ -50,13 +59,16 @@ SAVED_MEMORY = 64
 
 
 class AccountState:
-    """Everything detection remembers about one account: rolling channels and a few totals."""
+    """Everything detection remembers about one account: its channels over each window and a few totals.
+
+    The channels are counted once, in `cum`; `wins` holds one `AccountWindow` per window of WINDOWS
+    (bucket snapshots of `cum`, distinct recipients), read as each window's live sums by `totals`."""
 
     __slots__ = (  # noqa: RUF023 - the order is the checkpoint's (see __reduce__); new slots go last
         "action",
         "blocks_total",
         "cases",
-        "dists",
+        "cum",
         "first_report_ts",
         "first_ts",
         "inbound_from",
@@ -67,9 +79,9 @@ class AccountState:
         "reports_total",
         "sched",
         "sends_total",
-        "vecs",
+        "wins",
         "verified_reports_total",
-        # appended (a checkpoint written before them restores with their defaults, see _restore_account)
+        # appended (a checkpoint written before them restores with their defaults, see _restore_account_state)
         "net_now",
         "nets",
         "nets_total",
@@ -99,8 +111,8 @@ class AccountState:
         self.verified_reports_total = 0
         self.first_report_ts: int | None = None
         self.inbound_from: dict[str, None] = {}  # an ordered set of accounts that messaged this one
-        self.vecs = tuple(RollingVector(w, N_CHANNELS) for w in WINDOWS)
-        self.dists = tuple(RollingDistinct(v, RECIPIENTS, w) for v, w in zip(self.vecs, WINDOWS))
+        self.cum: list[int] = [0] * N_CHANNELS  # running sums of every channel but RECIPIENTS
+        self.wins = (AccountWindow(), AccountWindow(), AccountWindow())  # WINDOWS order
         # ScoreSchedule bookkeeping: n_out, ts, sends_1m, recipients_1h at the last score.
         self.sched: list[int] = [0, -(10**15), 0, 0]
         self.action: str | None = None  # the policy's standing decision on this account (ban/restrict)
@@ -109,19 +121,121 @@ class AccountState:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A tuple of builtins pickles in C (checkpoints of 100k accounts must fit between polls).
-        return (_restore_account, tuple(getattr(self, k) for k in AccountState.__slots__))
+        return (_restore_account_state, tuple(getattr(self, k) for k in AccountState.__slots__))
+
+    def totals(self, ts: int) -> tuple[list[int], list[int], list[int]]:
+        """Each window's live channel sums as of `ts` (WINDOWS order; RECIPIENTS is the window's distinct
+        recipients), after expiring what fell out — what a `RollingVector.totals(ts)` per window returned."""
+        cum = self.cum
+        w0, w1, w2 = self.wins
+        # read right after the account's own event, nothing expires: the bucket of `ts` is the newest
+        b = ts // _W0
+        if b > w0.head:
+            window_expire(w0, b, _N0)
+        b = ts // _W1
+        if b > w1.head:
+            window_expire(w1, b, _N1)
+        b = ts // _W2
+        if b > w2.head:
+            window_expire(w2, b, _N2)
+        r = w0.ring
+        t0 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t0[RECIPIENTS] = w0.dtot
+        r = w1.ring
+        t1 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t1[RECIPIENTS] = w1.dtot
+        r = w2.ring
+        t2 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t2[RECIPIENTS] = w2.dtot
+        return t0, t1, t2
+
+    def channel(self, k: int, ts: int, c: int) -> int:
+        """One channel of window `k` as of `ts` (the schedule reads two; `totals(ts)[k][c]` without the lists).
+
+        Expires the shorter windows too: what lets an event check a longer window only when it opens
+        a bucket in the shorter one (a window is never emptied while a shorter one still holds a bucket)."""
+        wins = self.wins
+        for j in range(k + 1):
+            width, n = _WN[j]
+            window_expire(wins[j], ts // width, n)
+        w = wins[k]
+        if not w.ring:
+            return 0
+        return w.dtot if c == RECIPIENTS else self.cum[c] - w.ring[0][1][c]  # type: ignore[no-any-return]
+
+    @property
+    def vecs(self) -> tuple[_WindowView, ...]:
+        """A read-only view per window with the `totals(ts)` and `tot` of the former `RollingVector`s."""
+        return tuple(_WindowView(self, k) for k in range(len(WINDOWS)))
 
 
+class _WindowView:
+    __slots__ = ("k", "st")
+
+    def __init__(self, st: AccountState, k: int) -> None:
+        self.st, self.k = st, k
+
+    def totals(self, ts: int) -> list[int]:
+        return self.st.totals(ts)[self.k]
+
+    @property
+    def tot(self) -> list[int]:
+        """The live sums as of the newest bucket."""
+        w = self.st.wins[self.k]
+        if not w.ring:
+            return [0] * N_CHANNELS
+        t = list(map(_sub, self.st.cum, w.ring[0][1]))
+        t[RECIPIENTS] = w.dtot
+        return t
+
+
+_WN = tuple((w.width_ms, w.buckets) for w in WINDOWS)
+(_W0, _N0), (_W1, _N1), (_W2, _N2) = _WN
 _SLOT_DEFAULTS = {"net_now": None, "nets": None, "nets_total": 0, "added": None, "saved": None, "peak_ts": None}
 
 
-def _restore_account(*values: Any) -> AccountState:
+def _restore_account_state(*values: Any) -> AccountState:
     st = AccountState.__new__(AccountState)
     for k, v in zip(AccountState.__slots__, values):
         setattr(st, k, v)
     for k in AccountState.__slots__[len(values):]:  # slots added after the checkpoint was written
         setattr(st, k, _SLOT_DEFAULTS[k])
     return st
+
+
+# The slots of a checkpoint written before the running sums (3b66d32 and earlier): a RollingVector
+# and a RollingDistinct per window in `vecs` and `dists`, the network and saved-stranger slots
+# possibly missing (appended later).
+_V1_SLOTS = ("action", "blocks_total", "cases", "dists", "first_report_ts", "first_ts", "inbound_from",
+             "last_send_ts", "n_out", "net_bucket", "registered_ts", "reports_total", "sched", "sends_total", "vecs",
+             "verified_reports_total", "net_now", "nets", "nets_total", "added", "saved", "peak_ts")
+
+
+def _restore_account(*values: Any) -> AccountState:
+    """An account from a checkpoint written before the running sums: each window's bucket ring becomes
+    snapshots of one running sum (the newest window's sums as its base) — the same live sums, buckets
+    and distinct keys."""
+    old = dict(zip(_V1_SLOTS, values))
+    vecs, dists = old.pop("vecs"), old.pop("dists")
+    cum = list(vecs[-1].tot)
+    cum[RECIPIENTS] = 0
+    wins = []
+    for vec, dist in zip(vecs, dists):
+        w = AccountWindow()
+        entries: list[list[Any]] = []
+        after = [0] * N_CHANNELS  # the sums of the buckets newer than this one, and of this one
+        for b, v in reversed(vec._ring):
+            after = list(map(_add_, after, v))
+            snap = list(map(_sub, cum, after))
+            snap[RECIPIENTS] = 0
+            entries.append([b, snap, v[RECIPIENTS]])
+        w.ring.extend(reversed(entries))
+        w.head = vec._head if entries else -1
+        w.dtot = vec.tot[RECIPIENTS] if entries else 0
+        w.last = dict(dist._last)
+        wins.append(w)
+    old["cum"], old["wins"] = cum, tuple(wins)
+    return _restore_account_state(*(old[k] for k in AccountState.__slots__ if k in old))
 
 
 def _see_network(st: AccountState, ts: int, net_bucket: str) -> None:
@@ -356,54 +470,58 @@ class FeatureEngine:
         st.n_out += 1
         st.sends_total += 1
         last, st.last_send_ts = st.last_send_ts, ts
-        if last is not None and ts >= last:
-            gap = ts - last
-            gap2 = gap * gap
-        else:
-            gap = -1
-            gap2 = 0
+        gap = ts - last if last is not None and ts >= last else -1
+        # Open the bucket of `ts` in each window (one snapshot of the sums before this message), then count
+        # it once. A longer window opens a bucket only when the 1-minute one does: its buckets are multiples
+        # of the shorter one's, and no read empties it while a shorter one holds a bucket (`channel`).
+        cum = st.cum
+        snap = None
+        w0, w1, w2 = st.wins
+        b = ts // _W0
+        if b > w0.head:
+            snap = cum[:]
+            ring = w0.ring
+            if ring and ring[0][0] > b - _N0:  # nothing falls out (the common case of an active account)
+                ring.append([b, snap, 0])
+                w0.head = b
+            else:
+                window_open(w0, b, _N0, snap)
+            b = ts // _W1
+            if b > w1.head:
+                ring = w1.ring
+                if ring and ring[0][0] > b - _N1:
+                    ring.append([b, snap, 0])
+                    w1.head = b
+                else:
+                    window_open(w1, b, _N1, snap)
+                b = ts // _W2
+                if b > w2.head:
+                    window_open(w2, b, _N2, snap)
+        cum[SENDS] += 1
+        if gap >= 0:
+            cum[GAPS] += 1
+            cum[GAP_SUM] += gap
+            cum[GAP_SQ] += gap * gap
         if recipient is not None:
-            first = 1 if first_contact else 0
-            reply = 1 if recipient in st.inbound_from else 0
+            cum[DIRECT] += 1
+            if first_contact:
+                cum[FIRST] += 1
+                first = 1
+            else:
+                first = 0
+            if recipient in st.inbound_from:
+                cum[REPLY] += 1
+                reply = 1
+            else:
+                reply = 0
             if st.added is not None:
                 _saved_first(st, ts, recipient, first, reply)
-            for vec, dist in zip(st.vecs, st.dists):
-                b = ts // vec._width
-                v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
-                tot = vec.tot
-                v[SENDS] += 1
-                tot[SENDS] += 1
-                v[DIRECT] += 1
-                tot[DIRECT] += 1
-                if first:
-                    v[FIRST] += 1
-                    tot[FIRST] += 1
-                if reply:
-                    v[REPLY] += 1
-                    tot[REPLY] += 1
-                if gap >= 0:
-                    v[GAPS] += 1
-                    tot[GAPS] += 1
-                    v[GAP_SUM] += gap
-                    tot[GAP_SUM] += gap
-                    v[GAP_SQ] += gap2
-                    tot[GAP_SQ] += gap2
-                if dist._last.get(recipient) != vec._head:
-                    dist.see_current(v, recipient)
-        else:
-            for vec in st.vecs:
-                b = ts // vec._width
-                v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
-                tot = vec.tot
-                v[SENDS] += 1
-                tot[SENDS] += 1
-                if gap >= 0:
-                    v[GAPS] += 1
-                    tot[GAPS] += 1
-                    v[GAP_SUM] += gap
-                    tot[GAP_SUM] += gap
-                    v[GAP_SQ] += gap2
-                    tot[GAP_SQ] += gap2
+            if w0.last.get(recipient) != w0.head:
+                window_see(w0, _N0, recipient)
+            if w1.last.get(recipient) != w1.head:
+                window_see(w1, _N1, recipient)
+            if w2.last.get(recipient) != w2.head:
+                window_see(w2, _N2, recipient)
         return st
 
     def register(self, ts: int, account: str, net_bucket: str) -> AccountState:
@@ -458,11 +576,30 @@ class FeatureEngine:
             seen[sender] = None
             if len(seen) > INBOUND_MEMORY:
                 del seen[next(iter(seen))]
-        for vec in st.vecs:  # _add(st, ts, RECEIVED, 1), inlined: one per direct message
-            b = ts // vec._width
-            v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
-            v[RECEIVED] += 1
-            vec.tot[RECEIVED] += 1
+        cum = st.cum  # _add(st, ts, RECEIVED, 1), inlined as in `send`: one per direct message
+        snap = None
+        w0, w1, w2 = st.wins
+        b = ts // _W0
+        if b > w0.head:
+            snap = cum[:]
+            ring = w0.ring
+            if ring and ring[0][0] > b - _N0:  # nothing falls out (the common case of an active account)
+                ring.append([b, snap, 0])
+                w0.head = b
+            else:
+                window_open(w0, b, _N0, snap)
+            b = ts // _W1
+            if b > w1.head:
+                ring = w1.ring
+                if ring and ring[0][0] > b - _N1:
+                    ring.append([b, snap, 0])
+                    w1.head = b
+                else:
+                    window_open(w1, b, _N1, snap)
+                b = ts // _W2
+                if b > w2.head:
+                    window_open(w2, b, _N2, snap)
+        cum[RECEIVED] += 1
         return st
 
     def block(self, ts: int, blocked: str) -> AccountState:
@@ -485,12 +622,16 @@ class FeatureEngine:
         return st
 
     @staticmethod
-    def _add(st: AccountState, ts: int, channel: int, x: float) -> None:
-        for vec in st.vecs:
-            b = ts // vec._width
-            v = vec._advance(b) if b > vec._head else vec._ring[-1][1]
-            v[channel] += x
-            vec.tot[channel] += x
+    def _add(st: AccountState, ts: int, channel: int, x: int) -> None:
+        cum = st.cum
+        snap = None
+        for w, (width, n) in zip(st.wins, _WN):
+            b = ts // width
+            if b > w.head:
+                if snap is None:
+                    snap = cum[:]
+                window_open(w, b, n, snap)
+        cum[channel] += x
 
     # -- reading ---------------------------------------------------------------------------
     def features(self, account: str, ts: int) -> list[float]:
@@ -518,11 +659,31 @@ class ScoreSchedule:
             return True
         if n > last_n and ts - last_ts >= self.idle_ms:
             return True
-        s1m = st.vecs[0].totals(ts)[SENDS]
+        s1m = _sends_1m(st, ts)
         if s1m >= 4 and s1m >= 2 * last_s1m:
             return True
-        r1h = st.vecs[1].totals(ts)[RECIPIENTS]
+        r1h = _recipients_1h(st, ts)
         return r1h >= 4 and r1h >= 2 * last_r1h
 
     def mark(self, st: AccountState, ts: int) -> None:
-        st.sched = [st.n_out, ts, int(st.vecs[0].totals(ts)[SENDS]), int(st.vecs[1].totals(ts)[RECIPIENTS])]
+        st.sched = [st.n_out, ts, _sends_1m(st, ts), _recipients_1h(st, ts)]
+
+
+def _sends_1m(st: AccountState, ts: int) -> int:
+    """`st.channel(0, ts, SENDS)`, unrolled (the schedule reads it for most sends)."""
+    w0 = st.wins[0]
+    b = ts // _W0
+    if b > w0.head:
+        window_expire(w0, b, _N0)
+    ring = w0.ring
+    return st.cum[SENDS] - ring[0][1][SENDS] if ring else 0  # type: ignore[no-any-return]
+
+
+def _recipients_1h(st: AccountState, ts: int) -> int:
+    """`st.channel(1, ts, RECIPIENTS)`, unrolled: its callers have just read `_sends_1m(st, ts)`, which
+    expired the 1-minute window at `ts` (see `AccountState.channel`)."""
+    w1 = st.wins[1]
+    b = ts // _W1
+    if b > w1.head:
+        window_expire(w1, b, _N1)
+    return w1.dtot

@@ -232,3 +232,92 @@ def _restore_distinct(last: dict[str, int], vec: RollingVector, channel: int, wi
     d = RollingDistinct.__new__(RollingDistinct)
     d._last, d._vec, d._channel, d._width = last, vec, channel, width
     return d
+
+
+# -- an account's windows: one running sum, snapshots at bucket starts ----------------------------
+# An account's channels are counted once, in `cum` (running sums since the account was first seen),
+# not once per window: each window remembers, for every live bucket, `cum` as it was just before
+# the bucket's first event. The window's sums are then `cum` minus the snapshot of its oldest live
+# bucket — the same buckets, the same expiry and the same integers as a `RollingVector` per window
+# (an event older than the newest bucket counts in the newest bucket, as there), for a third of the
+# additions per event; a bucket's snapshot is one list shared by every window that opens a bucket at
+# that event. Distinct counts cannot be differences of running sums (seeing a key again moves its
+# unit to the newest bucket), so each window keeps its distinct units per bucket beside the snapshot
+# (`AccountWindow.ring` entries are `[bucket, snapshot, distinct units]`), as `RollingDistinct` does.
+
+class AccountWindow:
+    """One window of an account: its live buckets (`ring`), the newest bucket (`head`, -1 when empty),
+    the live distinct units (`dtot`) and each distinct key's bucket (`last`)."""
+
+    __slots__ = ("dtot", "head", "last", "ring")
+
+    def __init__(self) -> None:
+        self.head = -1
+        self.ring: deque[list[Any]] = deque()
+        self.dtot = 0
+        self.last: dict[str, int] = {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_account_window, (self.head, self.ring, self.dtot, self.last))
+
+
+def _restore_account_window(head: int, ring: deque[list[Any]], dtot: int, last: dict[str, int]) -> AccountWindow:
+    w = AccountWindow.__new__(AccountWindow)
+    w.head, w.ring, w.dtot, w.last = head, ring, dtot, last
+    return w
+
+
+def window_open(w: AccountWindow, b: int, n: int, snap: list[int]) -> None:
+    """Open bucket `b` (newer than `w.head`) with `snap`, expiring the buckets it pushes out of the window."""
+    ring = w.ring
+    if ring:
+        lim = b - n
+        if w.head <= lim:  # the whole ring fell out (idle for a window)
+            ring.clear()
+            w.dtot = 0
+        elif ring[0][0] <= lim:
+            while ring[0][0] <= lim:
+                w.dtot -= ring.popleft()[2]
+    ring.append([b, snap, 0])
+    w.head = b
+
+
+def window_expire(w: AccountWindow, b: int, n: int) -> bool:
+    """Expire what fell out of the window as of bucket `b` (without opening one); True when something is live."""
+    ring = w.ring
+    if b > w.head and ring:
+        lim = b - n
+        if w.head <= lim:  # everything fell out
+            ring.clear()
+            w.head = -1
+            w.dtot = 0
+            return False
+        while ring[0][0] <= lim:
+            w.dtot -= ring.popleft()[2]
+    return bool(ring)
+
+
+def window_see(w: AccountWindow, n: int, key: str) -> None:
+    """Count `key` as seen in the newest bucket (which the caller just opened or found): a unit in that
+    bucket, moved there from the bucket it was last seen in while that one is live."""
+    last = w.last
+    head = w.head
+    lb = last.get(key)
+    if lb == head:
+        return
+    ring = w.ring
+    if lb is None or lb <= head - n:
+        ring[-1][2] += 1
+        w.dtot += 1
+        last[key] = head
+        if len(last) > 2 * w.dtot + 64:
+            w.last = {k: x for k, x in last.items() if x > head - n}
+        return
+    for e in reversed(ring):
+        if e[0] == lb:
+            e[2] -= 1
+            break
+    else:  # pragma: no cover - a live bucket is always in the ring
+        w.dtot += 1
+    ring[-1][2] += 1
+    last[key] = head

@@ -408,7 +408,7 @@ def test_a_checkpointed_account_from_before_the_network_fields_restores() -> Non
     """AccountState pickles as a tuple of its slots; one written before the network slots were appended
     restores with them empty, and then counts networks from its next session."""
     from detection.features import AccountState, FeatureEngine
-    from detection.features.state import _restore_account
+    from detection.features.state import _restore_account_state
 
     t0 = 1_800_000_000_000
     engine = FeatureEngine()
@@ -418,7 +418,7 @@ def test_a_checkpointed_account_from_before_the_network_fields_restores() -> Non
     old = fn(*values[:AccountState.__slots__.index("net_now")])  # the tuple an older build wrote
     assert (old.nets, old.net_now, old.nets_total) == (None, None, 0) and old.registered_ts == t0
     assert (old.added, old.saved) == (None, None)
-    assert fn is _restore_account
+    assert fn is _restore_account_state  # (`_restore_account` reads checkpoints written before the running sums)
     engine.accounts["a"] = old
     engine.session(t0 + 1_000, "a", "n2")
     assert engine.features("a", t0 + 2_000)[list(FEATURE_NAMES).index("networks_total")] == 1.0
