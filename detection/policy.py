@@ -246,6 +246,24 @@ class Policy:
             out += self._case(st, account, ts, "user_reports", row[_REPORTS], score, model_version, rule_ids)
         return out
 
+    def may_act(self, rows: np.ndarray, scores: np.ndarray | None, bans: np.ndarray | None,
+                hits: Sequence[Sequence[Rule]]) -> np.ndarray:
+        """For a poll's score matrix: False where `decide` returns [] whatever the account's state —
+        no ban score at the ban threshold, no rule hit, no score at the review threshold, no verified
+        report (each of `decide`'s verdicts needs one of them; the same float64 comparisons, a NaN
+        score failing them all as in `decide`). The worker calls `decide` only where True: most
+        scoring moments decide nothing. With `recent_score_s` every row may act (`decide` keeps the
+        account's peak), so all are True."""
+        n = len(rows)
+        if self.recent_score_s is not None:
+            return np.ones(n, dtype=bool)
+        out = rows[:, _VERIFIED] >= 1
+        if scores is not None:
+            out |= scores >= self.review_threshold
+            out |= (scores if bans is None else bans) >= self.ban_threshold
+        out |= np.fromiter(map(bool, hits), bool, count=n)
+        return out
+
     def abuse_evidence(self, row: Sequence[float], score: float | None = None) -> bool:
         """Unsolicited outreach, or recipients' objections: what a model ban must rest on.
 

@@ -582,21 +582,26 @@ class Worker:
         self.score_latencies_ms.extend([now - p[3] for p in pending])
         decide = self.policy.decide
         hit_list = rule_hits(self.rules.rules, matrix)
-        store_interval, store_delta = self.cfg.store_interval_ms, self.cfg.store_delta
-        for i, (account, st, shard, ts, row) in enumerate(pending):
-            score = score_list[i]
-            verdicts = decide(account, st, row, ts, score, version, hit_list[i], ban_score=ban_list[i])
+        # `decide` only where it may say something (Policy.may_act: most scoring moments decide nothing)
+        acted: set[int] = set()
+        for i in np.flatnonzero(self.policy.may_act(matrix, scores, bans, hit_list)).tolist():
+            account, st, _, ts, row = pending[i]
+            verdicts = decide(account, st, row, ts, score_list[i], version, hit_list[i], ban_score=ban_list[i])
             if verdicts:
+                acted.add(i)
                 self.sink.apply(verdicts, st)
                 for v in verdicts:
                     if v.action is not None:
                         self.metrics.decisions.labels(v.action.value).inc()
                     else:
                         self.metrics.cases.inc()
-            if score is not None:
+        store_interval, store_delta = self.cfg.store_interval_ms, self.cfg.store_delta
+        if scores is not None:
+            for i, (account, _, shard, ts, _) in enumerate(pending):
+                score = score_list[i]
                 last = shard.stored.get(account)
-                if (verdicts or last is None or ts - last[0] >= store_interval
-                        or abs(score - last[1]) >= store_delta):
+                if (last is None or ts - last[0] >= store_interval or abs(score - last[1]) >= store_delta
+                        or i in acted):
                     shard.stored[account] = (ts, score)
                     records.append((i, version or "", ts, score, False))
         records = last_per_account(records, pending, self.policy.review_threshold)

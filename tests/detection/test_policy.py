@@ -286,3 +286,35 @@ def test_a_recent_peak_score_meets_objections_that_arrive_later() -> None:
     p, st = Policy(min_objections=2, ban_threshold=0.98, recent_score_s=3600.0), AccountState(0)
     p.decide(A, st, early, 1_000, 0.99, "m", [])
     assert not any(v.action is Action.ban for v in p.decide(A, st, later, 3_700_000, 0.6, "m", []))
+
+
+def test_may_act_is_false_only_where_decide_says_nothing() -> None:
+    """`Policy.may_act` lets the worker skip `decide` for most rows: wherever it is False, `decide`
+    returns nothing, whatever the row's features (random rows around every threshold, NaN scores,
+    rule hits); with `recent_score_s` every row may act."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    rules = parse_rules("""
+rules:
+  - {id: r_restrict, description: test, action: restrict, when: {sends_1h: {gte: 8}}}
+  - {id: r_review, description: test, action: review, when: {blocks_total: {gte: 3}}}
+  - {id: r_ban, description: test, action: ban, when: {strangers_added_1h: {gte: 40}}}
+""")
+    n = 4000
+    rows = rng.choice([0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 9.0, 40.0], size=(n, len(FEATURE_NAMES)))
+    rows[:, FEATURE_INDEX["account_age_s"]] = rng.choice([60.0, 9 * 86_400.0, 40 * 86_400.0], size=n)
+    scores = rng.choice([0.0, 0.1, 0.49, 0.5, 0.7, 0.949, 0.95, 0.97, 0.98, 0.999, float("nan")], size=n)
+    bans = np.where(rng.random(n) < 0.2, scores * 0.9, scores)
+    hits = [[r for r in rules if r.matches(x)] for x in rows.tolist()]
+    for p in (Policy(), Policy(min_objections=1), Policy(review_threshold=0.3, ban_threshold=0.9),
+              Policy(review_threshold=1.5)):  # no review cases: the ban threshold alone
+        mask = p.may_act(rows, scores, bans, hits)
+        assert 0 < mask.sum() < n
+        for i in np.flatnonzero(~mask).tolist():
+            assert p.decide(A, AccountState(0), rows[i].tolist(), 1, float(scores[i]), "m", hits[i],
+                            ban_score=float(bans[i])) == []
+        nothing = p.may_act(rows, None, None, [()] * n)  # no model: verified reports and rules only
+        for i in np.flatnonzero(~nothing).tolist():
+            assert p.decide(A, AccountState(0), rows[i].tolist(), 1, None, None, []) == []
+    assert Policy(recent_score_s=3600).may_act(rows, scores, bans, hits).all()
