@@ -178,3 +178,33 @@ def test_one_stored_score_per_account_and_poll_its_last() -> None:
     assert last_per_account([], pending) == []
     distinct = [(0, "m", 10, 0.1, False), (1, "m", 11, 0.2, False), (3, "m", 13, 0.2, False)]
     assert last_per_account(distinct, pending) == distinct
+
+
+def test_a_dropped_shards_state_is_freed_without_the_cycle_collector() -> None:
+    """`Worker.tune_gc` freezes what each poll's records left alive, so the collector never scans
+    it: that is only sound while a shard the worker drops (`let_go`) needs no collector to be freed —
+    the feature state must hold no reference cycles (frozen cycles would never be freed)."""
+    import gc
+
+    from detection.checkpoint import Shard
+    from detection.features import FeatureEngine, feature_row
+    from detection.worker import let_go
+
+    s = Synth(seed=11)
+    s.population()
+    engine = FeatureEngine()
+    for ev in s.events:
+        for account in engine.apply(ev):
+            if account is not None:
+                feature_row(engine.accounts[account], engine, ev.ts)
+    assert len(engine.accounts) > 40
+    shard = Shard(partition=0, engine=engine)
+    del engine
+    gc.collect()
+    gc.disable()
+    try:
+        let_go(shard)
+        del shard
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
