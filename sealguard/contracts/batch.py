@@ -358,9 +358,12 @@ def _columns(keys: tuple[str, ...], group: list[Record]) -> list[tuple[ColumnChe
     if not _layout(etype, keys):
         return None
     fields = _SPECS[etype].fields
-    # One C-level pass over the group per field (a transposition through per-record tuples, `zip(*...)`,
-    # cost 2.5x as much).
-    return [(fields[k], list(map(itemgetter(k), group))) for k in keys if k != "type"]
+    # Every record of the group has exactly these keys in this order: their values in one C-level
+    # pass, each column a strided slice of it (a pass per field, `map(itemgetter(k), group)`, cost
+    # 1.2x as much; a transposition through per-record tuples, `zip(*...)`, 2.5x).
+    flat = list(chain.from_iterable(map(dict.values, group)))
+    width = len(keys)
+    return [(fields[k], flat[j::width]) for j, k in enumerate(keys) if k != "type"]
 
 
 def _validate(items: list[Any]) -> list[bool] | None:
@@ -404,9 +407,24 @@ def _validate(items: list[Any]) -> list[bool] | None:
     return [tuple(item) not in bad for item in items] if bad else None
 
 
+_FIRST, _LAST = itemgetter(0), itemgetter(-1)
+_BYTES, _OPEN, _CLOSE = {bytes}, {ord("{")}, {ord("}")}
+
+
+def _braced(raws: Sequence[Any]) -> bool:
+    """Whether every record is bytes starting with "{" and ending with "}" (three C-level passes)."""
+    if not raws:
+        return True
+    try:
+        return (set(map(type, raws)) == _BYTES and set(map(_FIRST, raws)) == _OPEN
+                and set(map(_LAST, raws)) == _CLOSE)
+    except IndexError:  # an empty record
+        return False
+
+
 def decode_batch(raws: Sequence[Any]) -> list[Record | ContractError]:
     """Decode every record: its fields as a dict (see the module doc) or the ContractError `decode` raises."""
-    if all(type(raw) is bytes and raw[:1] == b"{" and raw[-1:] == b"}" for raw in raws):
+    if _braced(raws):
         items = _parse_joined(raws) if raws else []  # type: ignore[arg-type]
         if items is not None and _validate(items) is None:
             return items  # the common case: one parse, every record accepted
