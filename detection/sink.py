@@ -39,22 +39,22 @@ class ScoreRecord(NamedTuple):
     shadow: bool
 
 
-_SCORE_RECORD = (b'{"type":"score","v":1,"ts":%d,"id":"%s","account":"%s","model_version":"%s","score":%s,'
-                 b'"contributions":[%s],"shadow":%s}')
-_CONTRIBUTION = b'{"feature":"%s","value":%s}'
+_SCORE_RECORD = ('{"type":"score","v":1,"ts":%d,"id":"%s","account":"%s","model_version":"%s","score":%r,'
+                 '"contributions":[%s],"shadow":%s}')
+_CONTRIBUTION = '{"feature":"%s","value":%r}'
 
 
 def score_record(r: ScoreRecord, event_id: str) -> bytes:
     """The `sg.scores.v1` record of a score — what `encode(Score(...))` writes, the score clipped to
     [0, 1] and at most 16 contributions — without building the model. Account, model version and
     feature names are ids with strict patterns (nothing to escape); a contribution that is not a
-    finite number (JSON cannot carry it; LightGBM gives none) is left out."""
-    score = min(1.0, max(0.0, r.score))  # a NaN becomes 0.0 here
-    return _SCORE_RECORD % (r.ts, event_id.encode(), r.account.encode(), r.model_version.encode(),
-                            repr(float(score)).encode(),
-                            b",".join(_CONTRIBUTION % (f.encode(), repr(float(v)).encode())
-                                      for f, v in r.contributions[:16] if math.isfinite(v)),
-                            b"true" if r.shadow else b"false")
+    finite number (JSON cannot carry it; LightGBM gives none) is left out. Formatted as text and
+    encoded once (ASCII)."""
+    account, ts, version, score, contributions, shadow = r
+    score = min(1.0, max(0.0, score))  # a NaN becomes 0.0 here
+    return (_SCORE_RECORD % (ts, event_id, account, version, float(score),
+                             ",".join([_CONTRIBUTION % (f, float(v)) for f, v in contributions[:16] if math.isfinite(v)])
+                             if contributions else "", "true" if shadow else "false")).encode()
 
 
 _INSERT_COLUMNS = "account, model_version, score, contributions, shadow, ts"
@@ -208,9 +208,9 @@ class Sink:
                          "ts": r.ts} for r in records])
                 else:
                     conn.exec_driver_sql(sql, [
-                        (r.account, r.model_version, r.score,
-                         json.dumps([[f, v] for f, v in r.contributions]) if r.contributions else "null",
-                         r.shadow, r.ts) for r in records])
+                        (account, version, score,
+                         json.dumps([[f, v] for f, v in contributions]) if contributions else "null", shadow, ts)
+                        for account, ts, version, score, contributions, shadow in records])
         except SQLAlchemyError as exc:  # a lost score row is not worth stopping detection
             self.counts["errors"] += 1
             log.error("could not store %d scores: %s", len(records), type(exc).__name__)
@@ -220,7 +220,7 @@ class Sink:
             ids = os.urandom(16 * len(records)).hex()  # one random draw for every event id of the flush
             topic = self.scores_topic
             for i, r in enumerate(records):
-                produce(topic, key=r.account, value=score_record(r, ids[32 * i:32 * i + 32]))
+                produce(topic, key=r[0], value=score_record(r, ids[32 * i:32 * i + 32]))
         self.counts["scores"] += len(records)
 
     def flush(self) -> None:
