@@ -40,11 +40,15 @@ SAVED_WINDOWS: tuple[Window, ...] = (WINDOWS[1], WINDOWS[2])  # saved strangers 
 
 def burstiness(tot: list[float]) -> float:
     """Goh–Barabási burstiness (σ−μ)/(σ+μ) from a window's gap channels; 0 below two gaps."""
-    n = tot[GAPS]
+    return gap_burstiness(tot[GAPS], tot[GAP_SUM], tot[GAP_SQ])
+
+
+def gap_burstiness(n: float, gap_sum: float, gap_sq: float) -> float:
+    """`burstiness` from the three gap channels themselves (the fused row has them in locals)."""
     if n < 2:
         return 0.0
-    mean = tot[GAP_SUM] / n
-    var = tot[GAP_SQ] / n - mean * mean
+    mean = gap_sum / n
+    var = gap_sq / n - mean * mean
     sd = math.sqrt(var) if var > 0 else 0.0
     return (sd - mean) / (sd + mean) if sd + mean > 0 else 0.0
 
@@ -260,19 +264,21 @@ def _behaviour_change_operators() -> list[Operator]:
     ]
 
 
-_SCOPE: dict[str, object] = {"burstiness": burstiness, "max": max}
+_SCOPE: dict[str, object] = {"burstiness": burstiness, "gap_burstiness": gap_burstiness, "max": max}
 
 
 _CELL = re.compile(r"\bT\[(\d+)\]\[(\d+)\]")
 _FLOAT_OF_CELL = re.compile(r"\bfloat\((T\d+_\d+)\)")
 _MAX1_OF_CELL = re.compile(r"\bmax\(1\.0, (T\d+_\d+)\)")
 _NET_COUNT = re.compile(r"\bnet\.count\(st\.net_bucket, (\d+), ts\)")
+_BURSTINESS = re.compile(r"\bburstiness\(T\[(\d+)\]\)")
 
 
 def _fused(expr: str) -> str:
     """An operator's expression over local names: `T[w][c]` → `Tw_c` (each window's sums unpacked
     once), and for such a name `float(x)` → `(x + 0.0)`, `max(1.0, x)` → `(x if x > 1.0 else 1.0)`
     — the same values (sums are integers), without a builtin call each."""
+    expr = _BURSTINESS.sub(rf"(gap_burstiness(T\1_{GAPS}, T\1_{GAP_SUM}, T\1_{GAP_SQ}) if T\1_{GAPS} >= 2 else 0.0)", expr)
     expr = _CELL.sub(r"T\1_\2", expr)
     expr = _FLOAT_OF_CELL.sub(r"(\1 + 0.0)", expr)
     expr = _MAX1_OF_CELL.sub(r"(\1 if \1 > 1.0 else 1.0)", expr)
@@ -282,15 +288,27 @@ def _fused(expr: str) -> str:
 def compile_row(ops: tuple[Operator, ...]) -> Callable[[AccountState, FeatureEngine, int], list[float]]:
     """One function computing every operator's feature for an account at `ts` (FEATURE_NAMES order).
 
-    Each window's live sums are fetched once and unpacked into locals (`Tw_c`); an expression that
-    needs a whole window (`burstiness(T[w])`) still gets it as `T[w]`."""
-    cells = "".join(f"    {', '.join(f'T{w}_{c}' for c in range(N_CHANNELS))}, = T[{w}]\n" for w in range(len(WINDOWS)))
+    Each window's live sums are computed once into locals (`Tw_c`): the account's running sums
+    minus the snapshot of the window's oldest live bucket (`AccountState.totals`, channel by channel,
+    only the channels some expression reads); an expression that needs a whole window
+    (`burstiness(T[w])`) reads its gap channels (`gap_burstiness`)."""
     exprs = [_fused(op.expr) for op in ops]
+    used = {(int(w), int(c)) for w, c in re.findall(r"\bT(\d+)_(\d+)\b", " ".join(exprs))}
+    if any(re.search(r"\bT\[", e) for e in exprs):  # pragma: no cover - every expression reads cells
+        raise ValueError("an operator reads a whole window: fuse it into cells")
+    chans = ", ".join(f"C{c}" for c in range(N_CHANNELS))
+    snaps = ", ".join(f"S{c}" for c in range(N_CHANNELS))
+    lines = ["def row(st, engine, ts):", "    st.expire(ts)", f"    {chans}, = cum = st.cum", "    wins = st.wins"]
+    for w in range(len(WINDOWS)):
+        lines += [f"    win = wins[{w}]", "    ring = win.ring", f"    {snaps}, = ring[0][1] if ring else cum"]
+        lines += [f"    T{w}_{c} = " + ("win.dtot" if c == RECIPIENTS else f"C{c} - S{c}")
+                  for c in range(N_CHANNELS) if (w, c) in used]
+    lines.append("    net = engine.net")
+    if any("NR[" in e for e in exprs):
+        # `net.count(st.net_bucket, w, ts)` of every window: one `net.counts` read (NR[w]) for the row.
+        lines.append("    NR = net.counts(st.net_bucket, ts)")
     body = ",\n        ".join(exprs)
-    # `net.count(st.net_bucket, w, ts)` of every window: one `net.counts` read (NR[w]) for the row.
-    reads = "    NR = net.counts(st.net_bucket, ts)\n" if any("NR[" in e for e in exprs) else ""
-    src = (f"def row(st, engine, ts):\n    T = st.totals(ts)\n{cells}    net = engine.net\n"
-           f"{reads}    return [\n        {body}]\n")
+    src = "\n".join(lines) + f"\n    return [\n        {body}]\n"
     scope = dict(_SCOPE)
     exec(compile(src, "<detection.features.row>", "exec"), scope)  # noqa: S102 - our own expressions
     return scope["row"]  # type: ignore[return-value]

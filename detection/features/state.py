@@ -126,7 +126,22 @@ class AccountState:
     def totals(self, ts: int) -> tuple[list[int], list[int], list[int]]:
         """Each window's live channel sums as of `ts` (WINDOWS order; RECIPIENTS is the window's distinct
         recipients), after expiring what fell out — what a `RollingVector.totals(ts)` per window returned."""
+        self.expire(ts)
         cum = self.cum
+        w0, w1, w2 = self.wins
+        r = w0.ring
+        t0 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t0[RECIPIENTS] = w0.dtot
+        r = w1.ring
+        t1 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t1[RECIPIENTS] = w1.dtot
+        r = w2.ring
+        t2 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t2[RECIPIENTS] = w2.dtot
+        return t0, t1, t2
+
+    def expire(self, ts: int) -> None:
+        """Expire what fell out of each window as of `ts` (shorter windows first, see `channel`)."""
         w0, w1, w2 = self.wins
         # read right after the account's own event, nothing expires: the bucket of `ts` is the newest
         b = ts // _W0
@@ -138,16 +153,6 @@ class AccountState:
         b = ts // _W2
         if b > w2.head:
             window_expire(w2, b, _N2)
-        r = w0.ring
-        t0 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
-        t0[RECIPIENTS] = w0.dtot
-        r = w1.ring
-        t1 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
-        t1[RECIPIENTS] = w1.dtot
-        r = w2.ring
-        t2 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
-        t2[RECIPIENTS] = w2.dtot
-        return t0, t1, t2
 
     def channel(self, k: int, ts: int, c: int) -> int:
         """One channel of window `k` as of `ts` (the schedule reads two; `totals(ts)[k][c]` without the lists).
