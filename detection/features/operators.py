@@ -300,7 +300,7 @@ def compile_row(ops: tuple[Operator, ...]) -> Callable[[AccountState, FeatureEng
     snaps = ", ".join(f"S{c}" for c in range(N_CHANNELS))
     lines = ["def row(st, engine, ts):", "    st.expire(ts)", f"    {chans}, = cum = st.cum", "    wins = st.wins"]
     for w in range(len(WINDOWS)):
-        lines += [f"    win = wins[{w}]", "    ring = win.ring", f"    {snaps}, = ring[0][1] if ring else cum"]
+        lines += [f"    win = wins[{w}]", "    ring = win.ring", f"    {snaps}, = ring[1] if ring else cum"]
         lines += [f"    T{w}_{c} = " + ("win.dtot" if c == RECIPIENTS else f"C{c} - S{c}")
                   for c in range(N_CHANNELS) if (w, c) in used]
     lines.append("    net = engine.net")

@@ -130,13 +130,13 @@ class AccountState:
         cum = self.cum
         w0, w1, w2 = self.wins
         r = w0.ring
-        t0 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t0 = list(map(_sub, cum, r[1])) if r else [0] * N_CHANNELS
         t0[RECIPIENTS] = w0.dtot
         r = w1.ring
-        t1 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t1 = list(map(_sub, cum, r[1])) if r else [0] * N_CHANNELS
         t1[RECIPIENTS] = w1.dtot
         r = w2.ring
-        t2 = list(map(_sub, cum, r[0][1])) if r else [0] * N_CHANNELS
+        t2 = list(map(_sub, cum, r[1])) if r else [0] * N_CHANNELS
         t2[RECIPIENTS] = w2.dtot
         return t0, t1, t2
 
@@ -166,7 +166,7 @@ class AccountState:
         w = wins[k]
         if not w.ring:
             return 0
-        return w.dtot if c == RECIPIENTS else self.cum[c] - w.ring[0][1][c]  # type: ignore[no-any-return]
+        return w.dtot if c == RECIPIENTS else self.cum[c] - w.ring[1][c]  # type: ignore[no-any-return]
 
     @property
     def vecs(self) -> tuple[_WindowView, ...]:
@@ -189,7 +189,7 @@ class _WindowView:
         w = self.st.wins[self.k]
         if not w.ring:
             return [0] * N_CHANNELS
-        t = list(map(_sub, self.st.cum, w.ring[0][1]))
+        t = list(map(_sub, self.st.cum, w.ring[1]))
         t[RECIPIENTS] = w.dtot
         return t
 
@@ -227,14 +227,15 @@ def _restore_account(*values: Any) -> AccountState:
     wins = []
     for vec, dist in zip(vecs, dists):
         w = AccountWindow()
-        entries: list[list[Any]] = []
+        entries: list[tuple[int, tuple[int, ...], int]] = []
         after = [0] * N_CHANNELS  # the sums of the buckets newer than this one, and of this one
         for b, v in reversed(vec._ring):
             after = list(map(_add_, after, v))
             snap = list(map(_sub, cum, after))
             snap[RECIPIENTS] = 0
-            entries.append([b, snap, v[RECIPIENTS]])
-        w.ring.extend(reversed(entries))
+            entries.append((b, tuple(snap), v[RECIPIENTS]))
+        for entry in reversed(entries):
+            w.ring.extend(entry)
         w.head = vec._head if entries else -1
         w.dtot = vec.tot[RECIPIENTS] if entries else 0
         w.last = dict(dist._last)
@@ -484,18 +485,18 @@ class FeatureEngine:
         w0, w1, w2 = st.wins
         b = ts // _W0
         if b > w0.head:
-            snap = cum[:]
+            snap = tuple(cum)
             ring = w0.ring
-            if ring and ring[0][0] > b - _N0:  # nothing falls out (the common case of an active account)
-                ring.append([b, snap, 0])
+            if ring and ring[0] > b - _N0:  # nothing falls out (the common case of an active account)
+                ring += (b, snap, 0)
                 w0.head = b
             else:
                 window_open(w0, b, _N0, snap)
             b = ts // _W1
             if b > w1.head:
                 ring = w1.ring
-                if ring and ring[0][0] > b - _N1:
-                    ring.append([b, snap, 0])
+                if ring and ring[0] > b - _N1:
+                    ring += (b, snap, 0)
                     w1.head = b
                 else:
                     window_open(w1, b, _N1, snap)
@@ -586,18 +587,18 @@ class FeatureEngine:
         w0, w1, w2 = st.wins
         b = ts // _W0
         if b > w0.head:
-            snap = cum[:]
+            snap = tuple(cum)
             ring = w0.ring
-            if ring and ring[0][0] > b - _N0:  # nothing falls out (the common case of an active account)
-                ring.append([b, snap, 0])
+            if ring and ring[0] > b - _N0:  # nothing falls out (the common case of an active account)
+                ring += (b, snap, 0)
                 w0.head = b
             else:
                 window_open(w0, b, _N0, snap)
             b = ts // _W1
             if b > w1.head:
                 ring = w1.ring
-                if ring and ring[0][0] > b - _N1:
-                    ring.append([b, snap, 0])
+                if ring and ring[0] > b - _N1:
+                    ring += (b, snap, 0)
                     w1.head = b
                 else:
                     window_open(w1, b, _N1, snap)
@@ -634,7 +635,7 @@ class FeatureEngine:
             b = ts // width
             if b > w.head:
                 if snap is None:
-                    snap = cum[:]
+                    snap = tuple(cum)
                 window_open(w, b, n, snap)
         cum[channel] += x
 
@@ -681,7 +682,7 @@ def _sends_1m(st: AccountState, ts: int) -> int:
     if b > w0.head:
         window_expire(w0, b, _N0)
     ring = w0.ring
-    return st.cum[SENDS] - ring[0][1][SENDS] if ring else 0  # type: ignore[no-any-return]
+    return st.cum[SENDS] - ring[1][SENDS] if ring else 0  # type: ignore[no-any-return]
 
 
 def _recipients_1h(st: AccountState, ts: int) -> int:

@@ -240,20 +240,23 @@ def _restore_distinct(last: dict[str, int], vec: RollingVector, channel: int, wi
 # the bucket's first event. The window's sums are then `cum` minus the snapshot of its oldest live
 # bucket — the same buckets, the same expiry and the same integers as a `RollingVector` per window
 # (an event older than the newest bucket counts in the newest bucket, as there), for a third of the
-# additions per event; a bucket's snapshot is one list shared by every window that opens a bucket at
+# additions per event; a bucket's snapshot is one tuple shared by every window that opens a bucket at
 # that event. Distinct counts cannot be differences of running sums (seeing a key again moves its
-# unit to the newest bucket), so each window keeps its distinct units per bucket beside the snapshot
-# (`AccountWindow.ring` entries are `[bucket, snapshot, distinct units]`), as `RollingDistinct` does.
+# unit to the newest bucket), so each window keeps its distinct units per bucket beside the snapshot,
+# as `RollingDistinct` does. A window's buckets are one flat list, three items a bucket (bucket index,
+# snapshot, distinct units; oldest first): an account's state is read at random, and fewer objects
+# mean fewer cache misses.
 
 class AccountWindow:
-    """One window of an account: its live buckets (`ring`), the newest bucket (`head`, -1 when empty),
-    the live distinct units (`dtot`) and each distinct key's bucket (`last`)."""
+    """One window of an account: its live buckets (`ring`: `[b, snapshot, units, b, snapshot, units, …]`),
+    the newest bucket (`head`, -1 when empty), the live distinct units (`dtot`) and each distinct key's
+    bucket (`last`)."""
 
     __slots__ = ("dtot", "head", "last", "ring")
 
     def __init__(self) -> None:
         self.head = -1
-        self.ring: list[list[Any]] = []  # a list: a deque allocates a 64-slot block (~0.5 kB) per window
+        self.ring: list[Any] = []  # a list: a deque allocates a 64-slot block (~0.5 kB) per window
         self.dtot = 0
         self.last: dict[str, int] = {}
 
@@ -261,13 +264,13 @@ class AccountWindow:
         return (_restore_account_window, (self.head, self.ring, self.dtot, self.last))
 
 
-def _restore_account_window(head: int, ring: list[list[Any]], dtot: int, last: dict[str, int]) -> AccountWindow:
+def _restore_account_window(head: int, ring: list[Any], dtot: int, last: dict[str, int]) -> AccountWindow:
     w = AccountWindow.__new__(AccountWindow)
     w.head, w.ring, w.dtot, w.last = head, ring, dtot, last
     return w
 
 
-def window_open(w: AccountWindow, b: int, n: int, snap: list[int]) -> None:
+def window_open(w: AccountWindow, b: int, n: int, snap: tuple[int, ...]) -> None:
     """Open bucket `b` (newer than `w.head`) with `snap`, expiring the buckets it pushes out of the window."""
     ring = w.ring
     if ring:
@@ -275,9 +278,9 @@ def window_open(w: AccountWindow, b: int, n: int, snap: list[int]) -> None:
         if w.head <= lim:  # the whole ring fell out (idle for a window)
             ring.clear()
             w.dtot = 0
-        elif ring[0][0] <= lim:
+        elif ring[0] <= lim:
             _drop(w, ring, lim)
-    ring.append([b, snap, 0])
+    ring += (b, snap, 0)
     w.head = b
 
 
@@ -291,18 +294,18 @@ def window_expire(w: AccountWindow, b: int, n: int) -> bool:
             w.head = -1
             w.dtot = 0
             return False
-        if ring[0][0] <= lim:
+        if ring[0] <= lim:
             _drop(w, ring, lim)
     return bool(ring)
 
 
-def _drop(w: AccountWindow, ring: list[list[Any]], lim: int) -> None:
+def _drop(w: AccountWindow, ring: list[Any], lim: int) -> None:
     """Drop the buckets up to `lim` from the front of the ring (at least one, not the newest)."""
-    i = 1
-    dtot = w.dtot - ring[0][2]
-    while ring[i][0] <= lim:
-        dtot -= ring[i][2]
-        i += 1
+    i = 3
+    dtot = w.dtot - ring[2]
+    while ring[i] <= lim:
+        dtot -= ring[i + 2]
+        i += 3
     del ring[:i]
     w.dtot = dtot
 
@@ -317,17 +320,19 @@ def window_see(w: AccountWindow, n: int, key: str) -> None:
         return
     ring = w.ring
     if lb is None or lb <= head - n:
-        ring[-1][2] += 1
+        ring[-1] += 1
         w.dtot += 1
         last[key] = head
         if len(last) > 2 * w.dtot + 64:
             w.last = {k: x for k, x in last.items() if x > head - n}
         return
-    for e in reversed(ring):
-        if e[0] == lb:
-            e[2] -= 1
+    i = len(ring) - 6  # the newest bucket is not `lb`: scan the older ones, newest first
+    while i >= 0:
+        if ring[i] == lb:
+            ring[i + 2] -= 1
             break
+        i -= 3
     else:  # pragma: no cover - a live bucket is always in the ring
         w.dtot += 1
-    ring[-1][2] += 1
+    ring[-1] += 1
     last[key] = head
