@@ -196,6 +196,43 @@ def _threads(pids: list[int], names: list[dict[str, str]]) -> dict[str, float]:
     return out
 
 
+def _loop_counters(pids: list[int]) -> list[float]:
+    """Summed over the nodes' event-loop threads (tid = pid): read and write syscalls (/proc io
+    `syscr`, `syscw`: the clients' sockets, the loop's wake-up pipe), context switches (voluntary,
+    involuntary) and CPU seconds in user space and in the kernel — diagnostics for the log only."""
+    out = [0.0] * 6
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/io") as f:
+                io = dict(line.split(": ") for line in f.read().splitlines())
+            with open(f"/proc/{pid}/task/{pid}/status") as f:
+                st = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+            with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(b")") + 2:].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        for i, v in enumerate((int(io["syscr"]), int(io["syscw"]), int(st["voluntary_ctxt_switches"]),
+                               int(st["nonvoluntary_ctxt_switches"]), int(fields[11]) / tick,
+                               int(fields[12]) / tick)):
+            out[i] += v
+    return out
+
+
+def _io_counts(pids: list[int]) -> tuple[int, int]:
+    """Read and write syscalls of whole processes (/proc io): the broker's requests and responses."""
+    r = w = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                io = dict(line.split(": ") for line in f.read().splitlines())
+        except OSError:
+            continue
+        r, w = r + int(io["syscr"]), w + int(io["syscw"])
+    return r, w
+
+
 # -- 1 and 2: throughput, CPU, latency -----------------------------------------------------------------
 
 class ClosedLoop:
@@ -251,8 +288,12 @@ class ClosedLoop:
         idle0 = cpu_total(self.idle_pids)
         per0 = [cpu_seconds(p) for p in pids]
         threads0 = _threads(nodes.pids, self.thread_names)
+        loop0 = _loop_counters(nodes.pids)
+        io0 = _io_counts(self.extra_pids)
         rs, wall, lat = self.phase(self.args.messages)
         per1 = [cpu_seconds(p) for p in pids]
+        loop1 = _loop_counters(nodes.pids)
+        io1 = _io_counts(self.extra_pids)
         threads1 = _threads(nodes.pids, self.thread_names)
         idle1 = cpu_total(self.idle_pids)
         handed1 = nodes.metric("cluster_handed_over") if nodes.cluster else 0.0
@@ -272,6 +313,11 @@ class ClosedLoop:
                       for k, v in sorted(threads1.items(), key=lambda kv: threads0.get(kv[0], 0.0) - kv[1])
                       if v - threads0.get(k, 0.0) > 0},
                      (idle1 - idle0) * 100 / wall if wall > 0 else math.nan)
+            log.info("%s: event loops per message: read syscalls %.2f, write syscalls %.2f, context switches "
+                     "%.3f voluntary %.3f involuntary, CPU %.1f us user %.1f us kernel", label,
+                     *(((b - a) * (1e6 if i >= 4 else 1)) / delivered for i, (a, b) in enumerate(zip(loop0, loop1))))
+            log.info("%s: the broker's read / write syscalls a second: %.0f / %.0f", label,
+                     (io1[0] - io0[0]) / wall, (io1[1] - io0[1]) / wall)
 
     def profile(self, path: Path) -> None:
         """After the measured runs (no skew): py-spy on the first node during one more run."""
