@@ -343,6 +343,22 @@ def test_the_cluster_reader_finds_a_new_enforcement_log_by_its_watermarks() -> N
     assert reader._log_reset()
 
 
+def test_outbox_drains_on_the_wall_clocks_multiples_of_its_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every node drains at the same instants (so an inbox gets its peers' records of a period
+    together), and a timer that fired a little early does not drain twice in one period."""
+    from relay.cluster import bus
+
+    outbox = bus.Outbox.__new__(bus.Outbox)
+    outbox.drain_s = 0.04
+    for now, wait in ((1000.000, 0.04), (1000.001, 0.039), (1000.039, 0.041), (1000.0395, 0.0405),
+                      (1000.021, 0.059)):
+        monkeypatch.setattr(bus.time, "time", lambda now=now: now)
+        got = outbox._until_next()
+        assert got == pytest.approx(wait, abs=1e-6), now
+        assert outbox.drain_s / 2 < got <= 1.5 * outbox.drain_s
+        assert round((now + got) / outbox.drain_s, 6) % 1 == 0  # a multiple of the period
+
+
 def test_bad_node_id_is_refused_by_the_cli(tmp_path: Path) -> None:
     import subprocess
     import sys
