@@ -181,6 +181,7 @@ class Worker:
         self.metrics = Metrics()
         self.signals_topic, self.inbound_topic = settings.signals_topic, settings.inbound_topic
         self.producer = producer(settings.kafka)
+        self._closed = False
         self.sink = Sink(self.db, KafkaEnforcementPublisher(settings.kafka, settings.enforcement_topic),
                          self.producer, settings.scores_topic)
         # A longer poll interval than the kernel's default: a batch plus a checkpoint of a large
@@ -791,8 +792,11 @@ class Worker:
                 pass
             if self.netfeed is not None:
                 self.netfeed.stop()
-            self.producer.flush(10)
-            self.sink.publisher.flush(10)  # type: ignore[union-attr]
+            if not self._closed:  # flush, then let the producers go: they stop retrying a broker that has gone
+                self._closed = True
+                self.producer.flush(10)
+                self.producer.close()
+                self.sink.publisher.close(10)  # type: ignore[union-attr]
             if self._server is not None:
                 self._server.shutdown()
                 self._server.server_close()
