@@ -12,6 +12,13 @@ high watermark went down (Tansu answers a fetch past a new, shorter log with not
 OFFSET_OUT_OF_RANGE, so the reader looks every `health_interval_s`) — and tells its owner through
 `on_restart(why)`. Replays must therefore be harmless to the owner: both owners are idempotent.
 
+Gaps (`OffsetGaps`): on the embedded Tansu, a reader of a partition that several producers write at
+once sometimes receives a later batch before an earlier one is readable, and moves past the earlier
+one — the log holds those records at the offsets skipped (docs/cluster.md, "Readers and the embedded
+broker's gaps"). So when a partition's next record is not at the offset after the last one, the
+reader seeks back once and reads from there again; a gap that is still there after that one re-read
+is accepted (on Apache Kafka a compacted topic, or a transaction's marker, leaves real gaps).
+
 Subclasses implement `on_records` (a batch of messages without errors, on the reader's thread) and
 may implement `on_restart` and `on_missing_topic`.
 """
@@ -50,6 +57,60 @@ def watermark_went_down(consumer: Any, partitions: list[TopicPartition], seen: d
     return False
 
 
+class OffsetGaps:
+    """Finds a jump in the offsets a consumer receives for a partition and seeks back over it once
+    (see the module's docstring). `keep(consumer, msgs)` returns the messages to hand on: those of a
+    partition after a gap are dropped, the consumer having been told to read them again. Offsets are
+    followed from a partition's first record received, so the start of a log (above 0 where
+    retention dropped records) is never taken for a gap. Call `forget()` after a (re-)assignment."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seeks = 0  # gaps read again
+        self.accepted = 0  # gaps still there after the re-read, taken as real
+        self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> the offset expected next
+        self._retried: dict[tuple[str, int], int] = {}  # (topic, partition) -> the offset last sought back to
+
+    def forget(self) -> None:
+        self._next.clear()
+        self._retried.clear()
+
+    def keep(self, consumer: Any, msgs: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        sought: set[tuple[str, int]] = set()
+        nxt = self._next
+        for m in msgs:
+            if m.error() is not None:
+                out.append(m)
+                continue
+            key = (m.topic(), m.partition())
+            if key in sought:
+                continue  # to be read again after the seek
+            offset = m.offset()
+            expected = nxt.get(key)
+            if expected is not None and offset > expected:
+                if self._retried.get(key) == expected:
+                    self.accepted += 1
+                    log.info("%s: %s[%d] has no records %d..%d after a re-read: taken as a real gap", self.name,
+                             key[0], key[1], expected, offset - 1)
+                else:
+                    try:
+                        consumer.seek(TopicPartition(key[0], key[1], expected))
+                    except KafkaException as exc:  # not assigned any more, or the broker gone: accept it
+                        log.warning("%s: could not read %s[%d] again from %d: %s", self.name, key[0], key[1],
+                                    expected, exc)
+                    else:
+                        self.seeks += 1
+                        self._retried[key] = expected
+                        sought.add(key)
+                        log.warning("%s: %s[%d] jumped from offset %d to %d: reading from %d again", self.name,
+                                    key[0], key[1], expected, offset, expected)
+                        continue
+            nxt[key] = offset + 1
+            out.append(m)
+        return out
+
+
 class WholeTopicReader:
     def __init__(self, bootstrap: str, topic: str, *, name: str, health_interval_s: float = 2.0,
                  fetch_wait_ms: int = 20) -> None:
@@ -62,6 +123,7 @@ class WholeTopicReader:
         self._down = False
         self._assigned: list[int] = []
         self._high: dict[tuple[str, int], int] = {}  # (topic, partition) -> its highest watermark seen on this log
+        self.gaps = OffsetGaps(name)
         self._stop = threading.Event()
         # assign(), never subscribe(): the group id is required by librdkafka and never joined.
         self._consumer = consumer(bootstrap, f"{name}-unjoined", **{
@@ -118,6 +180,7 @@ class WholeTopicReader:
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
         self._assigned = partitions
         self._high = {}
+        self.gaps.forget()
         log.info("%s: reading %d partitions of %s from the beginning", self.name, len(partitions), self.topic)
         return True
 
@@ -162,7 +225,7 @@ class WholeTopicReader:
                     assigned, restart_why = False, "log reset"
                     continue
             good = []
-            for m in self._consumer.consume(num_messages=1000, timeout=0.2):
+            for m in self.gaps.keep(self._consumer, self._consumer.consume(num_messages=1000, timeout=0.2)):
                 err = m.error()
                 if err is None:
                     good.append(m)

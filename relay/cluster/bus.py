@@ -9,7 +9,9 @@
   both low.
 * `Reader` — one consumer and one thread, by assignment (no consumer group, nothing committed):
   the node's inbox from its end, the routes topic and the enforcement topic from the beginning, in
-  one fetch request. Each poll's records of a topic reach their source's `on_records` at once.
+  one fetch request. Each poll's records of a topic reach their source's `on_records` at once. A jump
+  in a partition's offsets is read again once (`sealguard.topic_reader.OffsetGaps`: on Tansu a
+  partition several producers write can be skipped in part).
 
 When the broker was unreachable and answers again, a fetch is out of range, or a watched source's
 high watermark went down (a new, shorter log: Tansu restarts empty and answers a fetch past it with
@@ -32,7 +34,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from relay.cluster import wire
-from sealguard.topic_reader import watermark_went_down
+from sealguard.topic_reader import OffsetGaps, watermark_went_down
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,9 @@ class Reader:
         self.health_interval_s = health_interval_s
         self._watched: list[TopicPartition] = []  # the partitions of `watch` sources
         self._high: dict[tuple[str, int], int] = {}  # their highest watermark seen on this log
+        # every source: on Tansu a partition several producers write can be skipped in part (routes:
+        # every node; an inbox: its peers) — read again from the offset after the last one received
+        self.gaps = OffsetGaps(name)
         self._stop = threading.Event()
         self._consumer = consumer(bootstrap, f"{name}-{uuid.uuid4().hex[:8]}",
                                   **{"error_cb": self._on_error, "enable.auto.offset.store": False,
@@ -256,6 +261,7 @@ class Reader:
         self._consumer.assign(tps)
         self._watched = [TopicPartition(tp.topic, tp.partition) for tp in tps if self.sources[tp.topic].watch]
         self._high = {}
+        self.gaps.forget()
 
     def _log_reset(self) -> bool:
         """True when a watched partition's high watermark went down: a new log."""
@@ -297,7 +303,7 @@ class Reader:
                 first = self._consumer.poll(0.1)
                 if first is None:
                     continue
-                msgs = [first, *self._consumer.consume(2000, 0)]
+                msgs = self.gaps.keep(self._consumer, [first, *self._consumer.consume(2000, 0)])
             except KafkaException as exc:
                 log.warning("%s: %s", self.name, exc)
                 continue
