@@ -25,6 +25,7 @@ COUNTERS = {
     "enforcements": "Enforcement decisions read by the cluster reader (applied idempotently)",
     "rejected": "Malformed cluster records (and enforcement records that are not decisions)",
     "takeovers": "Local connections closed because the account logged in on another node",
+    "accounts_learned": "Accounts learned from the database at a login or a send: their registration news never came",
 }
 
 
@@ -36,6 +37,10 @@ class ClusterCollector(Collector):
         c = self.cluster
         for name, doc in COUNTERS.items():
             yield family(CounterMetricFamily, f"cluster_{name}", doc, getattr(c.stats, name))
+        gaps = c._reader.gaps if c._reader is not None else None
+        yield family(CounterMetricFamily, "cluster_reader_gaps_reread",
+                     "Jumps in a partition's offsets the cluster reader read again (Tansu, several producers)",
+                     gaps.seeks if gaps is not None else 0)
         yield family(GaugeMetricFamily, "cluster_peers_alive", "Other relay nodes alive",
                      sum(p.alive for p in c.nodes.peers.values()))
         yield family(GaugeMetricFamily, "cluster_remote_routes", "Accounts known to be connected to another node",

@@ -97,8 +97,8 @@ class ClusterConfig:
 
 
 class Stats:
-    __slots__ = ("acks_received", "acks_sent", "enforcements", "fallbacks", "handed_over", "handovers_received",
-                 "late_acks", "pokes", "rejected", "stale", "takeovers")
+    __slots__ = ("accounts_learned", "acks_received", "acks_sent", "enforcements", "fallbacks", "handed_over",
+                 "handovers_received", "late_acks", "pokes", "rejected", "stale", "takeovers")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -673,6 +673,10 @@ class Cluster:
                 if tag == "R":
                     online, ts = f[0] == "1", int(f[1])
                     self.routes.apply(k, node, online, ts)
+                    if k not in server.accounts:  # a route is news of a login there: the account exists
+                        server.accounts.add(k)
+                        self.stats.accounts_learned += 1
+                        log.warning("cluster: account %s learned from its route: its registration news never came", k)
                     conn = server.conns.get(k)
                     if online and conn is not None and self._logins.get(k, ts) < ts:
                         # One device per account, cluster-wide: the newer login (on `node`) wins.

@@ -501,7 +501,7 @@ class RelayServer:
     def _on_login(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
         account, signature = decode_payload(FrameType.LOGIN, payload)
         nonce = self._take_nonce(conn)
-        if account not in self.accounts:
+        if account not in self.accounts and self.cluster is None:  # a cluster node asks the database (`_login`)
             raise Refused(ErrorCode.UNKNOWN_ACCOUNT, "no such account")
         self.spawn(self._login(conn, rid, account, nonce, signature))
 
@@ -512,6 +512,7 @@ class RelayServer:
         if keys is None:
             self.reply_error(conn, rid, ErrorCode.UNKNOWN_ACCOUNT, "no such account")
             return
+        self._learn(account)
         try:
             self._verify(keys[0], b"sealguard-login|" + nonce + account.encode(), signature)
         except Refused as exc:
@@ -587,6 +588,33 @@ class RelayServer:
             raise self.breach(Limit.send, account=account)
         return account
 
+    def _learn(self, account: str) -> None:
+        """The database has `account` but this node's table did not: a cluster node learns it (its
+        registration record, on the routes topic, never reached this node — docs/cluster.md, "Readers
+        and the embedded broker's gaps")."""
+        if account not in self.accounts:
+            self.accounts.add(account)
+            if self.cluster is not None:
+                self.cluster.stats.accounts_learned += 1
+            log.warning("account %s learned from the database: its registration news never came", account)
+
+    async def _send_to_unlearned(self, conn: Connection, flags: int, rid: int, payload: bytes,
+                                 recipient: str) -> None:
+        """Cluster nodes only, the miss path: a SEND to an account this node never heard of. The
+        accounts table is the truth, so ask it before answering UNKNOWN_ACCOUNT; if the account is
+        there, learn it and handle the SEND again (its sender's send limit is taken a second time)."""
+        keys = await self.run_db(self.store.get_account, recipient)
+        if conn.closed:
+            return
+        if keys is None:
+            self.reply_error(conn, rid, ErrorCode.UNKNOWN_ACCOUNT, "no such recipient")
+            return
+        self._learn(recipient)
+        try:
+            self._on_send(conn, flags, rid, payload)
+        except Refused as exc:
+            self.reply_error(conn, rid, exc.code, exc.detail)
+
     def _on_send(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
         # The hot path: a SEND to an online recipient costs a tuple in `inflight`, one DELIVER and
         # a tuple each for the signal and the report commitment; everything rare is checked by set lookups.
@@ -607,7 +635,10 @@ class RelayServer:
         except UnicodeDecodeError:
             raise PeerProtocolError(ErrorCode.MALFORMED, "SEND.recipient is not an ASCII account id") from None
         if recipient not in self.accounts:
-            raise Refused(ErrorCode.UNKNOWN_ACCOUNT, "no such recipient")
+            if self.cluster is None:
+                raise Refused(ErrorCode.UNKNOWN_ACCOUNT, "no such recipient")
+            self.spawn(self._send_to_unlearned(conn, flags, rid, payload, recipient))
+            return
         if recipient in enforcer.bans and enforcer.active_ban(recipient) is not None:
             # Never acked: it could be neither delivered nor queued for delivery.
             raise Refused(ErrorCode.RECIPIENT_UNAVAILABLE, "the recipient cannot receive messages")

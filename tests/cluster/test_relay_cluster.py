@@ -197,6 +197,51 @@ def test_a_ban_holds_on_every_node(nodes: Nodes) -> None:
 
 
 @pytest.mark.postgres
+def test_an_account_whose_registration_news_never_came_is_learned(nodes: Nodes) -> None:
+    """On the embedded Tansu a node's reader could miss a registration record (docs/cluster.md,
+    "Readers and the embedded broker's gaps"); the accounts table is the truth. An account written to
+    the database with no `A` record at all: its login on node 2 asks the database (no UNKNOWN_ACCOUNT),
+    and its route record teaches nodes 1 and 3, so a client there reaches it; a SEND to another such
+    account, never logged in, asks the database too and is queued."""
+    from relay.server.store import RelayStore
+    from sealguard.contracts import new_account_id
+    from sealguard.storage import Database
+
+    async def main() -> None:
+        ident = Identity.generate()
+        db = Database(nodes.db_url, migrate=False)
+        try:
+            ident.account_id = RelayStore(db).create_account(ident.identity_key, ident.curve_key, "test", "sdk")
+            other = Identity.generate()
+            offline = RelayStore(db).create_account(other.identity_key, other.curve_key, "test", "sdk")
+        finally:
+            db.dispose()
+        learned_before = nodes.metric("sealguard_relay_cluster_accounts_learned_total")
+        x = RelayClient("127.0.0.1", nodes.ports[1], ident, bind_address="127.9.40.1", request_timeout=15.0,
+                        ping_interval=20.0)
+        await x.connect()
+        await x.login()  # node 2 never heard of it: before the fix, UNKNOWN_ACCOUNT
+        await x.upload_prekeys(5)
+        a = await _client(nodes, 0, 41)
+        try:
+            await _until(lambda: nodes.metric("sealguard_relay_cluster_accounts_learned_total") >= learned_before + 3,
+                         "node 2 (its login) and nodes 1, 3 (its route) learned it")
+            mid = await a.send(x.account_id, b"found")
+            assert a.ack_status[mid] is DeliveryStatus.DELIVERED
+            assert await _next(x) == (a.account_id, b"found", None)
+            # an account no node heard of, never logged in: a SEND to it asks the database, is queued
+            mid = await a.send_raw(offline, b"opaque")
+            assert a.ack_status[mid] is DeliveryStatus.QUEUED
+            with pytest.raises(Exception, match="UNKNOWN_ACCOUNT|no such recipient"):
+                await a.send_raw(new_account_id(), b"opaque")  # and one the database does not have either
+        finally:
+            await a.close()
+            await x.close()
+
+    uvloop.run(main())
+
+
+@pytest.mark.postgres
 def test_a_node_killed_under_load_loses_nothing_acked(nodes: Nodes) -> None:
     out = uvloop.run(kill_run(nodes, argparse.Namespace(kill_users=12, kill_rate=30.0, kill_seconds=6.0,
                                                         settle_s=20.0)))
