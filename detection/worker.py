@@ -19,6 +19,7 @@ skipped; it never stops the worker.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import gc
 import logging
@@ -53,6 +54,7 @@ from sealguard.contracts import ContractError, now_ms
 from sealguard.contracts.batch import decode_batch
 from sealguard.settings import Settings
 from sealguard.storage import Database
+from sealguard.topic_reader import OffsetGaps
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,7 @@ class Worker:
         self._last_refresh = time.monotonic()
         self._bad_logged = 0
         self._freeze_applied = False  # set by tune_gc
+        self._gaps = OffsetGaps("detect")  # partitions the broker skipped part of, read again (_skipped_some)
         self.assigned = threading.Event()
 
     # -- assignment ------------------------------------------------------------------------
@@ -257,6 +260,7 @@ class Worker:
             tp.offset = shard.offsets.get(tp.topic, OFFSET_BEGINNING)
         self._books[:] = [s.engine.book for s in self.shards.values()]
         self._forget_books()
+        self._gaps.forget()
         self._paused.clear()
         self._part_ts.clear()
         consumer.assign(partitions)
@@ -383,6 +387,24 @@ class Worker:
             gc.collect(0)  # this step's cycles, before the next step's freeze (see tune_gc)
         return n
 
+    def _skipped_some(self, kept: list[Any], tops: list[str], parts: list[int], where: list[Shard]) -> bool:
+        """Whether a partition's records in this poll do not run on, offset by offset, from the one after
+        the last taken (the shard's next offset): on the embedded Tansu a consumer of a partition that
+        several producers write sometimes moves past records the log holds (sealguard/topic_reader.py,
+        `OffsetGaps`). Checked per partition, not per record: its first offset and its count. When so,
+        `OffsetGaps` gets every partition's next offset, and reads a gap again once."""
+        keys = list(zip(tops, parts))
+        last = dict(zip(keys, range(len(keys))))
+        first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1)))
+        count = collections.Counter(keys)
+        expected = {key: where[i].offsets.get(key[0]) for key, i in first.items()}
+        for key, i in first.items():
+            lo, want = kept[i].offset(), expected[key]
+            if (want is not None and lo > want) or kept[last[key]].offset() - lo + 1 != count[key]:
+                self._gaps.expect({k: v for k, v in expected.items() if v is not None})
+                return True
+        return False
+
     def _process(self, msgs: list[Any]) -> int:
         """Decode the whole batch at once (`decode_batch`: one JSON parse, columns validated against
         the contract), then apply it in event-time order (partitions arrive in chunks; a reply must
@@ -410,6 +432,12 @@ class Worker:
             raws.append(m.value())
             tops.append(m.topic())
             parts.append(p)
+        if self._skipped_some(kept, tops, parts, where):  # rare: read again what the broker skipped
+            kept = self._gaps.keep(self.consumer, kept)
+            where = [shards[m.partition()] for m in kept]
+            raws = [m.value() for m in kept]
+            tops = [m.topic() for m in kept]
+            parts = [m.partition() for m in kept]
         # Offsets and the last record of each (topic, partition), malformed ones included (skipped, not lost).
         for (topic, _), i in dict(zip(zip(tops, parts), range(len(kept)))).items():
             shard = where[i]

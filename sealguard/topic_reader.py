@@ -75,6 +75,11 @@ class OffsetGaps:
         self._next.clear()
         self._retried.clear()
 
+    def expect(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        """For a reader that keeps its own offsets (e.g. checkpointed) and calls `keep` only now and then:
+        the offsets each (topic, partition) must go on from, in place of those `keep` last saw."""
+        self._next = dict(next_offsets)
+
     def keep(self, consumer: Any, msgs: list[Any]) -> list[Any]:
         out: list[Any] = []
         sought: set[tuple[str, int]] = set()
