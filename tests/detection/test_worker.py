@@ -210,35 +210,6 @@ def test_a_dropped_shards_state_is_freed_without_the_cycle_collector() -> None:
         gc.enable()
 
 
-class _Msg:
-    """A consumed record as far as the worker's gap check reads it."""
-
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._t, self._p, self._o = topic, partition, offset
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def value(self) -> bytes:
-        return b"{}"
-
-    def error(self) -> None:
-        return None
-
-
-class _Seeks:
-    def __init__(self) -> None:
-        self.seeks: list[tuple[str, int, int]] = []
-
-    def seek(self, tp: object) -> None:
-        self.seeks.append((tp.topic, tp.partition, tp.offset))  # type: ignore[attr-defined]
-
 
 def test_a_partition_the_broker_skipped_part_of_is_read_again_once() -> None:
     """Tansu sometimes moves a consumer past records it holds (sealguard/topic_reader.py): the worker
@@ -248,27 +219,29 @@ def test_a_partition_the_broker_skipped_part_of_is_read_again_once() -> None:
 
     from sealguard.topic_reader import OffsetGaps
 
+    from ..sealguard.test_topic_reader import Msg, Seeks
+
     w = Worker.__new__(Worker)
     w._gaps = OffsetGaps("detect")
     a, b = SimpleNamespace(offsets={"sig": 10, "in": 3}), SimpleNamespace(offsets={"sig": 7})
 
-    def check(msgs: list[_Msg], shards: list[object]) -> bool:
+    def check(msgs: list[Msg], shards: list[object]) -> bool:
         return w._skipped_some(msgs, [m.topic() for m in msgs], [m.partition() for m in msgs], shards)  # type: ignore[arg-type]
 
     # runs on from each shard's next offset, partitions and topics interleaved: nothing to do
-    ok = [_Msg("sig", 0, 10), _Msg("sig", 1, 7), _Msg("in", 0, 3), _Msg("sig", 0, 11), _Msg("sig", 1, 8)]
+    ok = [Msg(0, 10, "sig"), Msg(1, 7, "sig"), Msg(0, 3, "in"), Msg(0, 11, "sig"), Msg(1, 8, "sig")]
     assert not check(ok, [a, b, a, a, b])
     # partition 0 jumps 11 -> 14 inside the poll: its records from 14 on are dropped and read again from 12
-    polled = [_Msg("sig", 0, 10), _Msg("sig", 1, 7), _Msg("sig", 0, 11), _Msg("sig", 0, 14), _Msg("sig", 1, 8),
-              _Msg("sig", 0, 15)]
+    polled = [Msg(0, 10, "sig"), Msg(1, 7, "sig"), Msg(0, 11, "sig"), Msg(0, 14, "sig"), Msg(1, 8, "sig"),
+              Msg(0, 15, "sig")]
     assert check(polled, [a, b, a, a, b, a])
-    consumer = _Seeks()
+    consumer = Seeks()
     kept = w._gaps.keep(consumer, polled)
     assert [(m.partition(), m.offset()) for m in kept] == [(0, 10), (1, 7), (0, 11), (1, 8)]
-    assert consumer.seeks == [("sig", 0, 12)]
+    assert consumer.sought == [("sig", 0, 12)]
     # a poll that starts past the shard's next offset (12) is read again too...
     a.offsets["sig"] = 12
-    assert check([_Msg("sig", 0, 14)], [a])
+    assert check([Msg(0, 14, "sig")], [a])
     # ...and once was enough: the re-read still starts at 14, so those offsets hold nothing
-    assert w._gaps.keep(consumer, [_Msg("sig", 0, 14)])[0].offset() == 14
-    assert consumer.seeks == [("sig", 0, 12)] and w._gaps.accepted == 1
+    assert w._gaps.keep(consumer, [Msg(0, 14, "sig")])[0].offset() == 14
+    assert consumer.sought == [("sig", 0, 12)] and w._gaps.accepted == 1
