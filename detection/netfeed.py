@@ -36,7 +36,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from detection.features.state import NET_CHANGES, NetBook, books_counts
+from detection.features.state import NET_CHANGES, NetBook, books_count, books_counts
 from detection.features.windows import WINDOWS
 from sealguard.contracts import ContractError, decode
 from sealguard.topic_reader import WholeTopicReader
@@ -155,16 +155,6 @@ class NetFeedView:
                 return float(g)
         return float(n)
 
-    def _window(self, bucket: str, w: int, ts: int) -> float:
-        """The held books' sum for one window (`books_counts`' term): a window's vector is its own,
-        so reading one advances none of the others."""
-        n = 0.0
-        for b in self.local:
-            vecs = b.buckets.get(bucket)
-            if vecs is not None:
-                n += vecs[w].totals(ts)[0]
-        return n
-
     def counts(self, bucket: str | None, ts: int) -> list[float]:
         """`count` of every window at once, in WINDOWS order (the fused feature row reads all of them):
         one call, and the bucket looked up once per book."""
@@ -179,9 +169,9 @@ class NetFeedView:
         elif got[0] == k0 and got[1] == k1 and got[2] == k2:
             n0, n1, n2 = got[4], got[5], got[6]  # 45% of the rows of the bench's stream
         else:  # each window on its own: mostly only the minute's 5 s bucket moved
-            n0 = got[4] if got[0] == k0 else self._window(bucket, 0, ts)
-            n1 = got[5] if got[1] == k1 else self._window(bucket, 1, ts)
-            n2 = got[6] if got[2] == k2 else self._window(bucket, 2, ts)
+            n0 = got[4] if got[0] == k0 else books_count(self.local, bucket, 0, ts)
+            n1 = got[5] if got[1] == k1 else books_count(self.local, bucket, 1, ts)
+            n2 = got[6] if got[2] == k2 else books_count(self.local, bucket, 2, ts)
             self._local[bucket] = (k0, k1, k2, stamp, n0, n1, n2)
         times = self.book.times.get(bucket)
         if times:

@@ -331,18 +331,22 @@ class NetView:
         raise TypeError("register through a partition's NetBook")
 
     def count(self, bucket: str | None, w: int, ts: int) -> float:
-        if bucket is None:
-            return 0.0
-        n = 0.0
-        for book in self.books:
-            vecs = book.buckets.get(bucket)
-            if vecs is not None:
-                n += vecs[w].totals(ts)[0]
-        return n
+        return 0.0 if bucket is None else books_count(self.books, bucket, w, ts)
 
     def counts(self, bucket: str | None, ts: int) -> list[float]:
         """`count` of every window at once, in WINDOWS order."""
         return [0.0, 0.0, 0.0] if bucket is None else list(books_counts(self.books, bucket, ts))
+
+
+def books_count(books: Iterable[NetBook], bucket: str, w: int, ts: int) -> float:
+    """Registrations in `bucket` over window `w` summed over `books` (each window's vector is its own:
+    reading one advances none of the others)."""
+    n = 0.0
+    for book in books:
+        vecs = book.buckets.get(bucket)
+        if vecs is not None:
+            n += vecs[w].totals(ts)[0]
+    return n
 
 
 def books_counts(books: Iterable[NetBook], bucket: str, ts: int) -> tuple[float, float, float]:
@@ -477,32 +481,9 @@ class FeatureEngine:
         st.sends_total += 1
         last, st.last_send_ts = st.last_send_ts, ts
         gap = ts - last if last is not None and ts >= last else -1
-        # Open the bucket of `ts` in each window (one snapshot of the sums before this message), then count
-        # it once. A longer window opens a bucket only when the 1-minute one does: its buckets are multiples
-        # of the shorter one's, and no read empties it while a shorter one holds a bucket (`channel`).
+        # Open the bucket of `ts` in each window (`_open_buckets`), then count the message once.
+        _open_buckets(st, ts)
         cum = st.cum
-        snap = None
-        w0, w1, w2 = st.wins
-        b = ts // _W0
-        if b > w0.head:
-            snap = tuple(cum)
-            ring = w0.ring
-            if ring and ring[0] > b - _N0:  # nothing falls out (the common case of an active account)
-                ring += (b, snap, 0)
-                w0.head = b
-            else:
-                window_open(w0, b, _N0, snap)
-            b = ts // _W1
-            if b > w1.head:
-                ring = w1.ring
-                if ring and ring[0] > b - _N1:
-                    ring += (b, snap, 0)
-                    w1.head = b
-                else:
-                    window_open(w1, b, _N1, snap)
-                b = ts // _W2
-                if b > w2.head:
-                    window_open(w2, b, _N2, snap)
         cum[SENDS] += 1
         if gap >= 0:
             cum[GAPS] += 1
@@ -522,6 +503,7 @@ class FeatureEngine:
                 reply = 0
             if st.added is not None:
                 _saved_first(st, ts, recipient, first, reply)
+            w0, w1, w2 = st.wins
             if w0.last.get(recipient) != w0.head:
                 window_see(w0, _N0, recipient)
             if w1.last.get(recipient) != w1.head:
@@ -582,30 +564,8 @@ class FeatureEngine:
             seen[sender] = None
             if len(seen) > INBOUND_MEMORY:
                 del seen[next(iter(seen))]
-        cum = st.cum  # _add(st, ts, RECEIVED, 1), inlined as in `send`: one per direct message
-        snap = None
-        w0, w1, w2 = st.wins
-        b = ts // _W0
-        if b > w0.head:
-            snap = tuple(cum)
-            ring = w0.ring
-            if ring and ring[0] > b - _N0:  # nothing falls out (the common case of an active account)
-                ring += (b, snap, 0)
-                w0.head = b
-            else:
-                window_open(w0, b, _N0, snap)
-            b = ts // _W1
-            if b > w1.head:
-                ring = w1.ring
-                if ring and ring[0] > b - _N1:
-                    ring += (b, snap, 0)
-                    w1.head = b
-                else:
-                    window_open(w1, b, _N1, snap)
-                b = ts // _W2
-                if b > w2.head:
-                    window_open(w2, b, _N2, snap)
-        cum[RECEIVED] += 1
+        _open_buckets(st, ts)  # _add(st, ts, RECEIVED, 1): one per direct message
+        st.cum[RECEIVED] += 1
         return st
 
     def block(self, ts: int, blocked: str) -> AccountState:
@@ -629,15 +589,8 @@ class FeatureEngine:
 
     @staticmethod
     def _add(st: AccountState, ts: int, channel: int, x: int) -> None:
-        cum = st.cum
-        snap = None
-        for w, (width, n) in zip(st.wins, _WN):
-            b = ts // width
-            if b > w.head:
-                if snap is None:
-                    snap = tuple(cum)
-                window_open(w, b, n, snap)
-        cum[channel] += x
+        _open_buckets(st, ts)
+        st.cum[channel] += x
 
     # -- reading ---------------------------------------------------------------------------
     def features(self, account: str, ts: int) -> list[float]:
@@ -673,6 +626,37 @@ class ScoreSchedule:
 
     def mark(self, st: AccountState, ts: int) -> None:
         st.sched = [st.n_out, ts, _sends_1m(st, ts), _recipients_1h(st, ts)]
+
+
+def _open_buckets(st: AccountState, ts: int) -> None:
+    """Open the bucket of `ts` in each of `st`'s windows that has not yet (one snapshot of the sums
+    before the event, shared by the windows). A longer window opens a bucket only when the 1-minute
+    one does: its buckets are multiples of the shorter one's, and no read empties it while a shorter
+    one holds a bucket (`AccountState.channel`). Unrolled: every event of an account comes here."""
+    w0 = st.wins[0]
+    b = ts // _W0
+    if b <= w0.head:
+        return
+    snap = tuple(st.cum)
+    ring = w0.ring
+    if ring and ring[0] > b - _N0:  # nothing falls out (the common case of an active account)
+        ring += (b, snap, 0)
+        w0.head = b
+    else:
+        window_open(w0, b, _N0, snap)
+    w1 = st.wins[1]
+    b = ts // _W1
+    if b > w1.head:
+        ring = w1.ring
+        if ring and ring[0] > b - _N1:
+            ring += (b, snap, 0)
+            w1.head = b
+        else:
+            window_open(w1, b, _N1, snap)
+        w2 = st.wins[2]
+        b = ts // _W2
+        if b > w2.head:
+            window_open(w2, b, _N2, snap)
 
 
 def _sends_1m(st: AccountState, ts: int) -> int:
