@@ -19,6 +19,9 @@ from relay.protocol import MAX_FRAME_UNAUTHENTICATED, FrameReader
 PRE_AUTH_BUDGET = 32
 FRAME_BUDGET = 5000
 PING_COST = 100
+# A cluster node's database lookup of an account it does not know (RelayServer._retry_unlearned):
+# at most FRAME_BUDGET / LOOKUP_COST = 10 per sweep interval for one connection.
+LOOKUP_COST = 500
 # Pause reading a client once this much output waits for it; drop it past MAX_WRITE_BUFFER.
 WRITE_HIGH_WATER = 256 * 1024
 MAX_WRITE_BUFFER = 8 * 1024 * 1024

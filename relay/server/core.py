@@ -48,7 +48,7 @@ from relay.protocol import (
     encode_frame,
     encode_send_ack,
 )
-from relay.server.connection import FRAME_BUDGET, PING_COST, Connection
+from relay.server.connection import FRAME_BUDGET, LOOKUP_COST, PING_COST, Connection
 from relay.server.enforce import DecisionState
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
 from relay.server.stalls import StallWatch
@@ -87,6 +87,16 @@ class Refused(RelayError):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+class Unlearned(Refused):
+    """UNKNOWN_ACCOUNT on a cluster node, not answered yet: `account` is not in this node's table, but
+    its registration news may never have reached the node (docs/cluster.md, "Readers and the embedded
+    broker's gaps"), so the server asks the database first (`RelayServer._retry_unlearned`)."""
+
+    def __init__(self, account: str, detail: str) -> None:
+        super().__init__(ErrorCode.UNKNOWN_ACCOUNT, detail)
+        self.account = account
 
 
 @dataclass
@@ -404,6 +414,8 @@ class RelayServer:
                 continue
             try:
                 handler(conn, flags, rid, payload)
+            except Unlearned as exc:
+                self.spawn(self._retry_unlearned(conn, handler, flags, rid, payload, exc))
             except Refused as exc:
                 self.reply_error(conn, rid, exc.code, exc.detail)
             except PeerProtocolError as exc:
@@ -598,22 +610,43 @@ class RelayServer:
                 self.cluster.stats.accounts_learned += 1
             log.warning("account %s learned from the database: its registration news never came", account)
 
-    async def _send_to_unlearned(self, conn: Connection, flags: int, rid: int, payload: bytes,
-                                 recipient: str) -> None:
-        """Cluster nodes only, the miss path: a SEND to an account this node never heard of. The
-        accounts table is the truth, so ask it before answering UNKNOWN_ACCOUNT; if the account is
-        there, learn it and handle the SEND again (its sender's send limit is taken a second time)."""
-        keys = await self.run_db(self.store.get_account, recipient)
-        if conn.closed:
-            return
-        if keys is None:
-            self.reply_error(conn, rid, ErrorCode.UNKNOWN_ACCOUNT, "no such recipient")
-            return
-        self._learn(recipient)
-        try:
-            self._on_send(conn, flags, rid, payload)
-        except Refused as exc:
-            self.reply_error(conn, rid, exc.code, exc.detail)
+    def unknown(self, account: str, detail: str) -> Refused:
+        """The refusal for an account this node does not know: UNKNOWN_ACCOUNT — on a cluster node
+        only after the database said so (`Unlearned`); a known account never gets here."""
+        if self.cluster is None:
+            return Refused(ErrorCode.UNKNOWN_ACCOUNT, detail)
+        return Unlearned(account, detail)
+
+    async def _retry_unlearned(self, conn: Connection, handler: Callable[[Connection, int, int, bytes], None],
+                               flags: int, rid: int, payload: bytes, miss: Unlearned) -> None:
+        """Cluster nodes only, the miss path of any request naming an account (a SEND's recipient, a
+        prekey claim, a contact, a block, a report, a group's members): the accounts table is the
+        truth, so ask it before answering UNKNOWN_ACCOUNT; if the account is there, learn it and
+        handle the request again (its limits are taken again). Each lookup costs the connection
+        LOOKUP_COST of its frame budget, so made-up account ids cannot turn into a flood of queries."""
+        while True:
+            conn.budget -= LOOKUP_COST
+            if conn.budget < 0:
+                self._peer_error(conn, rid, ErrorCode.FLOOD, "too many requests naming unknown accounts")
+                return
+            keys = await self.run_db(self.store.get_account, miss.account)
+            if conn.closed:
+                return
+            if keys is None:
+                self.reply_error(conn, rid, miss.code, miss.detail)
+                return
+            self._learn(miss.account)
+            try:
+                handler(conn, flags, rid, payload)
+                return
+            except Unlearned as exc:  # a group's next unknown member
+                miss = exc
+            except Refused as exc:
+                self.reply_error(conn, rid, exc.code, exc.detail)
+                return
+            except PeerProtocolError as exc:
+                self._peer_error(conn, rid, exc.code, exc.message)
+                return
 
     def _on_send(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
         # The hot path: a SEND to an online recipient costs a tuple in `inflight`, one DELIVER and
@@ -635,10 +668,7 @@ class RelayServer:
         except UnicodeDecodeError:
             raise PeerProtocolError(ErrorCode.MALFORMED, "SEND.recipient is not an ASCII account id") from None
         if recipient not in self.accounts:
-            if self.cluster is None:
-                raise Refused(ErrorCode.UNKNOWN_ACCOUNT, "no such recipient")
-            self.spawn(self._send_to_unlearned(conn, flags, rid, payload, recipient))
-            return
+            raise self.unknown(recipient, "no such recipient")
         if recipient in enforcer.bans and enforcer.active_ban(recipient) is not None:
             # Never acked: it could be neither delivered nor queued for delivery.
             raise Refused(ErrorCode.RECIPIENT_UNAVAILABLE, "the recipient cannot receive messages")

@@ -63,7 +63,7 @@ class Features:
 
     def _known(self, account: str) -> None:
         if account not in self.s.accounts:
-            raise _refused(ErrorCode.UNKNOWN_ACCOUNT, f"no such account {account}")
+            raise self.s.unknown(account, f"no such account {account}")
 
     def _run(self, conn: Connection, rid: int, fn: Callable[..., Any], *args: Any,
              then: Callable[[Any], bytes | None]) -> None:

@@ -202,7 +202,8 @@ def test_an_account_whose_registration_news_never_came_is_learned(nodes: Nodes) 
     "Readers and the embedded broker's gaps"); the accounts table is the truth. An account written to
     the database with no `A` record at all: its login on node 2 asks the database (no UNKNOWN_ACCOUNT),
     and its route record teaches nodes 1 and 3, so a client there reaches it; a SEND to another such
-    account, never logged in, asks the database too and is queued."""
+    account, never logged in, asks the database too and is queued — and so do a prekey claim, a
+    contact, a block and a new group naming such accounts on node 3."""
     from relay.server.store import RelayStore
     from sealguard.contracts import new_account_id
     from sealguard.storage import Database
@@ -214,6 +215,11 @@ def test_an_account_whose_registration_news_never_came_is_learned(nodes: Nodes) 
             ident.account_id = RelayStore(db).create_account(ident.identity_key, ident.curve_key, "test", "sdk")
             other = Identity.generate()
             offline = RelayStore(db).create_account(other.identity_key, other.curve_key, "test", "sdk")
+            # never logged in, known to the database only: one per request kind below (a node learns
+            # an account at its first lookup, so each request must name one no node knows yet)
+            unheard = [RelayStore(db).create_account(i.identity_key, i.curve_key, "test", "sdk")
+                       for i in (Identity.generate() for _ in range(4))]
+            RelayStore(db).upload_prekeys(unheard[0], [("k1", "one-time key")], None)
         finally:
             db.dispose()
         learned_before = nodes.metric("sealguard_relay_cluster_accounts_learned_total")
@@ -234,6 +240,21 @@ def test_an_account_whose_registration_news_never_came_is_learned(nodes: Nodes) 
             assert a.ack_status[mid] is DeliveryStatus.QUEUED
             with pytest.raises(Exception, match="UNKNOWN_ACCOUNT|no such recipient"):
                 await a.send_raw(new_account_id(), b"opaque")  # and one the database does not have either
+            # the other requests naming an account ask the database too (node 3)
+            c = await _client(nodes, 2, 42)
+            try:
+                learned = nodes.metric("sealguard_relay_cluster_accounts_learned_total")
+                assert (await c.claim_prekey(unheard[0]))[2] == "one-time key"
+                await c.add_contact(unheard[1])
+                await c.block(unheard[2])
+                gid = await c.create_group([unheard[3], x.account_id])
+                assert gid
+                assert nodes.metric("sealguard_relay_cluster_accounts_learned_total") >= learned + 4
+                for request in (c.claim_prekey, c.add_contact, c.block):
+                    with pytest.raises(Exception, match="UNKNOWN_ACCOUNT"):
+                        await request(new_account_id())
+            finally:
+                await c.close()
         finally:
             await a.close()
             await x.close()
