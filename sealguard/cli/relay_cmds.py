@@ -69,7 +69,7 @@ def relay(
         if node_ttl <= 0 or (handover_timeout is not None and handover_timeout <= ack_timeout):
             raise typer.BadParameter("--node-ttl must be positive and --handover-timeout longer than --ack-timeout")
         cluster_config = ClusterConfig(node=s.node_id, routes_topic=routes_topic, inbox_prefix=inbox_prefix,
-                                       partitions=s.partitions, node_ttl_s=node_ttl,
+                                       node_ttl_s=node_ttl,
                                        handover_timeout_s=handover_timeout or ack_timeout + 2.0)
 
     with contextlib.ExitStack() as stack:
