@@ -629,7 +629,12 @@ class RelayServer:
             if conn.budget < 0:
                 self._peer_error(conn, rid, ErrorCode.FLOOD, "too many requests naming unknown accounts")
                 return
-            keys = await self.run_db(self.store.get_account, miss.account)
+            try:
+                keys = await self.run_db(self.store.get_account, miss.account)
+            except Exception:
+                log.exception("account lookup failed")
+                self.reply_error(conn, rid, ErrorCode.INTERNAL, "could not look the account up; retry")
+                return
             if conn.closed:
                 return
             if keys is None:

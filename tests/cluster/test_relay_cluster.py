@@ -253,6 +253,11 @@ def test_an_account_whose_registration_news_never_came_is_learned(nodes: Nodes) 
                 for request in (c.claim_prekey, c.add_contact, c.block):
                     with pytest.raises(Exception, match="UNKNOWN_ACCOUNT"):
                         await request(new_account_id())
+                # made-up ids at once: each lookup costs 500 of the 5,000-frame budget, so the tenth is a flood
+                results = await asyncio.gather(*(c.claim_prekey(new_account_id()) for _ in range(12)),
+                                               return_exceptions=True)
+                assert all(isinstance(r, Exception) for r in results), results
+                assert any("FLOOD" in str(r) for r in results), results
             finally:
                 await c.close()
         finally:
