@@ -638,21 +638,11 @@ def _open_buckets(st: AccountState, ts: int) -> None:
     if b <= w0.head:
         return
     snap = tuple(st.cum)
-    ring = w0.ring
-    if ring and ring[0] > b - _N0:  # nothing falls out (the common case of an active account)
-        ring += (b, snap, 0)
-        w0.head = b
-    else:
-        window_open(w0, b, _N0, snap)
+    window_open(w0, b, _N0, snap)
     w1 = st.wins[1]
     b = ts // _W1
     if b > w1.head:
-        ring = w1.ring
-        if ring and ring[0] > b - _N1:
-            ring += (b, snap, 0)
-            w1.head = b
-        else:
-            window_open(w1, b, _N1, snap)
+        window_open(w1, b, _N1, snap)
         w2 = st.wins[2]
         b = ts // _W2
         if b > w2.head:
