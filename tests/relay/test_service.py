@@ -32,15 +32,17 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
-    """Every record on the topic right now (assigned, no group join: fast on Tansu)."""
+    """Every record on the topic right now (assigned, no group join: fast on Tansu): read until each
+    partition's high watermark, or 5 s — a new consumer's first fetch on Tansu sometimes takes more
+    than the second this used to wait for it (then every retry read nothing)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{os.urandom(4).hex()}",
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    want = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in range(partitions))
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    out, idle = [], 0
-    while idle < 3:
-        msgs = c.consume(1000, 0.3)
-        idle = 0 if msgs else idle + 1
-        out += [decode(m.value()) for m in msgs if m.error() is None]
+    out: list[Any] = []
+    deadline = time.monotonic() + 5.0
+    while len(out) < want and time.monotonic() < deadline:
+        out += [decode(m.value()) for m in c.consume(1000, 0.3) if m.error() is None]
     c.close()
     return out
 
