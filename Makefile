@@ -18,7 +18,10 @@ up: venv
 test: venv chromium
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# The relay's native data plane (relay/server/_plane.c) is built beside its source with gcc; it is
+# rebuilt only when the source is newer. Without it the relay runs its asyncio data plane.
 venv: $(VENV)/.synced
+	@$(VENV)/bin/python relay/server/build_plane.py >/dev/null
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools

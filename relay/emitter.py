@@ -116,6 +116,15 @@ class KafkaEmitter:
             return
         q.append((sender, recipient, nbytes, kind, first_contact, recipient_online, ts))  # type: ignore[arg-type]
 
+    def emit_encoded(self, records: list[tuple[str, bytes]]) -> None:
+        """Signals already encoded, as (key, JSON): the native data plane's `message.sent`."""
+        q = self._queue
+        room = self.max_buffer - len(q)
+        if room < len(records):
+            self.dropped += len(records) - max(room, 0)
+            records = records[:max(room, 0)]
+        q.extend(records)
+
     # -- state ------------------------------------------------------------------------------------
     @property
     def buffered(self) -> int:
@@ -150,8 +159,11 @@ class KafkaEmitter:
             event = q[0]
             try:
                 # positional (topic, value, key): keyword arguments cost a third of a produce call
-                if type(event) is tuple:  # message.sent's fields (emit_message_sent)
-                    produce(topic, encode_message_sent(*event), event[0])
+                if type(event) is tuple:  # message.sent's fields (emit_message_sent), or (key, JSON)
+                    if len(event) == 2:
+                        produce(topic, event[1], event[0])
+                    else:
+                        produce(topic, encode_message_sent(*event), event[0])
                 else:
                     key, value = fast_encode(event)
                     produce(topic, value, key)

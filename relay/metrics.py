@@ -53,8 +53,9 @@ class RelayCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         s = self.server
+        s.sync_plane()
         for name, doc in COUNTERS.items():
-            yield family(CounterMetricFamily, name, doc, getattr(s.stats, name))
+            yield family(CounterMetricFamily, name, doc, s.counter(name))
         w = s.stall_watch
         for name, value, doc in (
                 ("loop_stalls", w.stalls, "Times the event loop ran more than 5 ms late (a 10 ms ticker)"),
@@ -65,7 +66,7 @@ class RelayCollector(Collector):
         gauges = {
             "connections": (len(s.all_conns), "Open client connections"),
             "online_accounts": (len(s.conns), "Authenticated connections"),
-            "inflight": (len(s.inflight), "Deliveries waiting for the recipient's ack"),
+            "inflight": (len(s.inflight) + s.plane_inflight, "Deliveries waiting for the recipient's ack"),
             "queue_write_batch": (len(s._enqueue_batch), "Messages waiting for the next queue write"),
             "offline_queue_depth": (s.queue_depth, "Messages in the offline queue (refreshed every purge interval)"),
             "withheld_messages": (s.withheld_depth, "Withheld messages kept in the queue table"),
@@ -76,7 +77,8 @@ class RelayCollector(Collector):
         }
         if self.emitter is not None:
             gauges["signal_buffer"] = (self.emitter.buffered, "Signals accepted but not yet confirmed by the broker")
-            gauges["signals_dropped"] = (self.emitter.dropped, "Signals dropped because the buffer was full")
+            gauges["signals_dropped"] = (self.emitter.dropped + s.plane_count("signals_dropped"),
+                                         "Signals dropped because the buffer was full")
             gauges["signals_failed"] = (self.emitter.failed, "Signals the broker refused")
         for name, (value, doc) in gauges.items():
             yield family(GaugeMetricFamily, name, doc, value)

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def config_from_settings(settings: Settings, **overrides: object) -> RelayConfig:
-    base = RelayConfig(node=settings.node_id, net_salt=settings.net_salt, media_dir=settings.state_dir / "media")
+    base = RelayConfig(node=settings.node_id, net_salt=settings.net_salt, media_dir=settings.state_dir / "media",
+                       native_plane=settings.relay_native)
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
@@ -42,6 +43,8 @@ class RelayService:
                  cluster: ClusterConfig | None = None) -> None:
         self.settings = settings
         self.config = config or config_from_settings(settings)
+        if cluster is not None:  # a cluster node's handovers and write pacing live in the asyncio data plane
+            self.config = dataclasses.replace(self.config, native_plane=False)
         self._listener = listener
         self._metrics_enabled = metrics
         self._metrics_port = metrics_port

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # Relay.
     relay_host: str = "127.0.0.1"
     relay_port: int = 0
+    # The sockets and the common 1:1 path in C (relay/server/plane.py); 0 → the asyncio data plane.
+    relay_native: bool = True
     node_id: str = "relay-1"
     # Salt for net_bucket hashing; a deployment sets its own secret.
     net_salt: str = "sealguard-dev-salt"

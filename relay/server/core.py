@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,11 +51,13 @@ from relay.protocol import (
 )
 from relay.server.connection import FRAME_BUDGET, LOOKUP_COST, PING_COST, Connection
 from relay.server.enforce import DecisionState
+from relay.server.plane import DataPlane
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
 from relay.server.stalls import StallWatch
 from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore
 from relay.signals import SignalBook, net_bucket
 from sealguard.contracts import Action, ClientKind, Limit, MessageKind, now_ms
+from sealguard.contracts import decode as decode_event
 from sealguard.storage import Database
 
 log = logging.getLogger(__name__)
@@ -124,6 +127,9 @@ class RelayConfig:
     purge_interval_s: float = 30.0
     limits: dict[Limit, Rate] = field(default_factory=dict)
     restricted_limits: dict[Limit, Rate] = field(default_factory=dict)
+    # The sockets and the common 1:1 path in C (relay/server/plane.py) when the module is built; a
+    # cluster node keeps the asyncio data plane (its handovers and pacing live there).
+    native_plane: bool = True
 
 
 class Outgoing:
@@ -222,6 +228,12 @@ class RelayServer:
         self.enforcer = Enforcer(self)
         self.features = Features(self)
         self.cluster: Any = None  # relay.cluster.Cluster when this node is one of several (docs/cluster.md)
+        self.plane: DataPlane | None = None  # the native data plane, when it serves (start)
+        self._plane_counts: dict[str, int] = {}  # its counters so far (sync_plane)
+        self._plane_lock = threading.Lock()
+        self.plane_inflight = 0
+        # Spend one Limit.send token of an unrestricted sender: its bucket lives in the plane when it serves.
+        self._take_send: Callable[[Connection, str], bool] = lambda conn, account: self._send_pool.take(account)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
         self._enqueue_batch: list[tuple[QueuedOut, Outgoing | None]] = []
         self._delete_batch: list[tuple[bytes, str]] = []
@@ -274,16 +286,23 @@ class RelayServer:
         self.blocks = await self.run_db(self.store.all_blocks)
         self.groups = await self.run_db(self.store.all_groups)
         await self.enforcer.load_from_db()
-        self._server = await self._loop.create_server(lambda: Connection(self), host, port, backlog=4096,
-                                                      reuse_address=True)
-        sock = self._server.sockets[0].getsockname()
-        self.host, self.port = sock[0], sock[1]
+        if self.config.native_plane and DataPlane.available():
+            self.plane = plane = DataPlane(self, self._loop, host, port)
+            self.host, self.port = plane.host, plane.port
+            pool, take = self._send_pool, plane.plane.take_send
+            self._take_send = lambda conn, account: take(conn.transport.cid, pool.clock())  # type: ignore[union-attr]
+            plane.start_signals(getattr(self.listener, "emit_encoded", None) or self._emit_decoded)
+        else:
+            self._server = await self._loop.create_server(lambda: Connection(self), host, port, backlog=4096,
+                                                          reuse_address=True)
+            sock = self._server.sockets[0].getsockname()
+            self.host, self.port = sock[0], sock[1]
         self.stall_watch.start(self._loop)
         attach = getattr(self.listener, "attach_loop", None)  # the Kafka emitter drains on this loop, not a thread
         if attach is not None:
             attach(self._loop)
         self._every(self.config.sweep_interval_s, self._sweep)
-        self._every(self.config.commitment_flush_s, lambda: self._commits and self._schedule_flush())
+        self._every(self.config.commitment_flush_s, self._flush_commits)
         self._every(self.config.purge_interval_s, lambda: self.spawn(self._purge()))
         self._every(self.config.notice_poll_s, lambda: self.spawn(self.enforcer.poll_notices()))
         self._every(self.config.reconcile_interval_s, self.enforcer.reconcile_soon)
@@ -311,10 +330,15 @@ class RelayServer:
             self._server.close()
         for key in list(self.inflight):
             self._requeue(key)
+        if self.plane is not None:
+            for held in self.plane.plane.take_inflight():
+                self.requeue_held(held)
         for conn in list(self.all_conns):
             conn.send(encode(FrameType.BYE, 0))
             conn.close()
         await self._flush_now()
+        if self.plane is not None:
+            self.plane.stop()
         for t in list(self._tasks):
             t.cancel()
         if self._server is not None:
@@ -387,7 +411,7 @@ class RelayServer:
         try:
             frames = conn.reader.feed(data)
         except PeerProtocolError as exc:
-            self._peer_error(conn, 0, exc.code, exc.message)
+            self.peer_error(conn, 0, exc.code, exc.message)
             return
         handlers = self._handlers
         n = len(frames)
@@ -400,7 +424,7 @@ class RelayServer:
         conn.budget -= n
         self.stats.frames_in += n
         if conn.budget < 0:
-            self._peer_error(conn, 0, ErrorCode.FLOOD, "too many frames; slow down")
+            self.peer_error(conn, 0, ErrorCode.FLOOD, "too many frames; slow down")
             return
         for ftype, flags, rid, payload in frames:
             if conn.closed:
@@ -419,10 +443,10 @@ class RelayServer:
             except Refused as exc:
                 self.reply_error(conn, rid, exc.code, exc.detail)
             except PeerProtocolError as exc:
-                self._peer_error(conn, rid, exc.code, exc.message)
+                self.peer_error(conn, rid, exc.code, exc.message)
                 return
 
-    def _peer_error(self, conn: Connection, rid: int, code: ErrorCode, detail: str) -> None:
+    def peer_error(self, conn: Connection, rid: int, code: ErrorCode, detail: str) -> None:
         """The peer broke the protocol: tell it why, close only its connection."""
         self.stats.protocol_errors += 1
         log.info("closing %s: %s (%s)", conn.account or conn.bucket, code.name, detail)
@@ -571,6 +595,11 @@ class RelayServer:
         conn.reader.max_len = MAX_FRAME
         conn.opened_at = time.monotonic()
         self.conns[account] = conn
+        if self.plane is not None:
+            bucket = self._send_pool.buckets.get(account)
+            tokens, last = bucket if bucket is not None else (self._send_pool.capacity, self._send_pool.clock())
+            self.plane.plane.login(conn.transport.cid, conn.account_b, self.may_stay_native(account),  # type: ignore[union-attr]
+                                   self._send_pool.capacity, self._send_pool.refill, tokens, last)
         if self.cluster is not None:
             self.cluster.connected(account)
 
@@ -596,7 +625,8 @@ class RelayServer:
             raise Refused(ErrorCode.INVALID, f"message kind {kind} is not one of 0..{len(_KINDS) - 1}")
         if account in self.enforcer.bans:
             raise Refused(ErrorCode.BANNED, "this account is banned")
-        if not self.limiter.take(Limit.send, account, account in self.enforcer.restricted):
+        if not (self._send_tight.take(account) if account in self.enforcer.restricted
+                else self._take_send(conn, account)):
             raise self.breach(Limit.send, account=account)
         return account
 
@@ -627,7 +657,7 @@ class RelayServer:
         while True:
             conn.budget -= LOOKUP_COST
             if conn.budget < 0:
-                self._peer_error(conn, rid, ErrorCode.FLOOD, "too many requests naming unknown accounts")
+                self.peer_error(conn, rid, ErrorCode.FLOOD, "too many requests naming unknown accounts")
                 return
             try:
                 keys = await self.run_db(self.store.get_account, miss.account)
@@ -650,7 +680,7 @@ class RelayServer:
                 self.reply_error(conn, rid, exc.code, exc.detail)
                 return
             except PeerProtocolError as exc:
-                self._peer_error(conn, rid, exc.code, exc.message)
+                self.peer_error(conn, rid, exc.code, exc.message)
                 return
 
     def _on_send(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
@@ -666,7 +696,7 @@ class RelayServer:
         restricted = enforcer.restricted
         if size > MAX_MESSAGE_BYTES or kind >= _NKINDS or sender in enforcer.bans:
             self.check_send(conn, kind, size)  # raises the right refusal
-        if not (self._send_tight if sender in restricted else self._send_pool).take(sender):
+        if not (self._send_tight.take(sender) if sender in restricted else self._take_send(conn, sender)):
             raise self.breach(Limit.send, account=sender)
         try:
             recipient = payload[16:_SEND_FIXED - 1].decode("ascii")
@@ -684,6 +714,8 @@ class RelayServer:
             raise self.breach(Limit.first_contact, account=sender)
         if (recipient, sender) in self.blocks:
             raise Refused(ErrorCode.BLOCKED, "the recipient blocked this account")
+        if self.plane is not None:  # talked, not blocked: their next messages may stay in the plane
+            self.plane.plane.allow(conn.account_b, payload[16:_SEND_FIXED - 1])
         self.stats.sends += 1
         rconn = self.conns.get(recipient)
         ts = _time_ns() // 1_000_000
@@ -801,11 +833,77 @@ class RelayServer:
         self._enqueue_batch.append((item, out))
         self._schedule_flush()
 
+    # -- the native data plane (relay/server/plane.py) ------------------------------------------------------
+    def may_stay_native(self, account: str) -> bool:
+        """May this account's SENDs be handled by the plane (neither banned nor restricted)?"""
+        return account not in self.enforcer.bans and account not in self.enforcer.restricted
+
+    def enforcement_changed(self, account: str) -> None:
+        """A ban or restriction of `account` began or ended: its SENDs come up to Python or go back."""
+        conn = self.conns.get(account)
+        if self.plane is not None and conn is not None:
+            self.plane.plane.set_fast(conn.transport.cid, self.may_stay_native(account))  # type: ignore[union-attr]
+
+    def block_changed(self, blocker: str, blocked: str) -> None:
+        """`blocker` blocked `blocked`: its messages to `blocker` come up to Python (refused there)."""
+        if self.plane is not None:
+            self.plane.plane.disallow(blocked.encode(), blocker.encode())
+
+    def requeue_held(self, held: tuple[bytes, str, int, int, str, int, int, bytes]) -> None:
+        """A message the plane held for its recipient, not acked in time or its connection gone: queue it
+        (the sender's SEND_ACK follows the queue write, as for `_requeue`)."""
+        assert self.plane is not None
+        mid, recipient, sender_cid, rid, sender, kind, ts, ciphertext = held
+        sconn = self.plane.conns.get(sender_cid)
+        item = QueuedOut(mid, recipient, sender, None, kind, ciphertext, ts, ts + int(self.config.queue_ttl_s * 1000))
+        item.handed_to = self.conns.get(recipient)  # a timeout: that connection is not handed it again
+        self.stats.timeouts += 1
+        self._queue(item, Outgoing(sconn, rid, mid, 1) if sconn is not None else None)
+
+    def plane_closed(self, conn: Connection, tokens: float, last: float) -> None:
+        """The plane closed `conn`: its send bucket comes back to the pool (a reconnect does not refill it)."""
+        account = conn.account
+        if account is not None and self.conns.get(account) is conn:
+            self._send_pool.buckets[account] = [tokens, last]
+
+    def sync_plane(self) -> None:
+        """Add the plane's counters since the last call to `_plane_counts` (any thread: /metrics too)."""
+        if self.plane is None:
+            return
+        with self._plane_lock:
+            got = self.plane.plane.take_stats()
+            counts = self._plane_counts
+            for name in ("frames_in", "frames_out", "sends", "delivered", "acks_delivered", "slow_consumers",
+                         "signals_dropped"):
+                counts[name] = counts.get(name, 0) + got[name]
+            self.plane_inflight = got["inflight"]
+
+    def plane_count(self, name: str) -> int:
+        """What the plane counted of `name` (as of the last `sync_plane`)."""
+        return self._plane_counts.get(name, 0)
+
+    def counter(self, name: str) -> int:
+        """A `Stats` counter with what the plane counted of it."""
+        return getattr(self.stats, name) + self._plane_counts.get(name, 0)
+
+    def _emit_decoded(self, records: list[tuple[str, bytes]]) -> None:
+        """The plane's `message.sent` records for a listener that takes events, not JSON."""
+        if type(self.listener) is NullListener:
+            return
+        for _, value in records:
+            self.listener.emit(decode_event(value))
+
     # -- batched database writes -----------------------------------------------------------------------
     def add_commitment(self, mid: bytes, sender_b: bytes, recipient: str) -> None:
         """Remember H(message id, sender, recipient) for report verification (written within
         `commitment_flush_s`; a report flushes first). `_on_send` inlines this."""
         self._commits += _blake2b(mid + sender_b + recipient.encode(), digest_size=16).digest()
+
+    def _flush_commits(self) -> None:
+        if self.plane is not None:
+            self._commits += self.plane.plane.take_commits()
+        if self._commits:
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None and self._loop is not None:
@@ -815,6 +913,8 @@ class RelayServer:
         self._flush_handle = None
         enq, self._enqueue_batch = self._enqueue_batch, []
         dele, self._delete_batch = self._delete_batch, []
+        if self.plane is not None:
+            self._commits += self.plane.plane.take_commits()
         com, self._commits = self._commits, bytearray()
         if not (enq or dele or com):
             return
@@ -883,10 +983,17 @@ class RelayServer:
             else:
                 self._requeue(key)
         self.sweep_gen = gen = self.sweep_gen + 1
+        plane = self.plane.plane if self.plane is not None else None
+        if plane is not None:
+            plane.set_sweep(gen, self._ack_deadline)
+            for held in plane.expire(now):
+                self.requeue_held(held)
+            self.sync_plane()
         idle, handshake = gen - self._idle_sweeps, now - self.config.handshake_timeout_s
         late = [c for c in self._pre_auth if c.opened_at < handshake or c.last_seen < idle]
         if gen % self._idle_scan_every == 0:
-            late += [c for c in self.all_conns if c.last_seen < idle and c.account is not None]
+            late += [c for c in self.all_conns if c.last_seen < idle and c.account is not None
+                     and (plane is None or plane.seen(c.transport.cid) < idle)]  # type: ignore[union-attr]
         for conn in late:
             if conn.closed:
                 continue

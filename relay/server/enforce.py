@@ -100,6 +100,7 @@ class Enforcer:
                 restriction = self.restricted.get(account)
                 if restriction is not None and restriction.decision_id == decision_id:
                     del self.restricted[account]
+                server.enforcement_changed(account)
         for d, applied in rows:
             state = DecisionState(d.decision_id, d.action, d.reason_code, d.created_at, d.expires_at)
             if applied or d.decision_id in self.applied:
@@ -148,6 +149,7 @@ class Enforcer:
         elif state.action is Action.lift:
             self.bans.pop(account, None)
             self.restricted.pop(account, None)
+        self.server.enforcement_changed(account)
 
     async def apply(self, account: str, state: DecisionState) -> None:
         if state.decision_id in self.applied:
@@ -194,6 +196,7 @@ class Enforcer:
         for table in (self.bans, self.restricted):
             for account in [a for a, s in table.items() if not s.live(now)]:
                 del table[account]
+                self.server.enforcement_changed(account)
                 if table is self.bans:  # an expired ban holds nothing back any more
                     self.server.spawn(self.release(account))
 

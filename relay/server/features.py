@@ -192,6 +192,7 @@ class Features:
         assert blocker is not None
         new = (blocker, blocked) not in self.s.blocks
         self.s.blocks.add((blocker, blocked))
+        self.s.block_changed(blocker, blocked)
         if self.s.cluster is not None:
             self.s.cluster.block_changed(blocker, blocked, True)
 
