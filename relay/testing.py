@@ -55,6 +55,8 @@ class Harness:
         return c
 
     def signals(self, etype: str) -> list[Any]:
+        if self.server.plane is not None:  # what the native plane sent so far (it hands them over every 10 ms)
+            self.server.plane.drain_signals()
         return [e for e in self.listener.events if e.type == etype]
 
 

@@ -8,11 +8,12 @@
  *
  * What it does itself, for a logged-in connection the Python server marked `fast` (not banned, not
  * restricted) — everything else goes up to Python unchanged (relay/server/plane.py):
- *   SEND        to an online recipient (a route set by `login`), for a pair the server already let
- *               talk (`allow`: not a first contact, not blocked), within the sender's send bucket,
- *               size and kind valid → DELIVER to the recipient, `message.sent` formatted as the
- *               contract's JSON (take_signals), H(mid, sender, recipient) (take_commits), and the
- *               message held in flight until the recipient acks it.
+ *   SEND        to an online recipient (a route set by `login`) that did not block the sender, within
+ *               the sender's send bucket (and first-contact bucket when the two never talked and the
+ *               recipient is not a contact: mirrors of the server's sets, `pair`), size and kind valid
+ *               → DELIVER to the recipient, `message.sent` formatted as the contract's JSON
+ *               (take_signals), H(mid, sender, recipient) (take_commits), and the message held in
+ *               flight until the recipient acks it.
  *   DELIVER_ACK of messages it holds in flight → SEND_ACK DELIVERED to their senders; any other
  *               id in the frame goes up in a DELIVER_ACK of its own.
  * A message it holds goes up as a `requeue` event when its recipient's connection closes, and is
@@ -62,7 +63,6 @@
 
 #define RBUF (64 * 1024)
 #define NBUCKETS (1u << 16)
-#define MAX_PAIRS 4000000 /* the allowed-pair cache is cleared past this (pairs are re-learned) */
 
 enum { EV_CONNECT = 1, EV_DATA = 2, EV_CLOSED = 3, EV_REQUEUE = 4, EV_FLOOD = 5 };
 
@@ -179,13 +179,18 @@ typedef struct conn {
     size_t rlen;
     buf_t out;     /* bytes the kernel has not taken yet, from out.p + woff */
     size_t woff;
-    double tokens, last, capacity, refill; /* the send bucket (Limit.send) */
+    double tokens, last, capacity, refill;     /* the send bucket (Limit.send) */
+    double ftokens, flast, fcapacity, frefill; /* the first-contact bucket (Limit.first_contact) */
     int64_t seen_gen, budget;
     uint32_t inflight; /* messages held for this connection as their recipient */
 } conn_t;
 
 typedef struct route { struct route *next; uint8_t acct[ACCT]; uint64_t id; } route_t;
 typedef struct pair { struct pair *next; uint8_t key[2 * ACCT]; } pair_t;
+/* A set of account pairs: `talked` (two accounts that exchanged a message, the lower id first), `blocks`
+ * (blocker ‖ blocked) and `contacts` (account ‖ its contact) — mirrors of the server's own sets. */
+typedef struct { pair_t **b; size_t mask, n; } pairset_t;
+enum { SET_TALKED = 0, SET_BLOCKS = 1, SET_CONTACTS = 2 };
 typedef struct held {
     struct held *next;
     uint8_t mid[MID];
@@ -204,7 +209,7 @@ typedef struct event {
     uint64_t id;
     void *data; /* DATA: bytes; REQUEUE: held_t*; CONNECT: peer string */
     size_t len;
-    double a, b; /* CLOSED: the send bucket's tokens and time */
+    double a, b, c, d; /* CLOSED: the send and first-contact buckets' tokens and times */
 } event_t;
 
 typedef struct {
@@ -217,8 +222,7 @@ typedef struct {
     int maxfd;
     uint32_t next_gen;
     route_t *routes[NBUCKETS];
-    pair_t **pairs;
-    size_t npairs;
+    pairset_t sets[3];
     held_t *held[NBUCKETS];
     size_t nheld;
     event_t *events;
@@ -253,7 +257,8 @@ static conn_t *by_id(Plane *p, uint64_t id) {
     return (c && c->gen == (uint32_t)(id >> 32)) ? c : NULL;
 }
 
-static int push_event(Plane *p, int type, uint64_t id, void *data, size_t len, double a, double b) {
+static int push_event4(Plane *p, int type, uint64_t id, void *data, size_t len, double a, double b, double c,
+                       double d) {
     if (p->nevents == p->cevents) {
         size_t cap = p->cevents ? p->cevents * 2 : 256;
         event_t *e = realloc(p->events, cap * sizeof *e);
@@ -261,13 +266,16 @@ static int push_event(Plane *p, int type, uint64_t id, void *data, size_t len, d
         p->events = e;
         p->cevents = cap;
     }
-    p->events[p->nevents++] = (event_t){type, id, data, len, a, b};
+    p->events[p->nevents++] = (event_t){type, id, data, len, a, b, c, d};
     if (!p->notified) {
         uint64_t one = 1;
         p->notified = 1;
         if (write(p->notify_fd, &one, 8) < 0) { /* the counter cannot overflow at one write a poll */ }
     }
     return 0;
+}
+static int push_event(Plane *p, int type, uint64_t id, void *data, size_t len, double a, double b) {
+    return push_event4(p, type, id, data, len, a, b, 0, 0);
 }
 
 /* routes: account → connection id */
@@ -285,20 +293,41 @@ static void route_drop(Plane *p, const uint8_t *acct, uint64_t id) {
     if (*r && (*r)->id == id) { route_t *dead = *r; *r = dead->next; free(dead); }
 }
 
-/* allowed pairs: sender ‖ recipient, a cache of what the server let through */
-static size_t pair_hash(const uint8_t *key) { return hash_bytes(key, 2 * ACCT) & ((NBUCKETS << 2) - 1); }
-static int pair_has(Plane *p, const uint8_t *key) {
-    for (pair_t *e = p->pairs[pair_hash(key)]; e; e = e->next)
-        if (!memcmp(e->key, key, 2 * ACCT)) return 1;
-    return 0;
+static int set_init(pairset_t *s, size_t buckets) {
+    s->b = calloc(buckets, sizeof *s->b);
+    s->mask = buckets - 1;
+    s->n = 0;
+    return s->b ? 0 : -1;
 }
-static void pairs_clear(Plane *p) {
-    for (size_t i = 0; i < (NBUCKETS << 2); i++) {
-        pair_t *e = p->pairs[i];
-        while (e) { pair_t *n = e->next; free(e); e = n; }
-        p->pairs[i] = NULL;
+static pair_t **set_slot(pairset_t *s, const uint8_t *key) {
+    pair_t **e = &s->b[hash_bytes(key, 2 * ACCT) & s->mask];
+    while (*e && memcmp((*e)->key, key, 2 * ACCT)) e = &(*e)->next;
+    return e;
+}
+static int set_has(pairset_t *s, const uint8_t *key) { return *set_slot(s, key) != NULL; }
+static void set_put(pairset_t *s, const uint8_t *key, int on) {
+    pair_t **e = set_slot(s, key);
+    if (on && !*e && (*e = malloc(sizeof **e))) {
+        memcpy((*e)->key, key, 2 * ACCT);
+        (*e)->next = NULL;
+        s->n++;
+    } else if (!on && *e) {
+        pair_t *dead = *e;
+        *e = dead->next;
+        free(dead);
+        s->n--;
     }
-    p->npairs = 0;
+}
+static void set_free(pairset_t *s) {
+    for (size_t i = 0; s->b && i <= s->mask; i++)
+        for (pair_t *e = s->b[i]; e;) { pair_t *n = e->next; free(e); e = n; }
+    free(s->b);
+    s->b = NULL;
+}
+static void pair_of(uint8_t key[2 * ACCT], const uint8_t *a, const uint8_t *b, int sorted) {
+    if (sorted && memcmp(a, b, ACCT) > 0) { const uint8_t *t = a; a = b; b = t; }
+    memcpy(key, a, ACCT);
+    memcpy(key + ACCT, b, ACCT);
 }
 
 /* messages in flight: (mid, recipient connection) */
@@ -420,7 +449,7 @@ static void close_conn(Plane *p, conn_t *c) {
     if (c->dirty)
         for (size_t i = 0; i < p->ndirty; i++)
             if (p->dirty[i] == c) p->dirty[i] = NULL;
-    push_event(p, EV_CLOSED, id, NULL, 0, c->tokens, c->last);
+    push_event4(p, EV_CLOSED, id, NULL, 0, c->tokens, c->last, c->ftokens, c->flast);
     p->conns[c->fd] = NULL;
     free(c->rbuf);
     buf_free(&c->out);
@@ -451,7 +480,7 @@ static uint64_t rng_next(Plane *p) { /* xorshift128+: event ids, as random.getra
 
 /* `message.sent`, as relay/emitter.py's encode_message_sent writes it; key = the sender. */
 static void signal_sent(Plane *p, const uint8_t *sender, const uint8_t *recipient, size_t size, int kind,
-                        int64_t ts) {
+                        int64_t ts, int first) {
     if (p->nsignals >= p->max_signals) { p->signals_dropped++; return; }
     char rec[512];
     char *o = rec;
@@ -474,7 +503,8 @@ static void signal_sent(Plane *p, const uint8_t *sender, const uint8_t *recipien
     PUT(o, ",\"kind\":\"");
     size_t kl = strlen(p->kind_names[kind]);
     memcpy(o, p->kind_names[kind], kl); o += kl;
-    PUT(o, "\",\"first_contact\":false,\"recipient_online\":true}");
+    if (first) PUT(o, "\",\"first_contact\":true,\"recipient_online\":true}");
+    else PUT(o, "\",\"first_contact\":false,\"recipient_online\":true}");
     uint16_t vlen = (uint16_t)(o - rec);
     if (buf_reserve(&p->signals, ACCT + 2 + vlen)) { p->signals_dropped++; return; }
     buf_add(&p->signals, sender, ACCT);
@@ -494,17 +524,28 @@ static int on_send(Plane *p, conn_t *c, const uint8_t *f, uint32_t length) {
     const uint8_t *recipient = pl + MID;
     conn_t *r = route_get(p, recipient);
     if (!r || r->flooded) return 0;
-    uint8_t key[2 * ACCT];
-    memcpy(key, c->acct, ACCT);
-    memcpy(key + ACCT, recipient, ACCT);
-    if (!pair_has(p, key)) return 0;
+    uint8_t blocked[2 * ACCT], talked[2 * ACCT], contact[2 * ACCT];
+    pair_of(blocked, recipient, c->acct, 0);
+    if (set_has(&p->sets[SET_BLOCKS], blocked)) return 0; /* up: refused there */
+    pair_of(talked, c->acct, recipient, 1);
+    pair_of(contact, c->acct, recipient, 0);
+    int first = !set_has(&p->sets[SET_TALKED], talked) && !set_has(&p->sets[SET_CONTACTS], contact);
+    /* Both buckets are checked before either is spent: anything refused goes up, where the server
+     * takes the same tokens (take_send, take_first) and answers RATE_LIMITED with its signal. */
     double tokens = c->tokens + (p->now - c->last) * c->refill;
     if (tokens > c->capacity) tokens = c->capacity;
-    c->last = p->now;
-    if (tokens < 1.0) { c->tokens = tokens; return 0; } /* up: the server answers RATE_LIMITED and signals it */
+    double ftokens = c->ftokens + (p->now - c->flast) * c->frefill;
+    if (ftokens > c->fcapacity) ftokens = c->fcapacity;
+    if (tokens < 1.0 || (first && ftokens < 1.0)) return 0;
     held_t *h = malloc(sizeof *h + size);
     if (!h) return 0;
     c->tokens = tokens - 1.0;
+    c->last = p->now;
+    if (first) {
+        c->ftokens = ftokens - 1.0;
+        c->flast = p->now;
+        set_put(&p->sets[SET_TALKED], talked, 1);
+    }
     memcpy(h->mid, pl, MID);
     h->rid_conn = conn_id(r);
     h->sid_conn = conn_id(c);
@@ -541,7 +582,7 @@ static int on_send(Plane *p, conn_t *c, const uint8_t *f, uint32_t length) {
     memcpy(commit_in + MID + ACCT, recipient, ACCT);
     blake2b_16(commit_in, sizeof commit_in, digest);
     buf_add(&p->commits, digest, 16);
-    signal_sent(p, c->acct, recipient, size, kind, h->ts);
+    signal_sent(p, c->acct, recipient, size, kind, h->ts, first);
     p->sends++;
     p->frames_out++;
     return 1;
@@ -799,14 +840,18 @@ static int Plane_init(Plane *p, PyObject *args, PyObject *kw) {
     p->maxfd = (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (1u << 22))
                    ? (int)rl.rlim_cur : 65536;
     p->conns = calloc((size_t)p->maxfd, sizeof *p->conns);
-    p->pairs = calloc(NBUCKETS << 2, sizeof *p->pairs);
+    if (set_init(&p->sets[SET_TALKED], NBUCKETS << 2) || set_init(&p->sets[SET_BLOCKS], 1u << 12) ||
+        set_init(&p->sets[SET_CONTACTS], NBUCKETS)) {
+        PyErr_NoMemory();
+        return -1;
+    }
     p->scratch = malloc(RBUF);
     if (getrandom(p->rng, sizeof p->rng, 0) != sizeof p->rng) p->rng[0] = (uint64_t)time(NULL) | 1;
     p->rng[1] |= 1;
     p->ep = epoll_create1(EPOLL_CLOEXEC);
     p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     p->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!p->conns || !p->pairs || !p->scratch || p->ep < 0 || p->wake_fd < 0 || p->notify_fd < 0) {
+    if (!p->conns || !p->scratch || p->ep < 0 || p->wake_fd < 0 || p->notify_fd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -850,14 +895,13 @@ static void Plane_dealloc(Plane *p) {
             for (route_t *r = p->routes[i]; r;) { route_t *n = r->next; free(r); r = n; }
             for (held_t *h = p->held[i]; h;) { held_t *n = h->next; free(h); h = n; }
         }
-        pairs_clear(p);
         free_events(p->events, p->nevents);
         close(p->ep);
         close(p->wake_fd);
         close(p->notify_fd);
         pthread_mutex_destroy(&p->mu);
     }
-    free(p->pairs);
+    for (int i = 0; i < 3; i++) set_free(&p->sets[i]);
     free(p->conns);
     free(p->scratch);
     free(p->dirty);
@@ -885,7 +929,7 @@ static PyObject *Plane_poll(Plane *p, PyObject *unused) {
                                            (Py_ssize_t)e->len); break;
         case EV_DATA: t = Py_BuildValue("(iKy#)", e->type, (unsigned long long)e->id, (char *)e->data,
                                         (Py_ssize_t)e->len); break;
-        case EV_CLOSED: t = Py_BuildValue("(iKdd)", e->type, (unsigned long long)e->id, e->a, e->b); break;
+        case EV_CLOSED: t = Py_BuildValue("(iKdddd)", e->type, (unsigned long long)e->id, e->a, e->b, e->c, e->d); break;
         case EV_REQUEUE: {
             PyObject *h = held_tuple((held_t *)e->data);
             t = h ? Py_BuildValue("(iKN)", e->type, (unsigned long long)e->id, h) : NULL;
@@ -936,8 +980,9 @@ static PyObject *Plane_login(Plane *p, PyObject *args) {
     const char *acct;
     Py_ssize_t alen;
     int fast;
-    double capacity, refill, tokens, last;
-    if (!PyArg_ParseTuple(args, "Ky#pdddd", &id, &acct, &alen, &fast, &capacity, &refill, &tokens, &last))
+    double capacity, refill, tokens, last, fcapacity, frefill, ftokens, flast;
+    if (!PyArg_ParseTuple(args, "Ky#p(dddd)(dddd)", &id, &acct, &alen, &fast, &capacity, &refill, &tokens, &last,
+                          &fcapacity, &frefill, &ftokens, &flast))
         return NULL;
     if (alen != ACCT) { PyErr_SetString(PyExc_ValueError, "an account id is 21 bytes"); return NULL; }
     LOCKED(p);
@@ -954,6 +999,10 @@ static PyObject *Plane_login(Plane *p, PyObject *args) {
         c->refill = refill;
         c->tokens = tokens;
         c->last = last;
+        c->fcapacity = fcapacity;
+        c->frefill = frefill;
+        c->ftokens = ftokens;
+        c->flast = flast;
         route_t **r = route_slot(p, c->acct);
         if (*r) {
             (*r)->id = id; /* one device per account: the newer login wins */
@@ -991,70 +1040,64 @@ static PyObject *Plane_pause(Plane *p, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static int pair_key(PyObject *args, uint8_t key[2 * ACCT]) {
-    const char *s, *r;
-    Py_ssize_t sl, rl;
-    if (!PyArg_ParseTuple(args, "y#y#", &s, &sl, &r, &rl)) return -1;
-    if (sl != ACCT || rl != ACCT) return 1; /* not an account id: nothing to remember */
-    memcpy(key, s, ACCT);
-    memcpy(key + ACCT, r, ACCT);
+/* pair(set, a, b, on): SET_TALKED (a and b exchanged a message), SET_BLOCKS (a blocked b), SET_CONTACTS
+ * (b is a's contact). has_pair(set, a, b). Ids that are not 21 bytes are never in a set. */
+static int pair_args(PyObject *args, int *set, uint8_t key[2 * ACCT], int *on) {
+    const char *a, *b;
+    Py_ssize_t al, bl;
+    *on = 1;
+    if (!PyArg_ParseTuple(args, "iy#y#|p", set, &a, &al, &b, &bl, on)) return -1;
+    if (*set < 0 || *set > 2) { PyErr_SetString(PyExc_ValueError, "set: 0, 1 or 2"); return -1; }
+    if (al != ACCT || bl != ACCT) return 1;
+    pair_of(key, (const uint8_t *)a, (const uint8_t *)b, *set == SET_TALKED);
     return 0;
 }
 
-static PyObject *Plane_allow(Plane *p, PyObject *args) {
+static PyObject *Plane_pair(Plane *p, PyObject *args) {
     uint8_t key[2 * ACCT];
-    int k = pair_key(args, key);
+    int set, on, k = pair_args(args, &set, key, &on);
     if (k < 0) return NULL;
-    if (k) Py_RETURN_NONE;
-    LOCKED(p);
-    if (!pair_has(p, key)) {
-        if (p->npairs >= MAX_PAIRS) pairs_clear(p);
-        pair_t *e = malloc(sizeof *e);
-        if (e) {
-            memcpy(e->key, key, sizeof key);
-            size_t b = pair_hash(key);
-            e->next = p->pairs[b];
-            p->pairs[b] = e;
-            p->npairs++;
-        }
+    if (k == 0) {
+        LOCKED(p);
+        set_put(&p->sets[set], key, on);
+        UNLOCK(p);
     }
-    UNLOCK(p);
     Py_RETURN_NONE;
 }
 
-static PyObject *Plane_disallow(Plane *p, PyObject *args) {
+static PyObject *Plane_has_pair(Plane *p, PyObject *args) {
     uint8_t key[2 * ACCT];
-    int k = pair_key(args, key);
+    int set, on, k = pair_args(args, &set, key, &on), has = 0;
     if (k < 0) return NULL;
-    if (k) Py_RETURN_NONE;
-    LOCKED(p);
-    for (pair_t **e = &p->pairs[pair_hash(key)]; *e; e = &(*e)->next) {
-        if (!memcmp((*e)->key, key, sizeof key)) {
-            pair_t *dead = *e;
-            *e = dead->next;
-            free(dead);
-            p->npairs--;
-            break;
-        }
+    if (k == 0) {
+        LOCKED(p);
+        has = set_has(&p->sets[set], key);
+        UNLOCK(p);
     }
-    UNLOCK(p);
-    Py_RETURN_NONE;
+    return PyBool_FromLong(has);
 }
 
-static PyObject *Plane_take_send(Plane *p, PyObject *args) {
+static int take(double *tokens, double *last, double capacity, double refill, double now, double cost) {
+    double t = *tokens + (now - *last) * refill;
+    if (t > capacity) t = capacity;
+    *last = now;
+    int ok = t >= cost;
+    *tokens = ok ? t - cost : t;
+    return ok;
+}
+
+/* take(id, first_contact, now, cost=1.0) -> bool: spend from the connection's send or first-contact bucket. */
+static PyObject *Plane_take(Plane *p, PyObject *args) {
     unsigned long long id;
+    int first;
     double now, cost = 1.0;
-    if (!PyArg_ParseTuple(args, "Kd|d", &id, &now, &cost)) return NULL;
+    if (!PyArg_ParseTuple(args, "Kpd|d", &id, &first, &now, &cost)) return NULL;
     int ok = 0;
     LOCKED(p);
     conn_t *c = by_id(p, id);
-    if (c) {
-        double tokens = c->tokens + (now - c->last) * c->refill;
-        if (tokens > c->capacity) tokens = c->capacity;
-        c->last = now;
-        ok = tokens >= cost;
-        c->tokens = ok ? tokens - cost : tokens;
-    }
+    if (c)
+        ok = first ? take(&c->ftokens, &c->flast, c->fcapacity, c->frefill, now, cost)
+                   : take(&c->tokens, &c->last, c->capacity, c->refill, now, cost);
     UNLOCK(p);
     return PyBool_FromLong(ok);
 }
@@ -1173,12 +1216,13 @@ static PyMethodDef Plane_methods[] = {
     {"write", (PyCFunction)Plane_write, METH_VARARGS, "write(id, data) -> bytes still waiting, -1 if closed."},
     {"close", (PyCFunction)Plane_close, METH_VARARGS, "close(id, flush=True)."},
     {"login", (PyCFunction)Plane_login, METH_VARARGS,
-     "login(id, account, fast, capacity, refill, tokens, last): route to it, raise its frame limit."},
+     "login(id, account, fast, send_bucket, first_bucket): route to it, raise its frame limit; a bucket is "
+     "(capacity, refill_per_s, tokens, last)."},
     {"set_fast", (PyCFunction)Plane_set_fast, METH_VARARGS, "set_fast(id, fast): may its SENDs stay here."},
     {"pause", (PyCFunction)Plane_pause, METH_VARARGS, "pause(id, paused): stop or resume reading it."},
-    {"allow", (PyCFunction)Plane_allow, METH_VARARGS, "allow(sender, recipient): sends between them may stay here."},
-    {"disallow", (PyCFunction)Plane_disallow, METH_VARARGS, "disallow(sender, recipient)."},
-    {"take_send", (PyCFunction)Plane_take_send, METH_VARARGS, "take_send(id, now, cost=1.0) -> bool."},
+    {"pair", (PyCFunction)Plane_pair, METH_VARARGS, "pair(set, a, b, on=True): SET_TALKED, SET_BLOCKS, SET_CONTACTS."},
+    {"has_pair", (PyCFunction)Plane_has_pair, METH_VARARGS, "has_pair(set, a, b) -> bool."},
+    {"take", (PyCFunction)Plane_take, METH_VARARGS, "take(id, first_contact, now, cost=1.0) -> bool."},
     {"set_sweep", (PyCFunction)Plane_set_sweep, METH_VARARGS, "set_sweep(generation, ack_deadline)."},
     {"seen", (PyCFunction)Plane_seen, METH_VARARGS, "seen(id) -> sweep generation of its last frame, -1 if gone."},
     {"expire", (PyCFunction)Plane_expire, METH_VARARGS, "expire(now) -> held messages past their deadline."},
@@ -1231,5 +1275,8 @@ PyMODINIT_FUNC PyInit__plane(void) {
     PyModule_AddIntConstant(m, "EV_CLOSED", EV_CLOSED);
     PyModule_AddIntConstant(m, "EV_REQUEUE", EV_REQUEUE);
     PyModule_AddIntConstant(m, "EV_FLOOD", EV_FLOOD);
+    PyModule_AddIntConstant(m, "SET_TALKED", SET_TALKED);
+    PyModule_AddIntConstant(m, "SET_BLOCKS", SET_BLOCKS);
+    PyModule_AddIntConstant(m, "SET_CONTACTS", SET_CONTACTS);
     return m;
 }

@@ -51,13 +51,12 @@ from relay.protocol import (
 )
 from relay.server.connection import FRAME_BUDGET, LOOKUP_COST, PING_COST, Connection
 from relay.server.enforce import DecisionState
-from relay.server.plane import DataPlane
+from relay.server.plane import SET_BLOCKS, SET_CONTACTS, SET_TALKED, DataPlane
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
 from relay.server.stalls import StallWatch
 from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore
 from relay.signals import SignalBook, net_bucket
 from sealguard.contracts import Action, ClientKind, Limit, MessageKind, now_ms
-from sealguard.contracts import decode as decode_event
 from sealguard.storage import Database
 
 log = logging.getLogger(__name__)
@@ -232,8 +231,10 @@ class RelayServer:
         self._plane_counts: dict[str, int] = {}  # its counters so far (sync_plane)
         self._plane_lock = threading.Lock()
         self.plane_inflight = 0
-        # Spend one Limit.send token of an unrestricted sender: its bucket lives in the plane when it serves.
+        # Spend one Limit.send / Limit.first_contact token of an unrestricted sender: its buckets live in
+        # the plane when it serves (start).
         self._take_send: Callable[[Connection, str], bool] = lambda conn, account: self._send_pool.take(account)
+        self._take_first: Callable[[Connection, str], bool] = lambda conn, account: self._first_pool.take(account)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
         self._enqueue_batch: list[tuple[QueuedOut, Outgoing | None]] = []
         self._delete_batch: list[tuple[bytes, str]] = []
@@ -289,9 +290,12 @@ class RelayServer:
         if self.config.native_plane and DataPlane.available():
             self.plane = plane = DataPlane(self, self._loop, host, port)
             self.host, self.port = plane.host, plane.port
-            pool, take = self._send_pool, plane.plane.take_send
-            self._take_send = lambda conn, account: take(conn.transport.cid, pool.clock())  # type: ignore[union-attr]
-            plane.start_signals(getattr(self.listener, "emit_encoded", None) or self._emit_decoded)
+            pool, take = self._send_pool, plane.plane.take
+            self._take_send = lambda conn, account: take(conn.transport.cid, False, pool.clock())  # type: ignore[union-attr]
+            self._take_first = lambda conn, account: take(conn.transport.cid, True, pool.clock())  # type: ignore[union-attr]
+            for blocker, blocked in self.blocks:
+                self.mirror(SET_BLOCKS, blocker, blocked)
+            self.listener = plane.start_signals(self.listener)
         else:
             self._server = await self._loop.create_server(lambda: Connection(self), host, port, backlog=4096,
                                                           reuse_address=True)
@@ -580,6 +584,8 @@ class RelayServer:
         if conn.closed:
             return
         self.book.set_contacts(account, set(contacts))
+        for contact in contacts:
+            self.mirror(SET_CONTACTS, account, contact)
         self.stats.logins += 1
         self.reply(conn, encode(FrameType.LOGGED_IN, rid, account, len(queued)))
         self.listener.emit(self.book.session_opened(account, conn.bucket))
@@ -596,10 +602,8 @@ class RelayServer:
         conn.opened_at = time.monotonic()
         self.conns[account] = conn
         if self.plane is not None:
-            bucket = self._send_pool.buckets.get(account)
-            tokens, last = bucket if bucket is not None else (self._send_pool.capacity, self._send_pool.clock())
             self.plane.plane.login(conn.transport.cid, conn.account_b, self.may_stay_native(account),  # type: ignore[union-attr]
-                                   self._send_pool.capacity, self._send_pool.refill, tokens, last)
+                                   self._send_pool.bucket(account), self._first_pool.bucket(account))
         if self.cluster is not None:
             self.cluster.connected(account)
 
@@ -710,12 +714,16 @@ class RelayServer:
         book = self.book
         pair = sender + "\x00" + recipient if sender < recipient else recipient + "\x00" + sender  # signals._pair
         first = pair not in book._talked and recipient not in book._contacts.get(sender, ())
-        if first and not (self._first_tight if sender in restricted else self._first_pool).take(sender):
+        plane = self.plane.plane if self.plane is not None else None
+        if first and plane is not None and plane.has_pair(SET_TALKED, conn.account_b, payload[16:_SEND_FIXED - 1]):
+            first = False  # they talked through the plane: the book learns it (book.message_sent below)
+            book._talked.add(pair)
+        if first and not (self._first_tight.take(sender) if sender in restricted else self._take_first(conn, sender)):
             raise self.breach(Limit.first_contact, account=sender)
         if (recipient, sender) in self.blocks:
             raise Refused(ErrorCode.BLOCKED, "the recipient blocked this account")
-        if self.plane is not None:  # talked, not blocked: their next messages may stay in the plane
-            self.plane.plane.allow(conn.account_b, payload[16:_SEND_FIXED - 1])
+        if plane is not None:
+            plane.pair(SET_TALKED, conn.account_b, payload[16:_SEND_FIXED - 1])
         self.stats.sends += 1
         rconn = self.conns.get(recipient)
         ts = _time_ns() // 1_000_000
@@ -844,10 +852,10 @@ class RelayServer:
         if self.plane is not None and conn is not None:
             self.plane.plane.set_fast(conn.transport.cid, self.may_stay_native(account))  # type: ignore[union-attr]
 
-    def block_changed(self, blocker: str, blocked: str) -> None:
-        """`blocker` blocked `blocked`: its messages to `blocker` come up to Python (refused there)."""
+    def mirror(self, pairs: int, a: str, b: str, on: bool = True) -> None:
+        """Keep the plane's copy of a pair set true (SET_BLOCKS: a blocked b; SET_CONTACTS: b is a's contact)."""
         if self.plane is not None:
-            self.plane.plane.disallow(blocked.encode(), blocker.encode())
+            self.plane.plane.pair(pairs, a.encode(), b.encode(), on)
 
     def requeue_held(self, held: tuple[bytes, str, int, int, str, int, int, bytes]) -> None:
         """A message the plane held for its recipient, not acked in time or its connection gone: queue it
@@ -860,11 +868,12 @@ class RelayServer:
         self.stats.timeouts += 1
         self._queue(item, Outgoing(sconn, rid, mid, 1) if sconn is not None else None)
 
-    def plane_closed(self, conn: Connection, tokens: float, last: float) -> None:
-        """The plane closed `conn`: its send bucket comes back to the pool (a reconnect does not refill it)."""
+    def plane_closed(self, conn: Connection, tokens: float, last: float, ftokens: float, flast: float) -> None:
+        """The plane closed `conn`: its buckets come back to the pools (a reconnect does not refill them)."""
         account = conn.account
         if account is not None and self.conns.get(account) is conn:
             self._send_pool.buckets[account] = [tokens, last]
+            self._first_pool.buckets[account] = [ftokens, flast]
 
     def sync_plane(self) -> None:
         """Add the plane's counters since the last call to `_plane_counts` (any thread: /metrics too)."""
@@ -885,13 +894,6 @@ class RelayServer:
     def counter(self, name: str) -> int:
         """A `Stats` counter with what the plane counted of it."""
         return getattr(self.stats, name) + self._plane_counts.get(name, 0)
-
-    def _emit_decoded(self, records: list[tuple[str, bytes]]) -> None:
-        """The plane's `message.sent` records for a listener that takes events, not JSON."""
-        if type(self.listener) is NullListener:
-            return
-        for _, value in records:
-            self.listener.emit(decode_event(value))
 
     # -- batched database writes -----------------------------------------------------------------------
     def add_commitment(self, mid: bytes, sender_b: bytes, recipient: str) -> None:

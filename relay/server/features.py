@@ -21,6 +21,7 @@ from relay.protocol import (
     encode_send_ack,
 )
 from relay.server.connection import Connection
+from relay.server.plane import SET_BLOCKS, SET_CONTACTS
 from sealguard.contracts import Limit, ReasonCode, new_group_id, now_ms
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class Features:
             if new:
                 self.s.listener.emit(self.s.book.contact_added(account, contact))
             self.s.book.set_contacts(account, self.s.book.contacts_of(account) | {contact})
+            self.s.mirror(SET_CONTACTS, account, contact)
             if contact in self.s.conns:  # the adder may now see the contact's presence
                 conn.send(encode(FrameType.PRESENCE, 0, contact, 1))
             return encode(FrameType.OK, rid, 1 if new else 0)
@@ -133,6 +135,7 @@ class Features:
         (contact,) = decode_payload(FrameType.REMOVE_CONTACT, payload)
         assert conn.account is not None
         self.s.book.remove_contact(conn.account, contact)
+        self.s.mirror(SET_CONTACTS, conn.account, contact, False)
         self._run(conn, rid, self.s.store.remove_contact, conn.account, contact,
                   then=lambda _: encode(FrameType.OK, rid, 0))
 
@@ -192,7 +195,7 @@ class Features:
         assert blocker is not None
         new = (blocker, blocked) not in self.s.blocks
         self.s.blocks.add((blocker, blocked))
-        self.s.block_changed(blocker, blocked)
+        self.s.mirror(SET_BLOCKS, blocker, blocked)
         if self.s.cluster is not None:
             self.s.cluster.block_changed(blocker, blocked, True)
 
@@ -206,6 +209,7 @@ class Features:
     def _on_unblock(self, conn: Connection, flags: int, rid: int, payload: bytes) -> None:
         (blocked,) = decode_payload(FrameType.UNBLOCK, payload)
         self.s.blocks.discard((conn.account or "", blocked))
+        self.s.mirror(SET_BLOCKS, conn.account or "", blocked, False)
         if self.s.cluster is not None:
             self.s.cluster.block_changed(conn.account or "", blocked, False)
         self._run(conn, rid, self.s.store.unblock, conn.account, blocked, then=lambda _: encode(FrameType.OK, rid, 0))

@@ -84,6 +84,11 @@ class Pool:
         bucket[0] = tokens - cost
         return True
 
+    def bucket(self, key: str) -> tuple[float, float, float, float]:
+        """(capacity, refill per second, tokens, last time) of `key`'s bucket, for the native plane."""
+        b = self.buckets.get(key)
+        return (self.capacity, self.refill, *(b if b is not None else (self.capacity, self.clock())))  # type: ignore[return-value]
+
     def prune(self, now: float, keys: list[str] | None = None) -> int:
         """Forget buckets that are full again (they behave exactly like a fresh one): all of them,
         or those of `keys` (a slice of a snapshot of the keys, see `RateLimiter.prune_step`)."""

@@ -4,9 +4,9 @@ The plane owns every client socket of a single relay node: it accepts, reads, cu
 and handles the common 1:1 message path itself — SEND to an online recipient of an allowed pair,
 DELIVER_ACK of what it holds. Everything else reaches the unchanged `RelayServer` as the events of
 an asyncio protocol: each plane connection has its `Connection`, whose transport is a
-`PlaneTransport`. The server keeps the plane's caches true: routes (`login`), who may send here
-(`set_fast`: not banned, not restricted), which pairs may (`allow` after a send it let through,
-`disallow` on a block); the send bucket of a plane connection lives in the plane (`take_send`).
+`PlaneTransport`. The server keeps the plane's copies true: routes (`login`), who may send here
+(`set_fast`: not banned, not restricted), who talked, blocked or added whom (`pair`); the send and
+first-contact buckets of a plane connection live in the plane (`take`).
 
 `DataPlane.available()` is False when the module was not built (`make venv` builds it:
 relay/server/build_plane.py); the server then runs its asyncio data plane, as a cluster node does.
@@ -20,13 +20,17 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from relay.listener import NullListener, SignalListener
 from relay.protocol import KIND_NAMES, MAX_FRAME, MAX_FRAME_UNAUTHENTICATED, MAX_MESSAGE_BYTES, ErrorCode
 from relay.server.connection import FRAME_BUDGET, MAX_WRITE_BUFFER, WRITE_HIGH_WATER, Connection
+from sealguard.contracts import Event, decode
 
 try:
     from relay.server import _plane
 except ImportError:  # not built: the asyncio data plane serves
     _plane = None  # type: ignore[assignment]
+# The pair sets the plane mirrors (its `pair` / `has_pair`).
+SET_TALKED, SET_BLOCKS, SET_CONTACTS = 0, 1, 2
 
 if TYPE_CHECKING:
     from relay.server.core import RelayServer
@@ -78,6 +82,20 @@ class PlaneTransport:
         self.plane.close(self.cid, False)
 
 
+class InOrder:
+    """A listener of events that sees the plane's signals in order with the server's own."""
+
+    __slots__ = ("listener", "plane")
+
+    def __init__(self, listener: SignalListener, plane: DataPlane) -> None:
+        self.listener = listener
+        self.plane = plane
+
+    def emit(self, event: Event) -> None:
+        self.plane.drain_signals()
+        self.listener.emit(event)
+
+
 class DataPlane:
     """One plane, its listening socket, and the `Connection` of each of its connection ids."""
 
@@ -118,7 +136,7 @@ class DataPlane:
         elif kind == _plane.EV_CLOSED:
             conn = conns.pop(cid, None)
             if conn is not None:
-                server.plane_closed(conn, ev[2], ev[3])
+                server.plane_closed(conn, *ev[2:])
                 conn.connection_lost(None)
         elif kind == _plane.EV_REQUEUE:
             server.requeue_held(ev[2])
@@ -128,10 +146,19 @@ class DataPlane:
                 server.peer_error(conn, 0, ErrorCode.FLOOD, "too many frames; slow down")
 
     # -- signals --------------------------------------------------------------------------------
-    def start_signals(self, sink: Callable[[list[tuple[str, bytes]]], None]) -> None:
-        """Hand the plane's `message.sent` records (key, JSON) to `sink` every SIGNAL_DRAIN_S."""
-        self._sink = sink
+    def start_signals(self, listener: SignalListener) -> SignalListener:
+        """Hand the plane's `message.sent` to `listener` every SIGNAL_DRAIN_S: as (key, JSON) records to
+        one that takes them (the Kafka emitter), else as events. Returns the listener the server should
+        emit to: a listener of events gets the plane's before each of the server's, so it sees them
+        in order (tests, the simulator)."""
+        encoded = getattr(listener, "emit_encoded", None)
+        if encoded is not None:
+            self._sink = encoded
+        elif type(listener) is not NullListener:
+            self._sink = lambda records: [listener.emit(decode(value)) for _, value in records]  # type: ignore[func-returns-value]
+            listener = InOrder(listener, self)
         self._tick()
+        return listener
 
     def _tick(self) -> None:
         self.drain_signals()

@@ -29,7 +29,7 @@ def native_sends(h) -> int:  # type: ignore[no-untyped-def]
     return h.server.plane_count("sends")
 
 
-def test_the_plane_serves_a_pair_that_talked_with_the_same_acks_signals_and_commitments(tmp: Path) -> None:
+def test_the_plane_serves_messages_with_the_same_acks_signals_and_commitments(tmp: Path) -> None:
     async def main() -> None:
         async with harness(tmp) as h:
             assert h.server.plane is not None, "the plane is built by `make venv`"
@@ -38,7 +38,7 @@ def test_the_plane_serves_a_pair_that_talked_with_the_same_acks_signals_and_comm
             got = [(await asyncio.wait_for(b.inbox.get(), 5)).plaintext for _ in mids]
             assert got == [f"m{i}".encode() for i in range(12)]
             assert all(a.ack_status[m] is DeliveryStatus.DELIVERED for m in mids)
-            assert native_sends(h) == 11  # the first (a first contact) went through Python
+            assert native_sends(h) == 12
             await eventually(lambda: len(h.signals("message.sent")) == 12)
             sent = h.signals("message.sent")
             assert [s.first_contact for s in sent] == [True] + [False] * 11
@@ -84,17 +84,20 @@ def test_a_block_or_a_restriction_takes_messages_off_the_plane(tmp: Path) -> Non
             for _ in range(2):
                 await a.send(b.account_id, b"hi")
                 await a.send(c.account_id, b"hi")
-            assert native_sends(h) == 2
+            assert native_sends(h) == 4
             await b.block(a.account_id)
             with pytest.raises(RequestRefused) as err:
                 await a.send(b.account_id, b"blocked?")
             assert err.value.code is ErrorCode.BLOCKED
             await h.server.enforcer.apply(a.account_id, DecisionState("d-1", Action.restrict, "spam", now_ms(), None))
             await a.send(c.account_id, b"restricted, still delivered")
-            assert native_sends(h) == 2  # a restricted sender's messages go through Python's tighter limits
+            assert native_sends(h) == 4  # a restricted sender's messages go through Python's tighter limits
             await h.server.enforcer.apply(a.account_id, DecisionState("d-2", Action.lift, "spam", now_ms(), None))
             await a.send(c.account_id, b"lifted")
-            assert native_sends(h) == 3
+            assert native_sends(h) == 5
+            await b.unblock(a.account_id)
+            await a.send(b.account_id, b"unblocked")
+            assert native_sends(h) == 6
 
     run(main())
 
@@ -103,9 +106,9 @@ def test_the_send_limit_is_one_bucket_across_the_plane_python_and_a_reconnect(tm
     async def main() -> None:
         async with harness(tmp, limits={Limit.send: Rate(5, 0.001)}) as h:
             a, b = await h.user(), await h.user()
-            for _ in range(5):  # one through Python, four through the plane
+            for _ in range(5):
                 await a.send(b.account_id, b"x")
-            assert native_sends(h) == 4
+            assert native_sends(h) == 5
             with pytest.raises(RequestRefused) as err:
                 await a.send(b.account_id, b"one too many")
             assert err.value.code is ErrorCode.RATE_LIMITED
@@ -118,6 +121,27 @@ def test_the_send_limit_is_one_bucket_across_the_plane_python_and_a_reconnect(tm
             with pytest.raises(RequestRefused) as err:
                 await again.send(b.account_id, b"after a reconnect")
             assert err.value.code is ErrorCode.RATE_LIMITED
+
+    run(main())
+
+
+def test_first_contacts_on_the_plane_are_limited_signalled_and_know_contacts(tmp: Path) -> None:
+    async def main() -> None:
+        async with harness(tmp, limits={Limit.first_contact: Rate(2, 0.001)}) as h:
+            a, b, c, d, e = [await h.user() for _ in range(5)]
+            await a.add_contact(e.account_id)
+            await a.send(e.account_id, b"a contact: not a first contact")
+            await a.send(b.account_id, b"first")
+            await a.send(c.account_id, b"second")
+            with pytest.raises(RequestRefused) as err:
+                await a.send(d.account_id, b"third first contact")
+            assert err.value.code is ErrorCode.RATE_LIMITED
+            assert h.signals("limit.breached")[-1].limit is Limit.first_contact
+            await b.send(a.account_id, b"a reply is no first contact")
+            assert native_sends(h) == 4
+            await eventually(lambda: len(h.signals("message.sent")) == 4)
+            assert [(s.recipient, s.first_contact) for s in h.signals("message.sent")] == [
+                (e.account_id, False), (b.account_id, True), (c.account_id, True), (a.account_id, False)]
 
     run(main())
 
