@@ -1,7 +1,8 @@
 """`sealguard bench cluster --nodes N`: one relay node, then N relay nodes, on one broker and one database.
 
 In one run (issue 8):
-1. **single node** — `python -m sealguard relay` (no cluster) on PostgreSQL; the relay benchmark's
+1. **single node** — `python -m sealguard relay` (no cluster, the asyncio data plane the cluster nodes
+   run: `SEALGUARD_RELAY_NATIVE=0`) on PostgreSQL; the relay benchmark's
    load processes (`bench/_load.py`) connect `--users` users and run a closed loop of `--messages`
    100-byte messages; CPU of the relay and the broker per delivered message;
 2. **N nodes** — `sealguard relay --cluster --node-id relay-i` × N on another database; the same
@@ -103,6 +104,11 @@ class Nodes:
                     "SEALGUARD_ENFORCEMENT_TOPIC": f"{p}.enforcement", "SEALGUARD_SCORES_TOPIC": f"{p}.scores",
                     "SEALGUARD_ROUTES_TOPIC": f"{p}.relay.routes", "SEALGUARD_INBOX_PREFIX": f"{p}.relay.node.",
                     "PYTHONUNBUFFERED": "1"})
+        if not self.cluster:
+            # The native data plane serves single nodes only (relay/server/plane.py); the single node runs
+            # the asyncio data plane the cluster nodes run, so the ratio is the cost of clustering, like
+            # for like. What the plane saves a single node is `bench relay`'s figure.
+            env["SEALGUARD_RELAY_NATIVE"] = "0"
         return env
 
     def start(self, i: int, timeout: float = 90.0) -> None:
