@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -79,6 +80,10 @@ class KafkaEmitter:
         self.dropped = 0
         self.failed = 0
         self._queue: deque[Event | tuple[Any, ...]] = deque()
+        self._producer_buffer = producer_buffer
+        # Pulled at each drain: signals already encoded elsewhere (the native data plane's message.sent),
+        # as [{"key": .., "value": ..}] — what Producer.produce_batch takes.
+        self._sources: list[Callable[[], list[dict[str, Any]]]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._detach = threading.Event()  # the thread hands the draining over to an event loop
@@ -116,14 +121,31 @@ class KafkaEmitter:
             return
         q.append((sender, recipient, nbytes, kind, first_contact, recipient_online, ts))  # type: ignore[arg-type]
 
-    def emit_encoded(self, records: list[tuple[str, bytes]]) -> None:
-        """Signals already encoded, as (key, JSON): the native data plane's `message.sent`."""
+    def attach_source(self, take: Callable[[], list[dict[str, Any]]]) -> None:
+        """Drain `take()` too, at each drain: signals encoded elsewhere, [{"key": .., "value": ..}]."""
+        self._sources.append(take)
+
+    def emit_encoded(self, records: list[dict[str, Any]]) -> None:
+        """Signals already encoded (see attach_source), into the deque: they wait with the rest."""
         q = self._queue
-        room = self.max_buffer - len(q)
+        room = max(self.max_buffer - len(q), 0)
         if room < len(records):
-            self.dropped += len(records) - max(room, 0)
-            records = records[:max(room, 0)]
-        q.extend(records)
+            self.dropped += len(records) - room
+            records = records[:room]
+        q.extend((r["key"], r["value"]) for r in records)
+
+    def _drain_sources(self) -> None:
+        """The sources' signals straight to librdkafka in one `produce_batch` each — when nothing waits
+        in the deque before them and librdkafka has room for all (the broker is up); else into the deque."""
+        for take in self._sources:
+            records = take()
+            if not records:
+                continue
+            if self._queue or len(self._producer) + len(records) > self._producer_buffer:
+                self.emit_encoded(records)
+                continue
+            if self._producer.produce_batch(self.topic, records) < len(records):
+                self.emit_encoded([r for r in records if "_error" in r])  # librdkafka refused these: retried
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -151,6 +173,8 @@ class KafkaEmitter:
     def _drain(self, full_wait_s: float) -> bool:
         """Hand everything in the deque to librdkafka; False when its queue is full (broker down:
         the rest stays in ours, after waiting `full_wait_s` for room)."""
+        if self._sources:
+            self._drain_sources()
         q, produce, topic = self._queue, self._producer.produce, self.topic
         poll, popleft = self._producer.poll, q.popleft  # a signal leaves the deque once librdkafka has it
         ok = True

@@ -16,6 +16,7 @@
  *               flight until the recipient acks it.
  *   DELIVER_ACK of messages it holds in flight → SEND_ACK DELIVERED to their senders; any other
  *               id in the frame goes up in a DELIVER_ACK of its own.
+ *   PING        → PONG, within the frame budget (a PING past it goes up: the server answers FLOOD).
  * A message it holds goes up as a `requeue` event when its recipient's connection closes, and is
  * returned by `expire` after its ack deadline and by `take_inflight` at shutdown: the server queues
  * it (DESIGN.md's durability rule: the sender's ack waits for the recipient's ack or the queue).
@@ -55,6 +56,9 @@
 #define ACCT 21
 #define SEND_FIXED (MID + ACCT + 1)
 #define DELIVER_FIXED (MID + ACCT + 1 + 1 + 8) /* mid, sender, '' group, kind, ts */
+#define T_PING 0x01
+#define T_PONG 0x02
+#define PING_COST 100 /* relay/server/connection.py: a PING costs this much of the frame budget */
 #define T_SEND 0x30
 #define T_SEND_ACK 0x31
 #define T_DELIVER 0x32
@@ -702,6 +706,15 @@ static void on_readable(Plane *p, conn_t *c) {
         if (c->logged) {
             if (f[5] == T_SEND) handled = on_send(p, c, f, length);
             else if (f[5] == T_DELIVER_ACK) handled = on_deliver_ack(p, c, f, length, &up);
+            else if (f[5] == T_PING && length == TAIL && c->budget >= PING_COST) { /* keepalive: PONG */
+                uint8_t pong[HDR];
+                memcpy(pong, f, HDR);
+                pong[5] = T_PONG;
+                pong[6] = 0;
+                c->budget -= PING_COST - 1;
+                queue_out(p, c, pong, HDR);
+                handled = 1;
+            }
         }
         if (!handled) buf_add(&up, f, 4 + (size_t)length);
         pos += 4 + (size_t)length;
@@ -1178,7 +1191,7 @@ static PyObject *Plane_take_signals(Plane *p, PyObject *unused) {
     for (size_t i = 0; out && i < n; i++) {
         uint16_t vlen;
         memcpy(&vlen, s.p + pos + ACCT, 2);
-        PyObject *t = Py_BuildValue("(s#y#)", (const char *)s.p + pos, (Py_ssize_t)ACCT,
+        PyObject *t = Py_BuildValue("{s:s#,s:y#}", "key", (const char *)s.p + pos, (Py_ssize_t)ACCT, "value",
                                     (const char *)s.p + pos + ACCT + 2, (Py_ssize_t)vlen);
         if (!t) { Py_CLEAR(out); break; }
         PyList_SET_ITEM(out, (Py_ssize_t)i, t);
@@ -1227,7 +1240,7 @@ static PyMethodDef Plane_methods[] = {
     {"seen", (PyCFunction)Plane_seen, METH_VARARGS, "seen(id) -> sweep generation of its last frame, -1 if gone."},
     {"expire", (PyCFunction)Plane_expire, METH_VARARGS, "expire(now) -> held messages past their deadline."},
     {"take_inflight", (PyCFunction)Plane_take_inflight, METH_NOARGS, "Every held message, removed."},
-    {"take_signals", (PyCFunction)Plane_take_signals, METH_NOARGS, "[(key, JSON)] of message.sent since the last."},
+    {"take_signals", (PyCFunction)Plane_take_signals, METH_NOARGS, "[{'key': sender, 'value': JSON}] of message.sent since the last (Producer.produce_batch's form)."},
     {"take_commits", (PyCFunction)Plane_take_commits, METH_NOARGS, "16-byte commitments since the last call."},
     {"take_stats", (PyCFunction)Plane_take_stats, METH_NOARGS, "Counters since the last call, and gauges."},
     {"stop", (PyCFunction)Plane_stop, METH_NOARGS, "Stop the thread and close every connection."},

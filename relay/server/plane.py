@@ -109,7 +109,7 @@ class DataPlane:
         self.conns: dict[int, Connection] = {}
         self.host, self.port = self.sock.getsockname()[:2]
         loop.add_reader(self.plane.fd, self.drain)
-        self._sink: Callable[[list[tuple[str, bytes]]], None] | None = None
+        self._sink: Callable[[list[dict[str, Any]]], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     @staticmethod
@@ -147,15 +147,17 @@ class DataPlane:
 
     # -- signals --------------------------------------------------------------------------------
     def start_signals(self, listener: SignalListener) -> SignalListener:
-        """Hand the plane's `message.sent` to `listener` every SIGNAL_DRAIN_S: as (key, JSON) records to
-        one that takes them (the Kafka emitter), else as events. Returns the listener the server should
-        emit to: a listener of events gets the plane's before each of the server's, so it sees them
-        in order (tests, the simulator)."""
-        encoded = getattr(listener, "emit_encoded", None)
-        if encoded is not None:
-            self._sink = encoded
-        elif type(listener) is not NullListener:
-            self._sink = lambda records: [listener.emit(decode(value)) for _, value in records]  # type: ignore[func-returns-value]
+        """Hand the plane's `message.sent` to `listener`: the Kafka emitter pulls them, encoded, at each
+        of its drains; any other listener gets them as events every SIGNAL_DRAIN_S. Returns the
+        listener the server should emit to: a listener of events gets the plane's before each of the
+        server's, so it sees them in order (tests, the simulator)."""
+        attach = getattr(listener, "attach_source", None)
+        if attach is not None:  # the Kafka emitter pulls them at each of its drains
+            attach(self.plane.take_signals)
+            self._sink = listener.emit_encoded  # type: ignore[attr-defined]
+            return listener
+        if type(listener) is not NullListener:
+            self._sink = lambda records: [listener.emit(decode(r["value"])) for r in records]  # type: ignore[func-returns-value]
             listener = InOrder(listener, self)
         self._tick()
         return listener
