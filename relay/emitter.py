@@ -19,7 +19,6 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -72,7 +71,7 @@ def encode_message_sent(sender: str, recipient: str, nbytes: int, kind: int, fir
 class KafkaEmitter:
     def __init__(self, bootstrap: str, topic: str, *, max_buffer: int = 200_000, producer_buffer: int = 100_000,
                  linger_ms: int = 20, idle_wait_s: float = 0.01) -> None:
-        from sealguard.stream import producer
+        from sealguard.stream import producer, producer_config
 
         self.topic = topic
         self.max_buffer = max_buffer
@@ -80,10 +79,6 @@ class KafkaEmitter:
         self.dropped = 0
         self.failed = 0
         self._queue: deque[Event | tuple[Any, ...]] = deque()
-        self._producer_buffer = producer_buffer
-        # Pulled at each drain: signals already encoded elsewhere (the native data plane's message.sent),
-        # as [{"key": .., "value": ..}] — what Producer.produce_batch takes.
-        self._sources: list[Callable[[], list[dict[str, Any]]]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._detach = threading.Event()  # the thread hands the draining over to an event loop
@@ -93,11 +88,14 @@ class KafkaEmitter:
         # Not idempotent: an idempotent producer stalls for good when the broker comes back
         # without its producer state (Tansu restarts empty — measured: 200 signals never drained).
         # A retried batch may duplicate a signal; detection tolerates that, losing one it cannot see.
+        settings = {"linger.ms": linger_ms, "message.timeout.ms": 0, "enable.idempotence": False, "acks": "all"}
         self._producer: Producer = producer(
-            bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 0, "enable.idempotence": False,
-                          "acks": "all", "delivery.report.only.error": True, "on_delivery": self._on_delivery,
-                          "queue.buffering.max.messages": producer_buffer,
-                          "error_cb": self._on_error})
+            bootstrap, **settings, **{"delivery.report.only.error": True, "on_delivery": self._on_delivery,
+                                      "queue.buffering.max.messages": producer_buffer, "error_cb": self._on_error})
+        # The same producer in C, for the relay's native data plane: its message.sent reach the topic
+        # without a Python object each (relay/server/plane.py). Its buffer is librdkafka's queue alone.
+        self.native_config = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in
+                              producer_config(bootstrap, **settings, **{"queue.buffering.max.messages": max_buffer}).items()}
         self._thread = threading.Thread(target=self._run, name="signal-emitter", daemon=True)
         self._thread.start()
 
@@ -120,32 +118,6 @@ class KafkaEmitter:
             self.dropped += 1
             return
         q.append((sender, recipient, nbytes, kind, first_contact, recipient_online, ts))  # type: ignore[arg-type]
-
-    def attach_source(self, take: Callable[[], list[dict[str, Any]]]) -> None:
-        """Drain `take()` too, at each drain: signals encoded elsewhere, [{"key": .., "value": ..}]."""
-        self._sources.append(take)
-
-    def emit_encoded(self, records: list[dict[str, Any]]) -> None:
-        """Signals already encoded (see attach_source), into the deque: they wait with the rest."""
-        q = self._queue
-        room = max(self.max_buffer - len(q), 0)
-        if room < len(records):
-            self.dropped += len(records) - room
-            records = records[:room]
-        q.extend((r["key"], r["value"]) for r in records)
-
-    def _drain_sources(self) -> None:
-        """The sources' signals straight to librdkafka in one `produce_batch` each — when nothing waits
-        in the deque before them and librdkafka has room for all (the broker is up); else into the deque."""
-        for take in self._sources:
-            records = take()
-            if not records:
-                continue
-            if self._queue or len(self._producer) + len(records) > self._producer_buffer:
-                self.emit_encoded(records)
-                continue
-            if self._producer.produce_batch(self.topic, records) < len(records):
-                self.emit_encoded([r for r in records if "_error" in r])  # librdkafka refused these: retried
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -173,8 +145,6 @@ class KafkaEmitter:
     def _drain(self, full_wait_s: float) -> bool:
         """Hand everything in the deque to librdkafka; False when its queue is full (broker down:
         the rest stays in ours, after waiting `full_wait_s` for room)."""
-        if self._sources:
-            self._drain_sources()
         q, produce, topic = self._queue, self._producer.produce, self.topic
         poll, popleft = self._producer.poll, q.popleft  # a signal leaves the deque once librdkafka has it
         ok = True
@@ -183,11 +153,8 @@ class KafkaEmitter:
             event = q[0]
             try:
                 # positional (topic, value, key): keyword arguments cost a third of a produce call
-                if type(event) is tuple:  # message.sent's fields (emit_message_sent), or (key, JSON)
-                    if len(event) == 2:
-                        produce(topic, event[1], event[0])
-                    else:
-                        produce(topic, encode_message_sent(*event), event[0])
+                if type(event) is tuple:  # message.sent's fields (emit_message_sent)
+                    produce(topic, encode_message_sent(*event), event[0])
                 else:
                     key, value = fast_encode(event)
                     produce(topic, value, key)

@@ -76,7 +76,8 @@ class RelayCollector(Collector):
             "gc_pause_max_seconds": (s.stall_watch.gc_pause_max_s, "Longest garbage collection since start"),
         }
         if self.emitter is not None:
-            gauges["signal_buffer"] = (self.emitter.buffered, "Signals accepted but not yet confirmed by the broker")
+            gauges["signal_buffer"] = (self.emitter.buffered + s.plane_signal_buffer,
+                                       "Signals accepted but not yet confirmed by the broker")
             gauges["signals_dropped"] = (self.emitter.dropped + s.plane_count("signals_dropped"),
                                          "Signals dropped because the buffer was full")
             gauges["signals_failed"] = (self.emitter.failed, "Signals the broker refused")

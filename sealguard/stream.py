@@ -25,6 +25,11 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
     Consumers de-duplicate where it matters (events carry ids; enforcement is idempotent by decision
     id); pass `**{"enable.idempotence": True}` for a cluster that keeps producer state.
     """
+    return Producer(producer_config(bootstrap, **overrides))
+
+
+def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+    """`producer`'s configuration (the relay's native data plane makes a librdkafka producer of it too)."""
     conf: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": False,
@@ -36,7 +41,7 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
         "reconnect.backoff.max.ms": 1000,
     }
     conf.update(overrides)
-    return Producer(conf)
+    return conf
 
 
 def consumer(bootstrap: str, group: str, **overrides: Any) -> Consumer:

@@ -33,6 +33,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -67,6 +68,21 @@
 
 #define RBUF (64 * 1024)
 #define NBUCKETS (1u << 16)
+
+/* librdkafka, from the library confluent-kafka ships (loaded by `produce_to`): the few calls the plane makes. */
+typedef void *(*rd_conf_new_t)(void);
+typedef int (*rd_conf_set_t)(void *conf, const char *name, const char *value, char *errstr, size_t errstr_size);
+typedef void *(*rd_new_t)(int type, void *conf, char *errstr, size_t errstr_size);
+typedef void *(*rd_topic_new_t)(void *rk, const char *topic, void *tconf);
+typedef int (*rd_produce_t)(void *rkt, int32_t partition, int msgflags, void *payload, size_t len, const void *key,
+                            size_t keylen, void *msg_opaque);
+typedef int (*rd_int_t)(void *rk);
+typedef int (*rd_flush_t)(void *rk, int timeout_ms);
+typedef int (*rd_poll_t)(void *rk, int timeout_ms);
+typedef void (*rd_destroy_t)(void *obj);
+#define RD_PRODUCER 0
+#define RD_PARTITION_UA (-1)
+#define RD_MSG_F_COPY 0x2
 
 enum { EV_CONNECT = 1, EV_DATA = 2, EV_CLOSED = 3, EV_REQUEUE = 4, EV_FLOOD = 5 };
 
@@ -136,10 +152,21 @@ static inline void put32(uint8_t *p, uint32_t v) {
 static inline void put64(uint8_t *p, uint64_t v) {
     for (int i = 7; i >= 0; i--) { p[i] = (uint8_t)v; v >>= 8; }
 }
-static inline uint64_t hash_bytes(const uint8_t *p, size_t n) { /* FNV-1a */
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ULL; }
-    return h;
+static inline uint64_t hash_bytes(const uint8_t *p, size_t n) { /* 8 bytes a step, then a final mix */
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ n, w;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, p, n);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+    }
+    h ^= h >> 29;
+    h *= 0x94D049BB133111EBULL;
+    return h ^ (h >> 32);
 }
 static double mono_now(void) {
     struct timespec ts;
@@ -187,9 +214,9 @@ typedef struct conn {
     double ftokens, flast, fcapacity, frefill; /* the first-contact bucket (Limit.first_contact) */
     int64_t seen_gen, budget;
     uint32_t inflight; /* messages held for this connection as their recipient */
+    struct conn *route_next; /* the routes table's chain: a logged-in connection is its account's route */
 } conn_t;
 
-typedef struct route { struct route *next; uint8_t acct[ACCT]; uint64_t id; } route_t;
 typedef struct pair { struct pair *next; uint8_t key[2 * ACCT]; } pair_t;
 /* A set of account pairs: `talked` (two accounts that exchanged a message, the lower id first), `blocks`
  * (blocker ‖ blocked) and `contacts` (account ‖ its contact) — mirrors of the server's own sets. */
@@ -225,7 +252,7 @@ typedef struct {
     conn_t **conns;
     int maxfd;
     uint32_t next_gen;
-    route_t *routes[NBUCKETS];
+    conn_t *routes[NBUCKETS];
     pairset_t sets[3];
     held_t *held[NBUCKETS];
     size_t nheld;
@@ -233,6 +260,13 @@ typedef struct {
     size_t nevents, cevents;
     buf_t signals;
     size_t nsignals, max_signals;
+    /* message.sent straight to Kafka when `produce_to` set these (else buffered for take_signals) */
+    void *rk, *rkt;
+    rd_produce_t rd_produce;
+    rd_int_t rd_outq_len;
+    rd_flush_t rd_flush;
+    rd_poll_t rd_poll;
+    rd_destroy_t rd_topic_destroy, rd_destroy;
     buf_t commits;
     /* config */
     uint32_t max_frame_unauth, max_frame, max_message, frame_budget;
@@ -282,19 +316,27 @@ static int push_event(Plane *p, int type, uint64_t id, void *data, size_t len, d
     return push_event4(p, type, id, data, len, a, b, 0, 0);
 }
 
-/* routes: account → connection id */
-static route_t **route_slot(Plane *p, const uint8_t *acct) {
-    route_t **r = &p->routes[hash_bytes(acct, ACCT) & (NBUCKETS - 1)];
-    while (*r && memcmp((*r)->acct, acct, ACCT)) r = &(*r)->next;
+/* routes: account → its logged-in connection (the connections themselves are the chain's nodes) */
+static conn_t **route_slot(Plane *p, const uint8_t *acct) {
+    conn_t **r = &p->routes[hash_bytes(acct, ACCT) & (NBUCKETS - 1)];
+    while (*r && memcmp((*r)->acct, acct, ACCT)) r = &(*r)->route_next;
     return r;
 }
-static conn_t *route_get(Plane *p, const uint8_t *acct) {
-    route_t *r = *route_slot(p, acct);
-    return r ? by_id(p, r->id) : NULL;
+static conn_t *route_get(Plane *p, const uint8_t *acct) { return *route_slot(p, acct); }
+static void route_drop(Plane *p, conn_t *c) {
+    conn_t **r = route_slot(p, c->acct);
+    if (*r == c) *r = c->route_next;
+    c->route_next = NULL;
 }
-static void route_drop(Plane *p, const uint8_t *acct, uint64_t id) {
-    route_t **r = route_slot(p, acct);
-    if (*r && (*r)->id == id) { route_t *dead = *r; *r = dead->next; free(dead); }
+static void route_set(Plane *p, conn_t *c) { /* one device per account: the newer login wins */
+    conn_t **r = route_slot(p, c->acct);
+    if (*r) {
+        conn_t *old = *r;
+        *r = old->route_next;
+        old->route_next = NULL;
+    }
+    c->route_next = p->routes[hash_bytes(c->acct, ACCT) & (NBUCKETS - 1)];
+    p->routes[hash_bytes(c->acct, ACCT) & (NBUCKETS - 1)] = c;
 }
 
 static int set_init(pairset_t *s, size_t buckets) {
@@ -448,7 +490,7 @@ static void close_conn(Plane *p, conn_t *c) {
     uint64_t id = conn_id(c);
     epoll_ctl(p->ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
-    if (c->logged) route_drop(p, c->acct, id);
+    if (c->logged) route_drop(p, c);
     if (c->inflight) requeue_for(p, id); /* before CLOSED: the server queues them, then forgets the connection */
     if (c->dirty)
         for (size_t i = 0; i < p->ndirty; i++)
@@ -485,7 +527,7 @@ static uint64_t rng_next(Plane *p) { /* xorshift128+: event ids, as random.getra
 /* `message.sent`, as relay/emitter.py's encode_message_sent writes it; key = the sender. */
 static void signal_sent(Plane *p, const uint8_t *sender, const uint8_t *recipient, size_t size, int kind,
                         int64_t ts, int first) {
-    if (p->nsignals >= p->max_signals) { p->signals_dropped++; return; }
+    if (!p->rkt && p->nsignals >= p->max_signals) { p->signals_dropped++; return; }
     char rec[512];
     char *o = rec;
     int bucket = 0;
@@ -510,6 +552,10 @@ static void signal_sent(Plane *p, const uint8_t *sender, const uint8_t *recipien
     if (first) PUT(o, "\",\"first_contact\":true,\"recipient_online\":true}");
     else PUT(o, "\",\"first_contact\":false,\"recipient_online\":true}");
     uint16_t vlen = (uint16_t)(o - rec);
+    if (p->rkt) { /* librdkafka copies it; a full queue (the broker away too long) drops it, counted */
+        if (p->rd_produce(p->rkt, RD_PARTITION_UA, RD_MSG_F_COPY, rec, vlen, sender, ACCT, NULL)) p->signals_dropped++;
+        return;
+    }
     if (buf_reserve(&p->signals, ACCT + 2 + vlen)) { p->signals_dropped++; return; }
     buf_add(&p->signals, sender, ACCT);
     buf_add(&p->signals, &vlen, 2);
@@ -804,6 +850,7 @@ static void *run(void *arg) {
             if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(p, c);
         }
         flush_dirty(p);
+        if (p->rk) p->rd_poll(p->rk, 0);
         pthread_mutex_unlock(&p->mu);
     }
     return NULL;
@@ -893,6 +940,15 @@ static PyObject *Plane_stop(Plane *p, PyObject *unused) {
     Py_END_ALLOW_THREADS
     for (int fd = 0; fd < p->maxfd; fd++)
         if (p->conns[fd]) close_conn(p, p->conns[fd]);
+    if (p->rk) { /* what it formatted reaches the broker first (10 s at most), as the emitter's own close */
+        void *rk = p->rk, *rkt = p->rkt;
+        p->rk = p->rkt = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        p->rd_flush(rk, 10000);
+        p->rd_topic_destroy(rkt);
+        p->rd_destroy(rk);
+        Py_END_ALLOW_THREADS
+    }
     Py_RETURN_NONE;
 }
 
@@ -905,7 +961,6 @@ static void Plane_dealloc(Plane *p) {
     if (p->started) {
         Plane_stop(p, NULL);
         for (size_t i = 0; i < NBUCKETS; i++) {
-            for (route_t *r = p->routes[i]; r;) { route_t *n = r->next; free(r); r = n; }
             for (held_t *h = p->held[i]; h;) { held_t *n = h->next; free(h); h = n; }
         }
         free_events(p->events, p->nevents);
@@ -1001,7 +1056,7 @@ static PyObject *Plane_login(Plane *p, PyObject *args) {
     LOCKED(p);
     conn_t *c = by_id(p, id);
     if (c) {
-        if (c->logged && memcmp(c->acct, acct, ACCT)) route_drop(p, c->acct, id);
+        if (c->logged) route_drop(p, c);
         c->logged = 1;
         c->fast = (uint8_t)fast;
         memcpy(c->acct, acct, ACCT);
@@ -1016,13 +1071,7 @@ static PyObject *Plane_login(Plane *p, PyObject *args) {
         c->frefill = frefill;
         c->ftokens = ftokens;
         c->flast = flast;
-        route_t **r = route_slot(p, c->acct);
-        if (*r) {
-            (*r)->id = id; /* one device per account: the newer login wins */
-        } else if ((*r = calloc(1, sizeof **r))) {
-            memcpy((*r)->acct, acct, ACCT);
-            (*r)->id = id;
-        }
+        route_set(p, c);
     }
     UNLOCK(p);
     return PyBool_FromLong(c != NULL);
@@ -1201,6 +1250,55 @@ static PyObject *Plane_take_signals(Plane *p, PyObject *unused) {
     return out;
 }
 
+/* produce_to(library, topic, config): message.sent from now on go to `topic` through a librdkafka
+ * producer of `config` ({name: value} strings), made with the library at path `library`. */
+static PyObject *Plane_produce_to(Plane *p, PyObject *args) {
+    const char *lib, *topic;
+    PyObject *conf;
+    if (!PyArg_ParseTuple(args, "ssO!", &lib, &topic, &PyDict_Type, &conf)) return NULL;
+    if (p->rk) { PyErr_SetString(PyExc_RuntimeError, "the plane has a producer already"); return NULL; }
+    void *h = dlopen(lib, RTLD_NOW | RTLD_GLOBAL);
+    if (!h) { PyErr_Format(PyExc_OSError, "cannot load librdkafka: %s", dlerror()); return NULL; }
+    rd_conf_new_t conf_new = (rd_conf_new_t)dlsym(h, "rd_kafka_conf_new");
+    rd_conf_set_t conf_set = (rd_conf_set_t)dlsym(h, "rd_kafka_conf_set");
+    rd_new_t rk_new = (rd_new_t)dlsym(h, "rd_kafka_new");
+    rd_topic_new_t topic_new = (rd_topic_new_t)dlsym(h, "rd_kafka_topic_new");
+    rd_destroy_t conf_destroy = (rd_destroy_t)dlsym(h, "rd_kafka_conf_destroy");
+    p->rd_produce = (rd_produce_t)dlsym(h, "rd_kafka_produce");
+    p->rd_outq_len = (rd_int_t)dlsym(h, "rd_kafka_outq_len");
+    p->rd_flush = (rd_flush_t)dlsym(h, "rd_kafka_flush");
+    p->rd_poll = (rd_poll_t)dlsym(h, "rd_kafka_poll");
+    p->rd_topic_destroy = (rd_destroy_t)dlsym(h, "rd_kafka_topic_destroy");
+    p->rd_destroy = (rd_destroy_t)dlsym(h, "rd_kafka_destroy");
+    if (!conf_new || !conf_set || !rk_new || !topic_new || !conf_destroy || !p->rd_produce || !p->rd_outq_len ||
+        !p->rd_flush || !p->rd_poll || !p->rd_topic_destroy || !p->rd_destroy) {
+        PyErr_SetString(PyExc_OSError, "librdkafka lacks a call the plane needs");
+        return NULL;
+    }
+    char err[512];
+    void *c = conf_new();
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(conf, &pos, &k, &v)) {
+        const char *ks = PyUnicode_AsUTF8(k), *vs = PyUnicode_AsUTF8(v);
+        if (!ks || !vs) { conf_destroy(c); return NULL; }
+        if (conf_set(c, ks, vs, err, sizeof err)) {
+            conf_destroy(c);
+            PyErr_Format(PyExc_ValueError, "producer setting %s=%s: %s", ks, vs, err);
+            return NULL;
+        }
+    }
+    void *rk = rk_new(RD_PRODUCER, c, err, sizeof err); /* it owns `c` from here when it succeeds */
+    if (!rk) { conf_destroy(c); PyErr_Format(PyExc_OSError, "cannot make a producer: %s", err); return NULL; }
+    void *rkt = topic_new(rk, topic, NULL);
+    if (!rkt) { p->rd_destroy(rk); PyErr_SetString(PyExc_OSError, "cannot make the topic handle"); return NULL; }
+    LOCKED(p);
+    p->rk = rk;
+    p->rkt = rkt;
+    UNLOCK(p);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Plane_take_commits(Plane *p, PyObject *unused) {
     LOCKED(p);
     PyObject *out = PyBytes_FromStringAndSize((const char *)p->commits.p, (Py_ssize_t)p->commits.len);
@@ -1214,7 +1312,8 @@ static PyObject *Plane_take_stats(Plane *p, PyObject *unused) {
     PyObject *out = Py_BuildValue("{sKsKsKsKsKsKsKsnsnsn}", "frames_in", p->frames_in, "frames_out", p->frames_out,
                                   "sends", p->sends, "delivered", p->delivered, "acks_delivered", p->acks_delivered,
                                   "slow_consumers", p->slow_consumers, "signals_dropped", p->signals_dropped,
-                                  "inflight", (Py_ssize_t)p->nheld, "signal_buffer", (Py_ssize_t)p->nsignals,
+                                  "inflight", (Py_ssize_t)p->nheld,
+                                  "signal_buffer", (Py_ssize_t)p->nsignals + (p->rk ? p->rd_outq_len(p->rk) : 0),
                                   "commits", (Py_ssize_t)(p->commits.len / 16));
     p->frames_in = p->frames_out = p->sends = p->delivered = p->acks_delivered = p->slow_consumers = 0;
     p->signals_dropped = 0;
@@ -1241,6 +1340,8 @@ static PyMethodDef Plane_methods[] = {
     {"expire", (PyCFunction)Plane_expire, METH_VARARGS, "expire(now) -> held messages past their deadline."},
     {"take_inflight", (PyCFunction)Plane_take_inflight, METH_NOARGS, "Every held message, removed."},
     {"take_signals", (PyCFunction)Plane_take_signals, METH_NOARGS, "[{'key': sender, 'value': JSON}] of message.sent since the last (Producer.produce_batch's form)."},
+    {"produce_to", (PyCFunction)Plane_produce_to, METH_VARARGS,
+     "produce_to(library, topic, config): message.sent straight to Kafka through librdkafka."},
     {"take_commits", (PyCFunction)Plane_take_commits, METH_NOARGS, "16-byte commitments since the last call."},
     {"take_stats", (PyCFunction)Plane_take_stats, METH_NOARGS, "Counters since the last call, and gauges."},
     {"stop", (PyCFunction)Plane_stop, METH_NOARGS, "Stop the thread and close every connection."},

@@ -21,7 +21,7 @@ def build(force: bool = False) -> Path:
     cc = sysconfig.get_config_var("CC") or "gcc"
     cmd = [*cc.split()[:1], "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers",
            "-fPIC", "-shared", "-pthread", f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o",
-           str(TARGET) + ".tmp"]
+           str(TARGET) + ".tmp", "-ldl"]
     subprocess.run(cmd, check=True)
     Path(str(TARGET) + ".tmp").replace(TARGET)
     return TARGET

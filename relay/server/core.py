@@ -231,6 +231,7 @@ class RelayServer:
         self._plane_counts: dict[str, int] = {}  # its counters so far (sync_plane)
         self._plane_lock = threading.Lock()
         self.plane_inflight = 0
+        self.plane_signal_buffer = 0
         # Spend one Limit.send / Limit.first_contact token of an unrestricted sender: its buckets live in
         # the plane when it serves (start).
         self._take_send: Callable[[Connection, str], bool] = lambda conn, account: self._send_pool.take(account)
@@ -886,6 +887,7 @@ class RelayServer:
                          "signals_dropped"):
                 counts[name] = counts.get(name, 0) + got[name]
             self.plane_inflight = got["inflight"]
+            self.plane_signal_buffer = got["signal_buffer"]
 
     def plane_count(self, name: str) -> int:
         """What the plane counted of `name` (as of the last `sync_plane`)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,20 @@ class PlaneTransport:
 
     def abort(self) -> None:
         self.plane.close(self.cid, False)
+
+
+def rdkafka_library() -> str:
+    """The librdkafka that confluent-kafka ships and has loaded (the plane's producer uses the same)."""
+    import confluent_kafka
+
+    libs = sorted(Path(confluent_kafka.__file__).parent.parent.glob("confluent_kafka.libs/librdkafka*.so*"))
+    if not libs:
+        raise PlaneError("confluent-kafka ships no librdkafka here: run with SEALGUARD_RELAY_NATIVE=0")
+    return str(libs[0])
+
+
+class PlaneError(RuntimeError):
+    """The native data plane cannot run here; the message says why."""
 
 
 class InOrder:
@@ -147,14 +162,14 @@ class DataPlane:
 
     # -- signals --------------------------------------------------------------------------------
     def start_signals(self, listener: SignalListener) -> SignalListener:
-        """Hand the plane's `message.sent` to `listener`: the Kafka emitter pulls them, encoded, at each
-        of its drains; any other listener gets them as events every SIGNAL_DRAIN_S. Returns the
-        listener the server should emit to: a listener of events gets the plane's before each of the
-        server's, so it sees them in order (tests, the simulator)."""
-        attach = getattr(listener, "attach_source", None)
-        if attach is not None:  # the Kafka emitter pulls them at each of its drains
-            attach(self.plane.take_signals)
-            self._sink = listener.emit_encoded  # type: ignore[attr-defined]
+        """Where the plane's `message.sent` go: with the Kafka emitter, straight to its topic through a
+        librdkafka producer of the emitter's settings, made in C (no Python object per signal); any
+        other listener gets them as events every SIGNAL_DRAIN_S. Returns the listener the server
+        should emit to: a listener of events gets the plane's before each of the server's, so it sees
+        them in order (tests, the simulator)."""
+        native = getattr(listener, "native_config", None)
+        if native is not None:  # the Kafka emitter's settings: the plane produces them itself
+            self.plane.produce_to(rdkafka_library(), listener.topic, native)  # type: ignore[attr-defined]
             return listener
         if type(listener) is not NullListener:
             self._sink = lambda records: [listener.emit(decode(r["value"])) for r in records]  # type: ignore[func-returns-value]

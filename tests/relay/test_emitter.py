@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from relay.emitter import KafkaEmitter, encode_message_sent
+from relay.emitter import KafkaEmitter
 from relay.signals import SignalBook
 from sealguard.broker import EmbeddedBroker
 from sealguard.contracts import MessageKind, decode, key_of, new_account_id
@@ -62,34 +62,22 @@ def test_signals_buffer_while_the_broker_is_down_and_drain_when_it_returns(tmp_p
     broker = EmbeddedBroker(settings).start()
     try:
         emitter = KafkaEmitter(broker.bootstrap, settings.signals_topic, max_buffer=10_000)
-        plane: list[dict[str, object]] = []  # the native plane's records, pulled at each drain
-
-        def take() -> list[dict[str, object]]:
-            out = plane[:]
-            plane.clear()
-            return out
-
-        emitter.attach_source(take)
-        record = {"key": a, "value": encode_message_sent(a, b, 100, 0, False, True, 1234)}
         for _ in range(50):
             emitter.emit(book.message_sent(a, b, 100, MessageKind.text, True))
         for _ in range(20):  # the relay's fast path: message.sent as plain fields
             emitter.emit_message_sent(a, b, 100, 0, False, True, 1234)
-        plane.extend(dict(record) for _ in range(30))
-        time.sleep(0.2)  # a drain or two of the emitter's thread
         assert emitter.flush(20) == 0
-        assert count_records(broker.bootstrap, settings.signals_topic, 1, 100) == 100
+        assert count_records(broker.bootstrap, settings.signals_topic, 1, 70) == 70
         broker.kill()
         for _ in range(200):
             emitter.emit(book.message_sent(a, b, 100, MessageKind.text, True))
-        plane.extend(dict(record) for _ in range(100))
         time.sleep(1.0)
-        assert emitter.buffered >= 300 and emitter.dropped == 0 and not plane
+        assert emitter.buffered >= 200 and emitter.dropped == 0
         broker.start()  # same port, empty log (Tansu keeps it in memory)
         ensure_topics(broker.bootstrap, [settings.signals_topic], 1)
         assert emitter.flush(60) == 0
         assert emitter.dropped == 0 and emitter.failed == 0
-        assert count_records(broker.bootstrap, settings.signals_topic, 1, 300) == 300
+        assert count_records(broker.bootstrap, settings.signals_topic, 1, 200) == 200
         emitter.close()
     finally:
         broker.stop()
