@@ -824,36 +824,42 @@ static void on_accept(Plane *p) {
     }
 }
 
+/* Events are handled in chunks of CHUNK, each under the mutex and ending with its writes: a frame
+ * read early in a long batch (after the thread waited for a CPU, say) is answered within a chunk,
+ * not after the whole batch, and Python's calls wait at most a chunk for the mutex. */
+#define CHUNK 32
+
 static void *run(void *arg) {
     Plane *p = arg;
     struct epoll_event evs[1024];
     for (;;) {
         int n = epoll_wait(p->ep, evs, 1024, 100);
-        pthread_mutex_lock(&p->mu);
-        if (!p->running) {
-            pthread_mutex_unlock(&p->mu);
-            break;
-        }
-        p->now = mono_now();
-        p->now_ms = wall_ms();
-        for (int i = 0; i < n; i++) {
-            uint64_t id = evs[i].data.u64;
-            if (id == ID_LISTEN) { on_accept(p); continue; }
-            if (id == ID_WAKE) {
-                uint64_t v;
-                if (read(p->wake_fd, &v, 8) < 0) { /* nothing to read: fine */ }
-                continue;
+        for (int start = 0; start < (n > 0 ? n : 1); start += CHUNK) {
+            pthread_mutex_lock(&p->mu);
+            if (!p->running) {
+                pthread_mutex_unlock(&p->mu);
+                return NULL;
             }
-            conn_t *c = by_id(p, id);
-            if (!c) continue; /* closed earlier in this batch */
-            if ((evs[i].events & EPOLLOUT) && flush_out(p, c) < 0) continue;
-            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(p, c);
+            p->now = mono_now();
+            p->now_ms = wall_ms();
+            for (int i = start; i < n && i < start + CHUNK; i++) {
+                uint64_t id = evs[i].data.u64;
+                if (id == ID_LISTEN) { on_accept(p); continue; }
+                if (id == ID_WAKE) {
+                    uint64_t v;
+                    if (read(p->wake_fd, &v, 8) < 0) { /* nothing to read: fine */ }
+                    continue;
+                }
+                conn_t *c = by_id(p, id);
+                if (!c) continue; /* closed earlier in this batch */
+                if ((evs[i].events & EPOLLOUT) && flush_out(p, c) < 0) continue;
+                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(p, c);
+            }
+            flush_dirty(p);
+            if (p->rk) p->rd_poll(p->rk, 0);
+            pthread_mutex_unlock(&p->mu);
         }
-        flush_dirty(p);
-        if (p->rk) p->rd_poll(p->rk, 0);
-        pthread_mutex_unlock(&p->mu);
     }
-    return NULL;
 }
 
 /* -- Python ------------------------------------------------------------------------------------- */
