@@ -51,8 +51,8 @@ from relay.protocol import (
 )
 from relay.server.connection import FRAME_BUDGET, LOOKUP_COST, PING_COST, Connection
 from relay.server.enforce import DecisionState
-from relay.server.plane import SET_BLOCKS, SET_CONTACTS, SET_TALKED, DataPlane
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
+from relay.server.plane import SET_BLOCKS, SET_CONTACTS, SET_TALKED, DataPlane
 from relay.server.stalls import StallWatch
 from relay.server.store import AlreadyRegistered, QueuedOut, RelayStore
 from relay.signals import SignalBook, net_bucket

@@ -1,8 +1,8 @@
 """The native data plane's Python side (relay/server/_plane.c holds the why).
 
 The plane owns every client socket of a single relay node: it accepts, reads, cuts frames, writes,
-and handles the common 1:1 message path itself — SEND to an online recipient of an allowed pair,
-DELIVER_ACK of what it holds. Everything else reaches the unchanged `RelayServer` as the events of
+and handles the common 1:1 message path itself — a SEND to an online recipient that did not block
+the sender, within the sender's buckets; the DELIVER_ACK of what it holds; PING. Everything else reaches the unchanged `RelayServer` as the events of
 an asyncio protocol: each plane connection has its `Connection`, whose transport is a
 `PlaneTransport`. The server keeps the plane's copies true: routes (`login`), who may send here
 (`set_fast`: not banned, not restricted), who talked, blocked or added whom (`pair`); the send and
@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relay.listener import NullListener, SignalListener
@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 # counted, as the emitter's own buffer does); drained every SIGNAL_DRAIN_S.
 MAX_SIGNALS = 200_000
 SIGNAL_DRAIN_S = 0.01
-# A held message as the plane returns it: (mid, recipient, sender's connection id, SEND request id,
-# sender, kind, ts, ciphertext).
-Held = tuple[bytes, str, int, int, str, int, int, bytes]
 
 
 class PlaneTransport:
@@ -59,7 +56,7 @@ class PlaneTransport:
 
     def write(self, data: bytes) -> None:
         n = self.plane.write(self.cid, data)
-        self.wsize = n if n > 0 else 0
+        self.wsize = max(0, n)
 
     def get_write_buffer_size(self) -> int:
         return self.wsize  # the plane drops a client past MAX_WRITE_BUFFER itself
@@ -83,6 +80,10 @@ class PlaneTransport:
         self.plane.close(self.cid, False)
 
 
+class PlaneError(RuntimeError):
+    """The native data plane cannot run here; the message says why."""
+
+
 def rdkafka_library() -> str:
     """The librdkafka that confluent-kafka ships and has loaded (the plane's producer uses the same)."""
     import confluent_kafka
@@ -91,10 +92,6 @@ def rdkafka_library() -> str:
     if not libs:
         raise PlaneError("confluent-kafka ships no librdkafka here: run with SEALGUARD_RELAY_NATIVE=0")
     return str(libs[0])
-
-
-class PlaneError(RuntimeError):
-    """The native data plane cannot run here; the message says why."""
 
 
 class InOrder:

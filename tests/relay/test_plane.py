@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from sqlalchemy import select
 
 from relay.client import RelayClient, RequestRefused
