@@ -828,12 +828,23 @@ static void on_accept(Plane *p) {
  * read early in a long batch (after the thread waited for a CPU, say) is answered within a chunk,
  * not after the whole batch, and Python's calls wait at most a chunk for the mutex. */
 #define CHUNK 32
+#define PACE_S 0.00025
 
 static void *run(void *arg) {
     Plane *p = arg;
     struct epoll_event evs[1024];
+    double woke = 0;
     for (;;) {
+        /* At most one wait per PACE_S: when the last one returned less than PACE_S ago, sleep out the
+         * rest first, so the next finds more sockets ready (fewer wakeups, reads and writes a message).
+         * A busy thread, whose batches take longer than PACE_S, never sleeps. */
+        double since = mono_now() - woke;
+        if (since < PACE_S) {
+            struct timespec ts = {0, (long)((PACE_S - since) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
         int n = epoll_wait(p->ep, evs, 1024, 100);
+        woke = mono_now();
         for (int start = 0; start < (n > 0 ? n : 1); start += CHUNK) {
             pthread_mutex_lock(&p->mu);
             if (!p->running) {
