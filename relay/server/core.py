@@ -341,6 +341,8 @@ class RelayServer:
         for conn in list(self.all_conns):
             conn.send(encode(FrameType.BYE, 0))
             conn.close()
+        if self.plane is not None:
+            self.plane.drain()  # the closes' events: each connection's end is told (session.closed), as with asyncio
         await self._flush_now()
         if self.plane is not None:
             self.plane.stop()
