@@ -152,6 +152,7 @@ class Platform:
                     "SEALGUARD_DB_URL": s.database_url, "SEALGUARD_PARTITIONS": str(s.partitions),
                     "SEALGUARD_SIGNALS_TOPIC": s.signals_topic, "SEALGUARD_INBOUND_TOPIC": s.inbound_topic,
                     "SEALGUARD_ENFORCEMENT_TOPIC": s.enforcement_topic, "SEALGUARD_SCORES_TOPIC": s.scores_topic,
+                    "SEALGUARD_RELAY_NATIVE": "1" if s.relay_native else "0",  # the caller's data plane
                     "PYTHONUNBUFFERED": "1"})
         return env
 
