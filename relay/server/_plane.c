@@ -556,8 +556,7 @@ static void signal_sent(Plane *p, const uint8_t *sender, const uint8_t *recipien
         if (p->rd_produce(p->rkt, RD_PARTITION_UA, RD_MSG_F_COPY, rec, vlen, sender, ACCT, NULL)) p->signals_dropped++;
         return;
     }
-    if (buf_reserve(&p->signals, ACCT + 2 + vlen)) { p->signals_dropped++; return; }
-    buf_add(&p->signals, sender, ACCT);
+    if (buf_reserve(&p->signals, 2 + vlen)) { p->signals_dropped++; return; }
     buf_add(&p->signals, &vlen, 2);
     buf_add(&p->signals, rec, vlen);
     p->nsignals++;
@@ -1256,12 +1255,11 @@ static PyObject *Plane_take_signals(Plane *p, PyObject *unused) {
     size_t pos = 0;
     for (size_t i = 0; out && i < n; i++) {
         uint16_t vlen;
-        memcpy(&vlen, s.p + pos + ACCT, 2);
-        PyObject *t = Py_BuildValue("{s:s#,s:y#}", "key", (const char *)s.p + pos, (Py_ssize_t)ACCT, "value",
-                                    (const char *)s.p + pos + ACCT + 2, (Py_ssize_t)vlen);
+        memcpy(&vlen, s.p + pos, 2);
+        PyObject *t = PyBytes_FromStringAndSize((const char *)s.p + pos + 2, (Py_ssize_t)vlen);
         if (!t) { Py_CLEAR(out); break; }
         PyList_SET_ITEM(out, (Py_ssize_t)i, t);
-        pos += ACCT + 2 + vlen;
+        pos += 2 + vlen;
     }
     buf_free(&s);
     return out;
@@ -1356,7 +1354,7 @@ static PyMethodDef Plane_methods[] = {
     {"seen", (PyCFunction)Plane_seen, METH_VARARGS, "seen(id) -> sweep generation of its last frame, -1 if gone."},
     {"expire", (PyCFunction)Plane_expire, METH_VARARGS, "expire(now) -> held messages past their deadline."},
     {"take_inflight", (PyCFunction)Plane_take_inflight, METH_NOARGS, "Every held message, removed."},
-    {"take_signals", (PyCFunction)Plane_take_signals, METH_NOARGS, "[{'key': sender, 'value': JSON}] of message.sent since the last (Producer.produce_batch's form)."},
+    {"take_signals", (PyCFunction)Plane_take_signals, METH_NOARGS, "The JSON of each message.sent since the last call (no producer)."},
     {"produce_to", (PyCFunction)Plane_produce_to, METH_VARARGS,
      "produce_to(library, topic, config): message.sent straight to Kafka through librdkafka."},
     {"take_commits", (PyCFunction)Plane_take_commits, METH_NOARGS, "16-byte commitments since the last call."},

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from relay.server.core import RelayServer
 
 log = logging.getLogger(__name__)
-# message.sent records the plane holds for the emitter at most (past this they are dropped and
+# message.sent the plane holds for a listener of events at most (past this they are dropped and
 # counted, as the emitter's own buffer does); drained every SIGNAL_DRAIN_S.
 MAX_SIGNALS = 200_000
 SIGNAL_DRAIN_S = 0.01
@@ -121,7 +121,7 @@ class DataPlane:
         self.conns: dict[int, Connection] = {}
         self.host, self.port = self.sock.getsockname()[:2]
         loop.add_reader(self.plane.fd, self.drain)
-        self._sink: Callable[[list[dict[str, Any]]], None] | None = None
+        self._sink: Callable[[list[bytes]], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     @staticmethod
@@ -169,7 +169,7 @@ class DataPlane:
             self.plane.produce_to(rdkafka_library(), listener.topic, native)  # type: ignore[attr-defined]
             return listener
         if type(listener) is not NullListener:
-            self._sink = lambda records: [listener.emit(decode(r["value"])) for r in records]  # type: ignore[func-returns-value]
+            self._sink = lambda records: [listener.emit(decode(value)) for value in records]  # type: ignore[func-returns-value]
             listener = InOrder(listener, self)
         self._tick()
         return listener
