@@ -1,7 +1,8 @@
 """Storage: SQLAlchemy 2 tables and Alembic migrations. The database is the truth."""
 
 from sealguard.storage.base import Base
-from sealguard.storage.cluster_tables import RelayNodeRow as RelayNodeRow, RelayRouteRow as RelayRouteRow
+from sealguard.storage.cluster_tables import RelayNodeRow as RelayNodeRow
+from sealguard.storage.cluster_tables import RelayRouteRow as RelayRouteRow
 from sealguard.storage.db import Database, StorageError, make_engine, upgrade
 from sealguard.storage.moderation_tables import (
     AppealRow,
@@ -19,6 +20,7 @@ from sealguard.storage.moderation_tables import (
 from sealguard.storage.relay_tables import (
     AccountRow,
     BlockRow,
+    CommitmentBlockRow,
     ContactRow,
     GroupMemberRow,
     GroupRow,
@@ -26,11 +28,12 @@ from sealguard.storage.relay_tables import (
     MessageCommitmentRow,
     PrekeyRow,
     QueuedMessageRow,
+    ReportedCommitmentRow,
 )
 
 __all__ = [
-    "AccountRow", "AppealRow", "AuditLogRow", "Base", "BlockRow", "CaseRow", "ContactRow", "Database",
-    "DecisionRow", "DetectionCheckpointRow", "EnforcementApplicationRow", "GroupMemberRow", "GroupRow",
-    "LabelRow", "MediaBlobRow", "NoticeRow", "MessageCommitmentRow", "PrekeyRow", "QueuedMessageRow", "ReportRow",
-    "ReviewerRow", "ScoreRow", "StorageError", "make_engine", "upgrade",
+    "AccountRow", "AppealRow", "AuditLogRow", "Base", "BlockRow", "CaseRow", "CommitmentBlockRow", "ContactRow",
+    "Database", "DecisionRow", "DetectionCheckpointRow", "EnforcementApplicationRow", "GroupMemberRow", "GroupRow",
+    "LabelRow", "MediaBlobRow", "MessageCommitmentRow", "NoticeRow", "PrekeyRow", "QueuedMessageRow", "ReportRow",
+    "ReportedCommitmentRow", "ReviewerRow", "ScoreRow", "StorageError", "make_engine", "upgrade",
 ]

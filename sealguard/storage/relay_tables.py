@@ -1,11 +1,12 @@
-"""Tables the relay owns: identities, prekeys, contacts, groups, the offline queue, media.
+"""Tables the relay owns: identities, prekeys, contacts, groups, the offline queue, report
+commitments, media.
 
 Only public keys and ciphertext are stored; the relay never holds a private key or plaintext.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Index, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sealguard.storage.base import AccountCol, Base, Ms
@@ -89,13 +90,51 @@ class QueuedMessageRow(Base):
 
 
 class MessageCommitmentRow(Base):
-    """H(message id, sender, recipient), kept for a TTL so a report can be verified."""
+    """H(message id, sender, recipient), one row per message: the form written before
+    `commitment_blocks`. Read-only legacy now — reports still check (and mark) these rows, in every
+    form written before (16-byte BLOB or hex, 128- or 256-bit), and expiry empties the table within
+    the 30-day TTL of the last row written; nothing inserts here any more."""
 
     __tablename__ = "message_commitments"
 
     commitment: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[int] = mapped_column(Ms, index=True)
     reported: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class CommitmentBlockRow(Base):
+    """A block of report commitments: the sorted 16-byte H(message id, sender, recipient) of one
+    flush (or, once its period has closed, of the whole period) whose first byte is `prefix`.
+
+    One row per flush and prefix instead of one per message (`relay.server.commitment_blocks`).
+    `period` is the start of the hour the block was flushed in; a block expires at that hour's end
+    plus the TTL, so a commitment lives at least its TTL and at most one period longer. Indexes:
+    (prefix, expires_at) for a report's read of the live blocks of a prefix, (period, prefix) for
+    merging a closed period's blocks, expires_at for expiry."""
+
+    __tablename__ = "commitment_blocks"
+    __table_args__ = (Index("ix_commitment_blocks_prefix_expires_at", "prefix", "expires_at"),
+                      Index("ix_commitment_blocks_period_prefix", "period", "prefix"))
+
+    # 64-bit on PostgreSQL: up to 256 rows a second would run a 32-bit serial out in ~97 days.
+    # SQLite's INTEGER PRIMARY KEY is already 64-bit (and only that spelling is the rowid).
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    prefix: Mapped[int] = mapped_column(SmallInteger)  # the digests' first byte, 0-255
+    period: Mapped[int] = mapped_column(Ms)
+    expires_at: Mapped[int] = mapped_column(Ms, index=True)
+    count: Mapped[int] = mapped_column(Integer)  # digests in the block (`len(digests) // 16`)
+    digests: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ReportedCommitmentRow(Base):
+    """A commitment (16-byte digest) some report has verified, so it verifies no other report:
+    a block is never rewritten to mark one. Kept as long as the block that held it."""
+
+    __tablename__ = "reported_commitments"
+
+    commitment: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(Ms, index=True)
 
 
 class MediaBlobRow(Base):
