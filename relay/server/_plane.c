@@ -403,8 +403,9 @@ static void close_conn(Plane *p, conn_t *c);
 
 static void arm(Plane *p, conn_t *c) {
     int want_in = !(c->paused_py || c->paused_out || c->flooded);
-    struct epoll_event ev = {.events = (want_in ? EPOLLIN : 0) | (c->want_out ? EPOLLOUT : 0), .data.u64 = conn_id(c)};
-    epoll_ctl(p->ep, EPOLL_CTL_MOD, c->fd, &ev);
+    struct epoll_event ev = {.events = EPOLLET | (want_in ? EPOLLIN : 0) | (c->want_out ? EPOLLOUT : 0),
+                             .data.u64 = conn_id(c)};
+    epoll_ctl(p->ep, EPOLL_CTL_MOD, c->fd, &ev); /* a MOD polls the socket again: what waits is reported */
     c->in_armed = (uint8_t)want_in;
 }
 
@@ -697,7 +698,8 @@ static void push_up(Plane *p, conn_t *c, buf_t *up) {
     up->len = up->cap = 0;
 }
 
-static void on_readable(Plane *p, conn_t *c) {
+/* One read and what it holds; the bytes read, or -1 when the connection was closed. */
+static ssize_t read_once(Plane *p, conn_t *c) {
     ssize_t r;
     for (;;) {
         r = recv(c->fd, p->scratch, RBUF, 0);
@@ -705,20 +707,20 @@ static void on_readable(Plane *p, conn_t *c) {
     }
     if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
         close_conn(p, c);
-        return;
+        return -1;
     }
-    if (r < 0 || c->flooded) return;
+    if (r < 0 || c->flooded) return 0;
     buf_t up = {0};
     if (c->raw) { /* after a framing error: everything as read, for Python's FrameReader */
         buf_add(&up, p->scratch, (size_t)r);
         push_up(p, c, &up);
-        return;
+        return r;
     }
     uint8_t *data;
     size_t n;
     if (c->rlen) {
         uint8_t *nb = realloc(c->rbuf, c->rlen + (size_t)r);
-        if (!nb) { close_conn(p, c); return; }
+        if (!nb) { close_conn(p, c); return -1; }
         memcpy(nb + c->rlen, p->scratch, (size_t)r);
         c->rbuf = nb;
         data = nb;
@@ -780,10 +782,18 @@ static void on_readable(Plane *p, conn_t *c) {
     } else {
         free(c->rbuf);
         c->rbuf = malloc(left);
-        if (!c->rbuf) { close_conn(p, c); return; }
+        if (!c->rbuf) { close_conn(p, c); return -1; }
         memcpy(c->rbuf, data + pos, left);
         c->rlen = left;
     }
+    return r;
+}
+
+/* Sockets are edge-triggered (each ready socket is polled once per wait, not again in the next one
+ * to find it drained): a read that fills the buffer may have left more, so read again; a shorter
+ * one emptied the socket. A paused connection is read again when `arm` re-registers it. */
+static void on_readable(Plane *p, conn_t *c) {
+    while (read_once(p, c) == RBUF && c->in_armed) {}
 }
 
 #define ID_LISTEN UINT64_MAX
@@ -809,7 +819,7 @@ static void on_accept(Plane *p) {
         c->seen_gen = p->gen;
         c->last = p->now;
         p->conns[fd] = c;
-        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = conn_id(c)};
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = conn_id(c)};
         epoll_ctl(p->ep, EPOLL_CTL_ADD, fd, &ev);
         c->in_armed = 1;
         char *peer = calloc(1, INET6_ADDRSTRLEN + 1);
