@@ -13,6 +13,10 @@ one JSON object per line; logs go to stderr:
     {"cmd": "close"}                                             → {"closed"}
     {"cmd": "exit"}
 
+A process holds one population of users per target at once (a relay's and mosquitto's, so the
+orchestrator can alternate closed loops between the two servers); "run" and "close" take an
+optional "target", by default the one connected last.
+
 Each process picks random (sender, recipient) pairs among its own online users, so a message's
 send and receipt are timed on one clock without cross-process bookkeeping. Each user talks to
 `partners` random others (its conversations, drawn once at connect): a message goes from a random
@@ -247,24 +251,29 @@ async def serve() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    load = Load()
+    loads: dict[str, Load] = {}  # by target, in the order connected
     while True:
         line = await reader.readline()
-        if not line:
-            await load.close()
-            return
-        req = json.loads(line)
+        req = json.loads(line) if line else {"cmd": "exit"}  # the orchestrator went away: exit
         cmd = req.pop("cmd")
+        if cmd == "exit":
+            for load in loads.values():
+                await load.close()
+            return
+        target = req.pop("target", None) if cmd != "connect" else req["target"]
         try:
             if cmd == "connect":
-                reply = await load.connect(**req)
-            elif cmd == "run":
-                reply = await load.run(**req)
-            elif cmd == "close":
-                reply = await load.close()
-            elif cmd == "exit":
-                await load.close()
-                return
+                if target in loads:
+                    await loads.pop(target).close()
+                loads[target] = Load()
+                reply = await loads[target].connect(**req)
+            elif cmd in ("run", "close"):
+                if not loads:
+                    raise RuntimeError(f"{cmd} before any connect")
+                if target is not None and target not in loads:
+                    raise RuntimeError(f"{cmd}: no users connected to {target!r} (have {sorted(loads)})")
+                load = loads[target] if target is not None else loads[next(reversed(loads))]
+                reply = await (load.run(**req) if cmd == "run" else load.close())
             else:
                 reply = {"error": f"unknown command {cmd!r}"}
         except Exception as exc:  # reported to the orchestrator, which fails the bench naming it

@@ -8,13 +8,15 @@ What it does (issue 3, "Benchmark"):
    fit one process's 20,000 open files and the load must not be the bottleneck) that connect U
    users from distinct 127.x.y.1 source addresses; relay users register and log in with real
    vodozemac identities;
-3. measures, per server: RSS with none and with U idle authenticated users, a closed loop of N
-   messages of 100 opaque bytes between random online pairs with at most `--inflight` in flight
-   (delivered msgs/s, server CPU per delivered message, latency send → recipient receipt
-   p50/p99), then an open loop at 50% of that rate (its p99);
-4. runs the same load from the same load processes against mosquitto on 127.0.0.1:1883
-   (MQTT 3.1.1, QoS 0, one topic per user);
-5. reads `signals_dropped` from the relay's /metrics and prints the figures line.
+3. connects the same U users, from the same load processes, to mosquitto on 127.0.0.1:1883
+   (MQTT 3.1.1, QoS 0, one topic per user), and measures per server: RSS with none and with U
+   idle authenticated users; `--rounds` closed loops (3 by default) of N messages of 100 opaque
+   bytes between random online pairs with at most `--inflight` in flight (delivered msgs/s,
+   server CPU per delivered message, latency send → recipient receipt p50/p99), alternating
+   relay, mosquitto, relay, ... so that the machine's minute-to-minute noise falls on both alike,
+   each server reporting its median round; then an open loop at 50% of its rate (its p99). The
+   relay is stopped (SIGSTOP) while mosquitto is timed, so its idle timers cost mosquitto nothing;
+4. reads `signals_dropped` from the relay's /metrics and prints the figures line.
 
 Figures other than the issue's line (mosquitto's rate, p50/p99 and RSS per connection, the load
 side's schedule lag) go to stderr and, with `--json PATH`, to a file. `--profile PATH` records the
@@ -42,7 +44,9 @@ import threading
 import time
 import urllib.request
 from array import array
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -337,15 +341,15 @@ def _latencies(replies: list[dict[str, Any]]) -> list[float]:
     return sorted(v / 1e6 for v in lat)
 
 
-def _run(loaders: list[Loader], count: int, *, inflight: int = 0, rate: float = 0.0,
-         timeout: float = 300.0) -> tuple[list[dict[str, Any]], float, list[float]]:
-    """One load phase on every loader; returns replies, wall seconds (first send → last receipt),
-    and sorted latencies in ms."""
+def _run(loaders: list[Loader], count: int, *, inflight: int = 0, rate: float = 0.0, timeout: float = 300.0,
+         target: str | None = None) -> tuple[list[dict[str, Any]], float, list[float]]:
+    """One load phase on every loader (over its users of `target`; by default the ones connected
+    last); returns replies, wall seconds (first send → last receipt), and sorted latencies in ms."""
     k = len(loaders)
     counts = _split(count, k)
     windows = _split(inflight, k) if inflight else [0] * k
     cmds = [{"cmd": "run", "count": c, "inflight": max(1, w) if inflight else 0, "rate": rate / k if rate else 0.0,
-             "timeout": timeout} for c, w in zip(counts, windows)]
+             "timeout": timeout, **({"target": target} if target else {})} for c, w in zip(counts, windows)]
     replies = all_do(loaders, cmds)
     for i, r in enumerate(replies):
         if r.get("timed_out"):
@@ -357,51 +361,81 @@ def _run(loaders: list[Loader], count: int, *, inflight: int = 0, rate: float = 
     return replies, wall, _latencies(replies)
 
 
-def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], args: argparse.Namespace,
-            run_id: str, profile: Path | None = None, metrics_url: str | None = None,
-            name: str | None = None) -> dict[str, Any]:
-    """Every figure for one server: RSS per idle user, closed-loop rate/CPU/latency, half-load p99
-    (and, with --syscalls, its syscalls per message over an extra closed loop)."""
+@dataclass
+class Server:
+    """A server under measurement and its figures. `own` servers are this bench's children: they are
+    stopped (SIGSTOP) while another server is timed, so their timers take no CPU from it."""
+
+    name: str  # in the logs: relay, floor, floor-native-write, mosquitto
+    target: str  # what the load speaks to it: "relay" or "mqtt"
+    pid: int
+    host: str
+    port: int
+    run_id: str
+    metrics_url: str | None = None
+    own: bool = True
+    out: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+@contextmanager
+def alone(server: Server, others: list[Server]) -> Iterator[None]:
+    """Time `server` with the bench's other servers stopped (mosquitto is the machine's: never stopped)."""
+    stopped = [o for o in others if o is not server and o.own]
+    for o in stopped:
+        os.kill(o.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for o in stopped:
+            os.kill(o.pid, signal.SIGCONT)
+
+
+def connect_idle(server: Server, loaders: list[Loader], args: argparse.Namespace) -> None:
+    """Connect the server's U users; RSS with none and with U idle; then a warm-up loop."""
     k = len(loaders)
     time.sleep(1.0)
+    pid = server.pid
     rss_none = rss_bytes(pid)
     counts = _split(args.users, k)
     firsts = [sum(counts[:i]) for i in range(k)]
     t0 = time.monotonic()
-    replies = all_do(loaders, [{"cmd": "connect", "target": target, "host": host, "port": port, "first": f,
-                                "count": c, "concurrency": args.concurrency, "run_id": run_id,
-                                "keepalive_s": args.keepalive, "partners": args.partners} for f, c in zip(firsts, counts)])
+    replies = all_do(loaders, [{"cmd": "connect", "target": server.target, "host": server.host, "port": server.port,
+                                "first": f, "count": c, "concurrency": args.concurrency, "run_id": server.run_id,
+                                "keepalive_s": args.keepalive, "partners": args.partners}
+                               for f, c in zip(firsts, counts)])
     connected = sum(r["connected"] for r in replies)
     failed = sum(r["failed"] for r in replies)
-    log.info("%s: %d users connected in %.1fs (%d failed%s)", name or target, connected, time.monotonic() - t0, failed,
+    log.info("%s: %d users connected in %.1fs (%d failed%s)", server.name, connected, time.monotonic() - t0, failed,
              ": " + next(r["error"] for r in replies if r["error"]) if failed else "")
     if connected < 2 or failed > args.users * 0.01:
-        raise BenchError(f"{target}: only {connected} of {args.users} users connected; first error: "
+        raise BenchError(f"{server.name}: only {connected} of {args.users} users connected; first error: "
                          f"{next((r['error'] for r in replies if r['error']), '')}")
     idle0, idle_threads0 = cpu_seconds(pid), thread_cpu(pid)
     time.sleep(3.0)
     rss_idle = rss_bytes(pid)
     idle_cpu_pct = 100 * (cpu_seconds(pid) - idle0) / 3.0  # what U idle users cost (timers, sweeps)
     idle_threads1 = thread_cpu(pid)
-    out: dict[str, Any] = {"connected": connected, "rss_none": rss_none, "rss_idle": rss_idle,
-                           "rss_per_conn": (rss_idle - rss_none) / connected, "idle_cpu_pct": idle_cpu_pct,
-                           "idle_thread_cpu_pct": {k: round(100 * (v - idle_threads0.get(k, 0.0)) / 3.0, 2)
-                                                   for k, v in idle_threads1.items() if v > idle_threads0.get(k, 0.0)}}
+    server.out.update({"connected": connected, "rss_none": rss_none, "rss_idle": rss_idle,
+                       "rss_per_conn": (rss_idle - rss_none) / connected, "idle_cpu_pct": idle_cpu_pct,
+                       "idle_thread_cpu_pct": {k: round(100 * (v - idle_threads0.get(k, 0.0)) / 3.0, 2)
+                                               for k, v in idle_threads1.items() if v > idle_threads0.get(k, 0.0)}})
+    _run(loaders, min(max(args.messages // 10, 100), 5000), inflight=args.inflight, target=server.target)
 
-    warm = min(max(args.messages // 10, 100), 5000)
-    _run(loaders, warm, inflight=args.inflight)
 
+def closed_round(server: Server, loaders: list[Loader], args: argparse.Namespace) -> dict[str, Any]:
+    """One measured closed loop of N messages: rate, CPU per delivered message (and per thread), latency."""
+    pid = server.pid
     threads0 = thread_cpu(pid)
     cpu0 = cpu_seconds(pid)
     us0 = user_system_seconds(pid)
     contention = Contention(pid)
-    stalls = RelayStalls(metrics_url)
-    replies, wall, lat = _run(loaders, args.messages, inflight=args.inflight)
+    stalls = RelayStalls(server.metrics_url)
+    replies, wall, lat = _run(loaders, args.messages, inflight=args.inflight, target=server.target)
     cpu1 = cpu_seconds(pid)
     us1 = user_system_seconds(pid)
     threads1 = thread_cpu(pid)
-    out.update(contention.figures(""))
-    out.update(stalls.figures(""))
+    out: dict[str, Any] = {**contention.figures(""), **stalls.figures("")}
     delivered = sum(r["received"] for r in replies)
     if delivered:
         out.update(user_us_per_msg=(us1[0] - us0[0]) * 1e6 / delivered,
@@ -412,7 +446,7 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
                lost=args.messages - delivered, max_inflight=sum(r["max_inflight"] for r in replies),
                load_cpu_us_per_msg=sum(r["load_cpu_s"] for r in replies) * 1e6 / delivered if delivered else math.nan,
                load_busiest_pct=100 * max(r["load_cpu_s"] for r in replies) / wall if wall > 0 else math.nan)
-    names = python_thread_names(pid) if target == "relay" else {}
+    names = python_thread_names(pid) if server.target == "relay" else {}
 
     def label(key: str) -> str:
         _comm, _, tid = key.rpartition("/")
@@ -421,13 +455,30 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     per_thread = sorted(((label(name), (threads1[name] - threads0.get(name, 0.0)) * 1e6 / max(1, delivered))
                          for name in threads1), key=lambda kv: -kv[1])
     out["thread_cpu_us_per_msg"] = {name: round(us, 2) for name, us in per_thread if us > 0}
+    log.info("%s closed loop %d: cpu_us_per_msg=%.1f (kernel %.1f + user %.1f) msgs_per_s=%.0f p99_ms=%.2f, "
+             "CPU pressure %.0f%%", server.name, len(server.rounds) + 1, out["cpu_us_per_msg"],
+             out.get("kernel_us_per_msg", math.nan), out.get("user_us_per_msg", math.nan), out["msgs_per_s"],
+             out["p99_ms"], out.get("cpu_pressure_pct", math.nan))
+    server.rounds.append(out)
+    return out
+
+
+def finish(server: Server, loaders: list[Loader], args: argparse.Namespace, profile: Path | None = None) -> None:
+    """The server's closed-loop figures from its median round (by CPU per message); then, with
+    --syscalls, its syscalls per message and, with --profile, a py-spy profile, each over an extra
+    closed loop; then the open loop at half its rate; then its users leave."""
+    pid, target = server.pid, server.target
+    ranked = sorted(server.rounds, key=lambda r: r["cpu_us_per_msg"] if math.isfinite(r["cpu_us_per_msg"]) else 1e18)
+    out = server.out
+    out.update(ranked[len(ranked) // 2])
+    out["rounds_cpu_us_per_msg"] = [round(r["cpu_us_per_msg"], 2) for r in server.rounds]
 
     if getattr(args, "syscalls", False):
-        out.update(count_syscalls(pid, loaders, args, name or target))
+        out.update(count_syscalls(pid, loaders, args, server.name, target))
 
     if profile is not None:
         spy = PySpy(pid, profile)
-        _run(loaders, args.messages, inflight=args.inflight)
+        _run(loaders, args.messages, inflight=args.inflight, target=target)
         spy.stop()
 
     half_rate = out["msgs_per_s"] / 2
@@ -435,8 +486,8 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
     if half_n > 0 and half_rate > 0:
         cpu2 = cpu_seconds(pid)
         contention = Contention(pid)
-        stalls = RelayStalls(metrics_url)
-        replies, wall_h, lat_h = _run(loaders, half_n, rate=half_rate)
+        stalls = RelayStalls(server.metrics_url)
+        replies, wall_h, lat_h = _run(loaders, half_n, rate=half_rate, target=target)
         cpu3 = cpu_seconds(pid)
         out.update(contention.figures("half_"))
         out.update(stalls.figures("half_"))
@@ -447,10 +498,27 @@ def measure(target: str, pid: int, host: str, port: int, loaders: list[Loader], 
                    half_lost=half_n - got, half_max_lag_ms=max(r["max_lag_ms"] for r in replies))
     else:
         out.update(half_rate=math.nan, half_p99_ms=math.nan)
-    all_do(loaders, [{"cmd": "close"}] * k)
-    log.info("%s figures: %s", name or target, json.dumps({k2: round(v, 3) if isinstance(v, float) else v
-                                                   for k2, v in out.items()}))
-    return out
+    all_do(loaders, [{"cmd": "close", "target": target}] * len(loaders))
+    log.info("%s figures: %s", server.name, json.dumps({k2: round(v, 3) if isinstance(v, float) else v
+                                                        for k2, v in out.items()}))
+
+
+def measure(servers: list[Server], loaders: list[Loader], args: argparse.Namespace,
+            profile: Path | None = None) -> None:
+    """Every figure of each server (RSS per idle user, closed-loop rate/CPU/latency, half-load p99).
+    With several servers, each one's users stay connected and the closed loops alternate between
+    them, `--rounds` each: the machine's minute-to-minute noise (±25% here) then falls on every
+    server alike, and each reports its median round. Each is timed with the others stopped."""
+    for s in servers:
+        with alone(s, servers):
+            connect_idle(s, loaders, args)
+    for _ in range(args.rounds):
+        for s in servers:
+            with alone(s, servers):
+                closed_round(s, loaders, args)
+    for s in servers:
+        with alone(s, servers):
+            finish(s, loaders, args, profile if s.name == "relay" else None)
 
 
 # The syscalls a message server makes, each counted by its own tracepoint; `raw_syscalls:sys_enter`
@@ -462,7 +530,8 @@ _SYSCALLS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg"
              "openat", "getpid", "sched_yield", "rt_sigprocmask")
 
 
-def count_syscalls(pid: int, loaders: list[Loader], args: argparse.Namespace, name: str) -> dict[str, Any]:
+def count_syscalls(pid: int, loaders: list[Loader], args: argparse.Namespace, name: str,
+                   target: str | None = None) -> dict[str, Any]:
     """Syscalls per delivered message of one server: `perf stat -e syscalls:sys_enter_X ... -e
     raw_syscalls:sys_enter -p PID` (every thread) over an extra closed loop after the measured one,
     so the tracepoints cost the measured figures nothing. Empty (and a log line saying why) when
@@ -483,7 +552,7 @@ def count_syscalls(pid: int, loaders: list[Loader], args: argparse.Namespace, na
             log.warning("%s: syscalls not counted: perf stat exited: %s", name, (proc.stderr.read() if proc.stderr
                                                                                   else "")[-500:])
             return {}
-        replies, _wall, _lat = _run(loaders, n, inflight=args.inflight)
+        replies, _wall, _lat = _run(loaders, n, inflight=args.inflight, target=target)
         proc.send_signal(signal.SIGINT)
         try:
             proc.communicate(timeout=30)
@@ -537,6 +606,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--users", type=int, default=1000, help="authenticated users connected at once")
     ap.add_argument("--messages", type=int, default=100_000, help="messages in the closed-loop run")
     ap.add_argument("--inflight", type=int, default=1000, help="most messages in flight at once (all loaders)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measured closed loops of --messages per server, alternating between the relay and "
+                         "mosquitto; each reports its median round")
     ap.add_argument("--half-messages", type=int, default=None,
                     help="messages in the open-loop run at 50%% of the max (default: --messages)")
     ap.add_argument("--load-procs", type=int, default=0, help="load processes (0: enough for --users, at least 2)")
@@ -569,6 +641,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error(f"--users must be at least 2 (got {args.users}): messages go between two online users")
     if args.messages < 1:
         ap.error(f"--messages must be positive (got {args.messages})")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be positive (got {args.rounds})")
     if args.inflight < 1:
         ap.error(f"--inflight must be positive (got {args.inflight})")
     if args.users > 62_500:
@@ -620,6 +694,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loaders = [Loader(i) for i in range(args.load_procs)]
         stack.callback(lambda: [ld.stop() for ld in loaders])
         log.info("%d load processes for %d users", len(loaders), args.users)
+        pair: list[Server] = []  # the relay and mosquitto, timed in alternation
+        server = None
         if not args.skip_relay:
             kafka = os.environ.get("SEALGUARD_KAFKA")
             if not kafka:
@@ -633,8 +709,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server.wait_listening()
             log.info("relay pid %d listening on %s:%d, metrics %s", server.proc.pid, server.host, server.port,
                      server.metrics_url)
-            relay = measure("relay", server.proc.pid, server.host, server.port, loaders, args, run_id,
-                            profile=args.profile, metrics_url=server.metrics_url, name="relay")
+            pair.append(Server("relay", "relay", server.proc.pid, server.host, server.port, run_id,
+                               metrics_url=server.metrics_url))
+        if not args.skip_mosquitto:
+            pair.append(Server("mosquitto", "mqtt", mosquitto_pid(), args.mqtt_host, args.mqtt_port, run_id + "q",
+                               own=False))
+        measure(pair, loaders, args, profile=args.profile)
+        relay = next((s.out for s in pair if s.name == "relay"), {})
+        mosq = next((s.out for s in pair if s.name == "mosquitto"), {})
+        if server is not None:
             try:
                 signals_dropped = metric_sum(server.metrics(), "signals_dropped")
             except OSError as exc:
@@ -644,15 +727,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.profile is not None and args.profile.exists():
                 log.info("relay profile (py-spy, %s):\n%s", args.profile, summarize_profile(args.profile))
         if args.floor:
-            # The protocol's floor under the same load processes, between the relay and mosquitto:
-            # how much of the relay's cost is the four-frame protocol on uvloop, how much its logic.
+            # The protocol's floor under the same load processes, after the relay and mosquitto: how
+            # much of the relay's cost is the four-frame protocol on uvloop, how much its logic.
             fstate = state / "floor"
             fstate.mkdir()
             fserver = RelayProcess(fstate, "", command=[sys.executable, "-m", "bench._floor_relay", "--coalesce"])
             stack.callback(fserver.stop)
             fserver.wait_listening()
-            floor = measure("relay", fserver.proc.pid, fserver.host, fserver.port, loaders, args, run_id + "f",
-                            name="floor")
+            fs = Server("floor", "relay", fserver.proc.pid, fserver.host, fserver.port, run_id + "f")
+            measure([fs], loaders, args)
+            floor = fs.out
             fserver.stop()
         if args.floor_native:
             # The same floor in C (epoll, non-blocking sockets, TCP_NODELAY): the least CPU per message
@@ -664,12 +748,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 nserver = RelayProcess(nstate, "", command=[str(exe), *NATIVE_VARIANTS[variant]])
                 stack.callback(nserver.stop)
                 nserver.wait_listening()
-                native[variant] = measure("relay", nserver.proc.pid, nserver.host, nserver.port, loaders, args,
-                                          run_id + "n" + variant[0], name=f"floor-native-{variant}")
+                ns = Server(f"floor-native-{variant}", "relay", nserver.proc.pid, nserver.host, nserver.port,
+                            run_id + "n" + variant[0])
+                measure([ns], loaders, args)
+                native[variant] = ns.out
                 nserver.stop()
-        if not args.skip_mosquitto:
-            pid = mosquitto_pid()
-            mosq = measure("mqtt", pid, args.mqtt_host, args.mqtt_port, loaders, args, run_id, name="mosquitto")
     figures: dict[str, Any] = {
         "users": args.users, "msgs": args.messages,
         "msgs_per_s": _int(relay.get("msgs_per_s")), "server_cpu_us_per_msg": relay.get("cpu_us_per_msg"),

@@ -58,6 +58,12 @@ def test_relay_and_mosquitto_line_shape(broker_bootstrap: str, tmp_path: Path) -
     for key in ("cpu_pressure_pct", "server_preempted_per_s", "half_cpu_pressure_pct", "half_loadavg"):
         assert key in data["relay"], key
     assert isinstance(data["relay"]["idle_thread_cpu_pct"], dict)
+    # the closed loop alternates between the servers, three rounds each; each reports its median round
+    assert len(data["relay"]["rounds_cpu_us_per_msg"]) == 3
+    assert data["relay"]["cpu_us_per_msg"] == sorted(data["relay"]["rounds_cpu_us_per_msg"])[1] or \
+        math.isclose(data["relay"]["cpu_us_per_msg"], sorted(data["relay"]["rounds_cpu_us_per_msg"])[1], abs_tol=0.01)
+    if mosquitto:
+        assert len(data["mosquitto"]["rounds_cpu_us_per_msg"]) == 3
     assert "relay/floor=" in err and "half-load phase: p99_ms=" in err
     f = _figures(line)
     assert f["users"] == 24 and f["msgs"] == 400
