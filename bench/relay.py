@@ -14,8 +14,8 @@ What it does (issue 3, "Benchmark"):
    bytes between random online pairs with at most `--inflight` in flight (delivered msgs/s,
    server CPU per delivered message, latency send → recipient receipt p50/p99), alternating
    relay, mosquitto, relay, ... so that the machine's minute-to-minute noise falls on both alike,
-   each server reporting its median round; then an open loop at 50% of its rate (its p99). The
-   relay is stopped (SIGSTOP) while mosquitto is timed, so its idle timers cost mosquitto nothing;
+   each server reporting its median round; then, alternating likewise, open loops at 50% of its
+   rate (the median round's p99). The relay is stopped (SIGSTOP) while mosquitto is timed, so its idle timers cost mosquitto nothing;
 4. reads `signals_dropped` from the relay's /metrics and prints the figures line.
 
 Figures other than the issue's line (mosquitto's rate, p50/p99 and RSS per connection, the load
@@ -375,7 +375,8 @@ class Server:
     metrics_url: str | None = None
     own: bool = True
     out: dict[str, Any] = field(default_factory=dict)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # closed loops
+    half_rounds: list[dict[str, Any]] = field(default_factory=list)  # open loops at half the rate
 
 
 @contextmanager
@@ -463,42 +464,55 @@ def closed_round(server: Server, loaders: list[Loader], args: argparse.Namespace
     return out
 
 
-def finish(server: Server, loaders: list[Loader], args: argparse.Namespace, profile: Path | None = None) -> None:
+def settle(server: Server, loaders: list[Loader], args: argparse.Namespace, profile: Path | None = None) -> None:
     """The server's closed-loop figures from its median round (by CPU per message); then, with
     --syscalls, its syscalls per message and, with --profile, a py-spy profile, each over an extra
-    closed loop; then the open loop at half its rate; then its users leave."""
-    pid, target = server.pid, server.target
+    closed loop."""
     ranked = sorted(server.rounds, key=lambda r: r["cpu_us_per_msg"] if math.isfinite(r["cpu_us_per_msg"]) else 1e18)
     out = server.out
     out.update(ranked[len(ranked) // 2])
     out["rounds_cpu_us_per_msg"] = [round(r["cpu_us_per_msg"], 2) for r in server.rounds]
-
     if getattr(args, "syscalls", False):
-        out.update(count_syscalls(pid, loaders, args, server.name, target))
-
+        out.update(count_syscalls(server.pid, loaders, args, server.name, server.target))
     if profile is not None:
-        spy = PySpy(pid, profile)
-        _run(loaders, args.messages, inflight=args.inflight, target=target)
+        spy = PySpy(server.pid, profile)
+        _run(loaders, args.messages, inflight=args.inflight, target=server.target)
         spy.stop()
 
-    half_rate = out["msgs_per_s"] / 2
+
+def half_round(server: Server, loaders: list[Loader], args: argparse.Namespace) -> None:
+    """One open loop at half the rate of the server's median closed round: its p99."""
+    pid = server.pid
+    half_rate = server.out["msgs_per_s"] / 2
     half_n = args.half_messages if args.half_messages is not None else args.messages
-    if half_n > 0 and half_rate > 0:
-        cpu2 = cpu_seconds(pid)
-        contention = Contention(pid)
-        stalls = RelayStalls(server.metrics_url)
-        replies, wall_h, lat_h = _run(loaders, half_n, rate=half_rate, target=target)
-        cpu3 = cpu_seconds(pid)
-        out.update(contention.figures("half_"))
-        out.update(stalls.figures("half_"))
-        got = sum(r["received"] for r in replies)
-        out.update(half_rate=half_rate, half_achieved=got / wall_h if wall_h > 0 else math.nan,
-                   half_p50_ms=percentile(lat_h, 50), half_p99_ms=percentile(lat_h, 99),
-                   half_cpu_us_per_msg=(cpu3 - cpu2) * 1e6 / got if got else math.nan,
-                   half_lost=half_n - got, half_max_lag_ms=max(r["max_lag_ms"] for r in replies))
+    if not (half_n > 0 and half_rate > 0):
+        return
+    cpu2 = cpu_seconds(pid)
+    contention = Contention(pid)
+    stalls = RelayStalls(server.metrics_url)
+    replies, wall_h, lat_h = _run(loaders, half_n, rate=half_rate, target=server.target)
+    cpu3 = cpu_seconds(pid)
+    got = sum(r["received"] for r in replies)
+    out: dict[str, Any] = {**contention.figures("half_"), **stalls.figures("half_")}
+    out.update(half_rate=half_rate, half_achieved=got / wall_h if wall_h > 0 else math.nan,
+               half_p50_ms=percentile(lat_h, 50), half_p99_ms=percentile(lat_h, 99),
+               half_cpu_us_per_msg=(cpu3 - cpu2) * 1e6 / got if got else math.nan,
+               half_lost=half_n - got, half_max_lag_ms=max(r["max_lag_ms"] for r in replies))
+    log.info("%s open loop %d at %.0f msgs/s: p99_ms=%.2f, CPU pressure %.0f%%", server.name,
+             len(server.half_rounds) + 1, half_rate, out["half_p99_ms"], out.get("half_cpu_pressure_pct", math.nan))
+    server.half_rounds.append(out)
+
+
+def finish(server: Server, loaders: list[Loader]) -> None:
+    """The half-load figures from the median open loop (by p99); then the server's users leave."""
+    out = server.out
+    if server.half_rounds:
+        ranked = sorted(server.half_rounds, key=lambda r: r["half_p99_ms"] if math.isfinite(r["half_p99_ms"]) else 1e18)
+        out.update(ranked[len(ranked) // 2])
+        out["rounds_half_p99_ms"] = [round(r["half_p99_ms"], 3) for r in server.half_rounds]
     else:
         out.update(half_rate=math.nan, half_p99_ms=math.nan)
-    all_do(loaders, [{"cmd": "close", "target": target}] * len(loaders))
+    all_do(loaders, [{"cmd": "close", "target": server.target}] * len(loaders))
     log.info("%s figures: %s", server.name, json.dumps({k2: round(v, 3) if isinstance(v, float) else v
                                                         for k2, v in out.items()}))
 
@@ -506,9 +520,10 @@ def finish(server: Server, loaders: list[Loader], args: argparse.Namespace, prof
 def measure(servers: list[Server], loaders: list[Loader], args: argparse.Namespace,
             profile: Path | None = None) -> None:
     """Every figure of each server (RSS per idle user, closed-loop rate/CPU/latency, half-load p99).
-    With several servers, each one's users stay connected and the closed loops alternate between
-    them, `--rounds` each: the machine's minute-to-minute noise (±25% here) then falls on every
-    server alike, and each reports its median round. Each is timed with the others stopped."""
+    With several servers, each one's users stay connected and the closed loops, then the open
+    loops, alternate between them, `--rounds` each: the machine's minute-to-minute noise (±25%
+    here) then falls on every server alike, and each reports its median round. Each is timed with
+    the others stopped."""
     for s in servers:
         with alone(s, servers):
             connect_idle(s, loaders, args)
@@ -518,7 +533,13 @@ def measure(servers: list[Server], loaders: list[Loader], args: argparse.Namespa
                 closed_round(s, loaders, args)
     for s in servers:
         with alone(s, servers):
-            finish(s, loaders, args, profile if s.name == "relay" else None)
+            settle(s, loaders, args, profile if s.name == "relay" else None)
+    for _ in range(args.rounds):
+        for s in servers:
+            with alone(s, servers):
+                half_round(s, loaders, args)
+    for s in servers:
+        finish(s, loaders)
 
 
 # The syscalls a message server makes, each counted by its own tracepoint; `raw_syscalls:sys_enter`

@@ -62,6 +62,7 @@ def test_relay_and_mosquitto_line_shape(broker_bootstrap: str, tmp_path: Path) -
     assert len(data["relay"]["rounds_cpu_us_per_msg"]) == 3
     assert data["relay"]["cpu_us_per_msg"] == sorted(data["relay"]["rounds_cpu_us_per_msg"])[1] or \
         math.isclose(data["relay"]["cpu_us_per_msg"], sorted(data["relay"]["rounds_cpu_us_per_msg"])[1], abs_tol=0.01)
+    assert len(data["relay"]["rounds_half_p99_ms"]) == 3
     if mosquitto:
         assert len(data["mosquitto"]["rounds_cpu_us_per_msg"]) == 3
     assert "relay/floor=" in err and "half-load phase: p99_ms=" in err
