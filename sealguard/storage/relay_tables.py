@@ -108,13 +108,17 @@ class CommitmentBlockRow(Base):
 
     One row per flush and prefix instead of one per message (`relay.server.commitment_blocks`).
     `period` is the start of the hour the block was flushed in; a block expires at that hour's end
-    plus the TTL, so a commitment lives at least its TTL and at most one period longer. Indexes:
-    (prefix, expires_at) for a report's read of the live blocks of a prefix, (period, prefix) for
-    merging a closed period's blocks, expires_at for expiry."""
+    plus the TTL, so a commitment lives at least its TTL and at most one period longer.
+
+    Indexes: (prefix, period) finds a prefix's blocks, for a report (live ones: the expiry is
+    checked on the row — all but a few are live) and for merging a closed period's; expires_at
+    serves expiry. A flush adds one entry per prefix to (prefix, period), one at the end of each
+    prefix's run, so each index that leads with the prefix dirties up to 256 leaf pages per flush:
+    a second one — (period, prefix) or (prefix, expires_at) — cost ~70% more per flush of 1,000
+    digests (5.5 against 3.2 ms); the expiry index is appended to in order."""
 
     __tablename__ = "commitment_blocks"
-    __table_args__ = (Index("ix_commitment_blocks_prefix_expires_at", "prefix", "expires_at"),
-                      Index("ix_commitment_blocks_period_prefix", "period", "prefix"))
+    __table_args__ = (Index("ix_commitment_blocks_prefix_period", "prefix", "period"),)
 
     # 64-bit on PostgreSQL: up to 256 rows a second would run a 32-bit serial out in ~97 days.
     # SQLite's INTEGER PRIMARY KEY is already 64-bit (and only that spelling is the rowid).

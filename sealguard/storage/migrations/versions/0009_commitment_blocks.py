@@ -28,8 +28,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('commitment_blocks', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_commitment_blocks_expires_at'), ['expires_at'], unique=False)
-        batch_op.create_index('ix_commitment_blocks_period_prefix', ['period', 'prefix'], unique=False)
-        batch_op.create_index('ix_commitment_blocks_prefix_expires_at', ['prefix', 'expires_at'], unique=False)
+        batch_op.create_index('ix_commitment_blocks_prefix_period', ['prefix', 'period'], unique=False)
 
     op.create_table('reported_commitments',
     sa.Column('commitment', sa.LargeBinary(length=16), nullable=False),
@@ -46,8 +45,7 @@ def downgrade() -> None:
 
     op.drop_table('reported_commitments')
     with op.batch_alter_table('commitment_blocks', schema=None) as batch_op:
-        batch_op.drop_index('ix_commitment_blocks_prefix_expires_at')
-        batch_op.drop_index('ix_commitment_blocks_period_prefix')
+        batch_op.drop_index('ix_commitment_blocks_prefix_period')
         batch_op.drop_index(batch_op.f('ix_commitment_blocks_expires_at'))
 
     op.drop_table('commitment_blocks')
