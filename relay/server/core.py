@@ -49,6 +49,7 @@ from relay.protocol import (
     encode_frame,
     encode_send_ack,
 )
+from relay.server.commitment_blocks import period_of
 from relay.server.connection import FRAME_BUDGET, LOOKUP_COST, PING_COST, Connection
 from relay.server.enforce import DecisionState
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
@@ -243,6 +244,8 @@ class RelayServer:
         # hashed at send time. Bytes, not a tuple per message: nothing for the DB thread to do in Python
         # (it holds the GIL for none of it) and no object per message for the garbage collector.
         self._commits = bytearray()
+        self._compacting = False  # merging a closed hour's commitment blocks (_purge)
+        self._compacted_period = -1  # the hour (start, ms) whose closed predecessors were last merged
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Future[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -930,16 +933,17 @@ class RelayServer:
 
     async def _write(self, enq: list[tuple[QueuedOut, Outgoing | None]], dele: list[tuple[bytes, str]],
                      com: bytearray) -> None:
-        # A batch of commitments expires together, `commitment_ttl_s` after its flush (at most
-        # `commitment_flush_s` later than after its message's send).
-        com_expires = now_ms() + self._commit_ttl_ms
+        # A batch of commitments belongs to the hour of its flush and expires `commitment_ttl_s`
+        # after that hour's end: at least its TTL after its message's send, at most an hour (and
+        # `commitment_flush_s`) longer (store.add_commitment_digests).
+        com_at = now_ms()
 
         def work() -> list[bool]:
             ok = self.store.enqueue([i for i, _ in enq], self.config.queue_quota) if enq else []
             if dele:
                 self.store.delete_queued(dele)
             if com:
-                self.store.add_commitment_digests(bytes(com), com_expires)
+                self.store.add_commitment_digests(bytes(com), com_at, self._commit_ttl_ms)
             return ok
 
         try:
@@ -1010,13 +1014,27 @@ class RelayServer:
         self.limiter.prune_step()  # a full pass over ~40,000 buckets (U=10,000) every ~10 s, 2,000 a sweep
 
     async def _purge(self) -> None:
-        _, _, blobs = await self.run_db(self.store.purge_expired, now_ms())
+        now = now_ms()
+        _, _, blobs = await self.run_db(self.store.purge_expired, now)
         self.queue_depth, self.withheld_depth = await self.run_db(self.store.queue_depth)
         for blob_id in blobs:
             try:
                 os.unlink(self.config.media_dir / blob_id)
             except FileNotFoundError:
                 pass
+        # Report commitments of closed hours: one block per prefix instead of one per flush, looked
+        # for once an hour (and at start). One merge per call, so queue writes (a sender waits on
+        # them) run in between.
+        period = period_of(now)
+        if self._compacting or self._compacted_period == period:
+            return
+        self._compacting = True
+        try:
+            for prefix, closed in await self.run_db(self.store.commitment_periods_to_compact, now):
+                await self.run_db(self.store.compact_commitments, prefix, closed)
+            self._compacted_period = period
+        finally:
+            self._compacting = False
 
     # -- introspection (metrics, tests) ---------------------------------------------------------------
     @property
