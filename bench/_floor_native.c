@@ -17,9 +17,20 @@
  * TCP_NODELAY, one read per readable event (64 KiB; again while it fills the buffer), as libuv does.
  *   default      every frame is written when it is produced (one write per frame, as the relay)
  *   --coalesce   frames are gathered per connection and written once per epoll iteration
+ *   --uring      no epoll and no read/write calls: io_uring (below), frames gathered as --coalesce
+ *
+ * --uring asks whether the kernel time that is per syscall rather than TCP (fdget, the epoll
+ * poll/ready-list walk, syscall entry, send/recv preparation) can be cut: one ring, one
+ * io_uring_enter per loop iteration that both submits that iteration's SENDs (one per connection
+ * with frames) and waits for completions; every socket a registered ("fixed") file, so no fd
+ * lookup per operation; one multishot ACCEPT; one multishot RECV per connection into a ring of
+ * provided buffers, so receiving costs no submission at all; SINGLE_ISSUER|DEFER_TASKRUN, so the
+ * completions run in this thread when it waits, never as IPIs or task work that interrupts it.
+ * No liburing: raw syscalls and the ring helpers below. Falls back to --coalesce (with a message on
+ * stderr) when io_uring is unavailable.
  *
  * Built by the benchmark itself (`gcc -O2`, into a temp dir): `sealguard bench relay
- * --floor-native`. By hand: gcc -O2 -o /tmp/floor bench/_floor_native.c && /tmp/floor [--coalesce]
+ * --floor-native`. By hand: gcc -O2 -o /tmp/floor bench/_floor_native.c && /tmp/floor [--coalesce|--uring]
  * It prints the relay's listening line (its metrics URL answers nothing) and stops on SIGTERM/SIGINT.
  */
 #define _GNU_SOURCE
@@ -39,6 +50,16 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__has_include)
+#if __has_include(<linux/io_uring.h>)
+#include <linux/io_uring.h>
+#endif
+#endif
+#ifdef IORING_RECV_MULTISHOT   /* headers of Linux 6.0 or later: multishot recv, provided-buffer rings */
+#define HAVE_URING 1
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#endif
 
 /* relay/protocol/frames.py */
 enum {
@@ -86,6 +107,13 @@ struct conn {
     size_t out_len, out_cap;
     struct pending *pend;
     uint32_t npend, cappend;
+    /* --uring: `out` gathers, `flight` is what the SEND in flight reads; they swap when a SEND
+     * starts, so frames produced meanwhile never touch bytes the kernel has yet to copy. */
+    uint8_t *flight;
+    size_t flight_len, flight_off, flight_cap;
+    int sending;               /* a SEND is in flight */
+    int receiving;             /* the multishot RECV is armed */
+    int closed;                /* closed: the struct lives on until its SEND and RECV complete */
 };
 
 static struct conn **conns;    /* by fd */
@@ -95,6 +123,7 @@ static struct conn *buckets[NBUCKETS];
 static int *dirty;             /* fds */
 static int ndirty;
 static int coalesce;
+static int uring;
 static int epfd;
 static uint64_t next_account;
 static volatile sig_atomic_t stop;
@@ -175,7 +204,7 @@ static int flush_out(struct conn *c) {
 
 /* One frame to one connection: written now (default) or at the end of this epoll iteration. */
 static void send_frame(struct conn *c, const uint8_t *frame, size_t n) {
-    if (coalesce) {
+    if (coalesce || uring) {
         append(&c->out, &c->out_len, &c->out_cap, frame, n);
         if (!c->dirty) { c->dirty = 1; dirty[ndirty++] = c->fd; }
         return;
@@ -208,7 +237,10 @@ static uint8_t *put_header(uint8_t *p, uint32_t payload_len, uint8_t type, uint8
     return p + HEADER;
 }
 
+static void uring_close_conn(struct conn *c);
+
 static void close_conn(struct conn *c) {
+    if (uring) { uring_close_conn(c); return; }
     if (c->out_len) (void)write(c->fd, c->out, c->out_len);   /* as transport.close(): last frames out */
     unlink_account(c);
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
@@ -411,6 +443,307 @@ static void on_accept(int lfd) {
     }
 }
 
+/* -- io_uring (--uring) -------------------------------------------------------------------- */
+
+#ifdef HAVE_URING
+#define SQ_ENTRIES 4096        /* SQEs a loop iteration can queue before they are submitted early */
+#define CQ_ENTRIES 65536       /* room for a multishot RECV of every connection and their SENDs */
+#define NBUFS 4096             /* provided receive buffers: more than the frames of one iteration */
+#define BUFSZ 2048             /* a message is ~170 bytes; larger frames span buffers (on_bytes joins them) */
+#define MAX_FIXED (1 << 18)    /* registered-file slots (slot = fd); a connection above it is refused */
+
+/* user_data: the connection's address with the operation in its low bits (calloc aligns to 16).
+ * The address, not fd + generation: a closed connection's struct (and the buffer its SEND reads)
+ * lives on until the kernel has answered each of its operations, so a late completion always
+ * finds valid memory and only has to be recognised as late (c->closed). */
+enum { OP_ACCEPT = 1, OP_RECV = 2, OP_SEND = 3 };
+
+static struct {
+    int fd, enter_fd;          /* enter_fd: the ring's registered index when REGISTER_RING_FDS worked */
+    unsigned enter_flags;
+    unsigned *sq_khead, *sq_ktail, sq_mask, sq_entries, sq_tail;
+    struct io_uring_sqe *sqes;
+    unsigned *cq_khead, *cq_ktail, cq_mask;
+    struct io_uring_cqe *cqes;
+    struct io_uring_buf_ring *br;   /* the provided-buffer ring (group 0) */
+    uint8_t *bufs;
+    unsigned short br_tail;
+    unsigned nfixed;
+    int lfd;
+} R;
+
+static int sys_uring_register(unsigned op, void *arg, unsigned nr) {
+    return (int)syscall(__NR_io_uring_register, R.fd, op, arg, nr);
+}
+
+/* Hand receive buffer `bid` (back) to the kernel; visible once uring_publish_bufs() runs. */
+static void uring_give_buf(unsigned bid) {
+    struct io_uring_buf *b = &R.br->bufs[R.br_tail & (NBUFS - 1)];
+    b->addr = (uint64_t)(uintptr_t)(R.bufs + (size_t)bid * BUFSZ);   /* not b->resv: the tail lives there */
+    b->len = BUFSZ;
+    b->bid = (uint16_t)bid;
+    R.br_tail++;
+}
+
+static void uring_publish_bufs(void) {
+    __atomic_store_n(&R.br->tail, R.br_tail, __ATOMIC_RELEASE);
+}
+
+/* The ring, its registered fd, a sparse table of registered files and the provided buffers.
+ * Returns -1 (errno set, what failed in *what) when this kernel cannot. */
+static int uring_setup(const char **what) {
+    struct io_uring_params p = {0};
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
+              IORING_SETUP_SUBMIT_ALL;
+    p.cq_entries = CQ_ENTRIES;
+    *what = "io_uring_setup";
+    R.fd = (int)syscall(__NR_io_uring_setup, SQ_ENTRIES, &p);
+    if (R.fd < 0) return -1;
+    if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_EXT_ARG)) {
+        *what = "io_uring features (SINGLE_MMAP, EXT_ARG)";
+        errno = ENOSYS;
+        return -1;
+    }
+    size_t sq_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    *what = "mmap of the io_uring rings";
+    uint8_t *q = mmap(NULL, sq_sz > cq_sz ? sq_sz : cq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                      R.fd, IORING_OFF_SQ_RING);
+    if (q == MAP_FAILED) return -1;
+    R.sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                  MAP_SHARED | MAP_POPULATE, R.fd, IORING_OFF_SQES);
+    if (R.sqes == MAP_FAILED) return -1;
+    R.sq_khead = (unsigned *)(q + p.sq_off.head);
+    R.sq_ktail = (unsigned *)(q + p.sq_off.tail);
+    R.sq_mask = *(unsigned *)(q + p.sq_off.ring_mask);
+    R.sq_entries = p.sq_entries;
+    unsigned *array = (unsigned *)(q + p.sq_off.array);
+    for (unsigned i = 0; i < p.sq_entries; i++) array[i] = i;    /* SQE i is always slot i */
+    R.sq_tail = *R.sq_ktail;
+    R.cq_khead = (unsigned *)(q + p.cq_off.head);
+    R.cq_ktail = (unsigned *)(q + p.cq_off.tail);
+    R.cq_mask = *(unsigned *)(q + p.cq_off.ring_mask);
+    R.cqes = (struct io_uring_cqe *)(q + p.cq_off.cqes);
+
+    /* The ring's own fd registered too: io_uring_enter then takes no file reference either. */
+    struct io_uring_rsrc_update ru = {.offset = -1U, .data = (uint64_t)R.fd};
+    R.enter_fd = R.fd;
+    if (sys_uring_register(IORING_REGISTER_RING_FDS, &ru, 1) == 1) {
+        R.enter_fd = (int)ru.offset;
+        R.enter_flags = IORING_ENTER_REGISTERED_RING;
+    }
+
+    R.nfixed = max_fds < MAX_FIXED ? (unsigned)max_fds : MAX_FIXED;
+    struct io_uring_rsrc_register rr = {.nr = R.nfixed, .flags = IORING_RSRC_REGISTER_SPARSE};
+    *what = "IORING_REGISTER_FILES2 (sparse)";
+    if (sys_uring_register(IORING_REGISTER_FILES2, &rr, sizeof rr) < 0) return -1;
+
+    *what = "IORING_REGISTER_PBUF_RING";
+    R.br = mmap(NULL, NBUFS * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                -1, 0);
+    R.bufs = malloc((size_t)NBUFS * BUFSZ);
+    if (R.br == MAP_FAILED || !R.bufs) return -1;
+    struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)R.br, .ring_entries = NBUFS, .bgid = 0};
+    if (sys_uring_register(IORING_REGISTER_PBUF_RING, &reg, 1) < 0) return -1;
+    for (unsigned bid = 0; bid < NBUFS; bid++) uring_give_buf(bid);   /* published by uring_loop() */
+    return 0;
+}
+
+/* Submit what is queued and, with a timeout, wait for `min_complete` completions or that long.
+ * Returns the syscall's result (-1 and errno on error). */
+static int uring_enter(unsigned min_complete, long long timeout_ns) {
+    unsigned to_submit = R.sq_tail - *R.sq_khead;   /* the kernel moves the head only inside enter */
+    __atomic_store_n(R.sq_ktail, R.sq_tail, __ATOMIC_RELEASE);
+    if (timeout_ns < 0)
+        return (int)syscall(__NR_io_uring_enter, R.enter_fd, to_submit, 0, R.enter_flags, NULL, 0);
+    struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+    struct io_uring_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
+    return (int)syscall(__NR_io_uring_enter, R.enter_fd, to_submit, min_complete,
+                        R.enter_flags | IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+}
+
+static struct io_uring_sqe *uring_sqe(void) {
+    while (R.sq_tail - __atomic_load_n(R.sq_khead, __ATOMIC_ACQUIRE) >= R.sq_entries)
+        if (uring_enter(0, -1) < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) die("io_uring_enter");
+    struct io_uring_sqe *sqe = &R.sqes[R.sq_tail++ & R.sq_mask];
+    memset(sqe, 0, sizeof *sqe);
+    return sqe;
+}
+
+static void uring_arm_accept(void) {
+    struct io_uring_sqe *sqe = uring_sqe();
+    sqe->opcode = IORING_OP_ACCEPT;
+    sqe->fd = R.lfd;
+    sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+    sqe->accept_flags = SOCK_CLOEXEC;   /* blocking sockets: io_uring never blocks on them, and the
+                                           best-effort send at close says MSG_DONTWAIT itself */
+    sqe->user_data = OP_ACCEPT;
+}
+
+static void uring_arm_recv(struct conn *c) {
+    struct io_uring_sqe *sqe = uring_sqe();
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = c->fd;                    /* the registered-file slot (slot = fd) */
+    sqe->flags = IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+    sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->buf_group = 0;
+    sqe->user_data = (uint64_t)(uintptr_t)c | OP_RECV;
+    c->receiving = 1;
+}
+
+/* SEND of flight[flight_off, flight_len): a new batch or the rest of a short send. */
+static void uring_send(struct conn *c) {
+    struct io_uring_sqe *sqe = uring_sqe();
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = c->fd;
+    sqe->flags = IOSQE_FIXED_FILE;
+    sqe->addr = (uint64_t)(uintptr_t)(c->flight + c->flight_off);
+    sqe->len = (uint32_t)(c->flight_len - c->flight_off);
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;   /* WAITALL: the kernel itself retries a partial send */
+    sqe->user_data = (uint64_t)(uintptr_t)c | OP_SEND;
+    c->sending = 1;
+}
+
+/* Start a SEND of what `out` gathered: swap it into `flight`. Returns 1 when one was queued. */
+static int uring_start_send(struct conn *c) {
+    if (c->sending || !c->out_len) return 0;
+    uint8_t *b = c->flight;
+    size_t cap = c->flight_cap;
+    c->flight = c->out;
+    c->flight_cap = c->out_cap;
+    c->flight_len = c->out_len;
+    c->flight_off = 0;
+    c->out = b;
+    c->out_cap = cap;
+    c->out_len = 0;
+    uring_send(c);
+    return 1;
+}
+
+static void mark_dirty(struct conn *c) {
+    if (!c->dirty) { c->dirty = 1; dirty[ndirty++] = c->fd; }
+}
+
+/* The struct goes once the kernel has answered its last operation. */
+static void uring_release(struct conn *c) {
+    if (!c->closed || c->sending || c->receiving) return;
+    free(c->flight);
+    free(c);
+}
+
+static void uring_close_conn(struct conn *c) {
+    /* as transport.close(): last frames out, unless a SEND is still in flight (then the socket is
+     * full and they would go out after bytes the kernel has not taken: dropped, as a full socket's) */
+    if (c->out_len && !c->sending) (void)send(c->fd, c->out, c->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    unlink_account(c);
+    /* close() alone would not end the armed RECV (it holds the socket), so the peer would see no
+     * FIN: shutdown ends it (and a SEND waiting for room); their completions release the struct. */
+    shutdown(c->fd, SHUT_RDWR);
+    struct io_uring_files_update fu = {.offset = (unsigned)c->fd, .fds = (uint64_t)(uintptr_t)&(int){-1}};
+    sys_uring_register(IORING_REGISTER_FILES_UPDATE, &fu, 1);
+    close(c->fd);
+    conns[c->fd] = NULL;
+    free(c->in);
+    free(c->out);
+    free(c->pend);
+    c->in = c->out = NULL;
+    c->pend = NULL;
+    c->closed = 1;
+    uring_release(c);
+}
+
+static void uring_on_accept(int res, unsigned flags) {
+    if (!(flags & IORING_CQE_F_MORE)) uring_arm_accept();   /* the multishot ended (an error): again */
+    if (res < 0) return;
+    int fd = res;
+    if (fd >= (int)R.nfixed) { close(fd); return; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct io_uring_files_update fu = {.offset = (unsigned)fd, .fds = (uint64_t)(uintptr_t)&fd};
+    if (sys_uring_register(IORING_REGISTER_FILES_UPDATE, &fu, 1) != 1) { close(fd); return; }
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) die("calloc");
+    c->fd = fd;
+    c->gen = next_gen++;
+    conns[fd] = c;
+    uring_arm_recv(c);
+}
+
+static void uring_on_recv(struct conn *c, int res, unsigned flags) {
+    int more = flags & IORING_CQE_F_MORE;
+    if (!more) c->receiving = 0;
+    if (c->closed) {                    /* late: its buffer goes back, nothing else */
+        if (flags & IORING_CQE_F_BUFFER) uring_give_buf(flags >> IORING_CQE_BUFFER_SHIFT);
+        uring_release(c);
+        return;
+    }
+    if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+        unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+        int bad = on_bytes(c, R.bufs + (size_t)bid * BUFSZ, (size_t)res) < 0;   /* keeps a partial frame */
+        uring_give_buf(bid);
+        if (bad) close_conn(c);
+        else if (!more) uring_arm_recv(c);
+        return;
+    }
+    if (res == -ENOBUFS) {              /* the buffers ran out; this iteration returns them */
+        if (!more) uring_arm_recv(c);
+        return;
+    }
+    close_conn(c);                      /* EOF or error */
+}
+
+static void uring_on_send(struct conn *c, int res) {
+    c->sending = 0;
+    if (c->closed) { uring_release(c); return; }
+    if (res > 0 && (c->flight_off += (size_t)res) < c->flight_len) {
+        uring_send(c);                  /* short: the rest, before anything gathered since */
+        return;
+    }
+    /* done, or broken (the RECV side reports that and closes) */
+    c->flight_len = c->flight_off = 0;
+    if (c->flight_cap > 64 * 1024) { free(c->flight); c->flight = NULL; c->flight_cap = 0; }
+    if (c->out_len) mark_dirty(c);
+}
+
+/* One loop iteration: handle every completion, then queue one SEND per connection that gathered
+ * frames, and submit them in the same io_uring_enter that waits for the next completions. */
+static void uring_loop(void) {
+    uring_arm_accept();
+    uring_publish_bufs();
+    unsigned sends = 0;
+    while (!stop) {
+        /* Wait for one completion more than the SENDs just submitted: most of them complete inline
+         * and post their completion at once, and waiting for 1 would return at once for those, an
+         * extra io_uring_enter per iteration that brings nothing to read. But a SEND that has to
+         * wait for room completes later and may be all that is coming: then 1 ms is the most it
+         * waits. Idle, 1 s (a stop signal interrupts it anyway). */
+        if (uring_enter(sends + 1, sends ? 1000000 : 1000000000) < 0 && errno != EINTR && errno != ETIME &&
+            errno != EAGAIN && errno != EBUSY)
+            die("io_uring_enter");
+        sends = 0;
+        unsigned head = *R.cq_khead, tail = __atomic_load_n(R.cq_ktail, __ATOMIC_ACQUIRE);
+        for (; head != tail; head++) {
+            struct io_uring_cqe *cqe = &R.cqes[head & R.cq_mask];
+            struct conn *c = (struct conn *)(uintptr_t)(cqe->user_data & ~(uint64_t)15);
+            switch (cqe->user_data & 15) {
+            case OP_ACCEPT: uring_on_accept(cqe->res, cqe->flags); break;
+            case OP_RECV: uring_on_recv(c, cqe->res, cqe->flags); break;
+            case OP_SEND: uring_on_send(c, cqe->res); break;
+            }
+        }
+        __atomic_store_n(R.cq_khead, head, __ATOMIC_RELEASE);
+        uring_publish_bufs();
+        for (int i = 0; i < ndirty; i++) {
+            struct conn *c = conns[dirty[i]];
+            if (!c || !c->dirty) continue;
+            c->dirty = 0;
+            sends += (unsigned)uring_start_send(c);
+        }
+        ndirty = 0;
+    }
+}
+#endif
+
 static void on_signal(int sig) {
     (void)sig;
     stop = 1;
@@ -421,10 +754,12 @@ int main(int argc, char **argv) {
     int port = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--coalesce") == 0) coalesce = 1;
+        else if (strcmp(argv[i], "--uring") == 0) uring = 1;
         else if (strcmp(argv[i], "--host") == 0 && i + 1 < argc) host = argv[++i];
         else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) port = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--coalesce] [--host H] [--port P] (unknown argument %s)\n", argv[0], argv[i]);
+            fprintf(stderr, "usage: %s [--coalesce|--uring] [--host H] [--port P] (unknown argument %s)\n", argv[0],
+                    argv[i]);
             return 2;
         }
     }
@@ -458,13 +793,33 @@ int main(int argc, char **argv) {
     if (listen(lfd, 4096) < 0) die("listen");
     socklen_t alen = sizeof addr;
     getsockname(lfd, (struct sockaddr *)&addr, &alen);
+    if (uring) {
+#ifdef HAVE_URING
+        const char *what = "";
+        R.lfd = lfd;
+        if (uring_setup(&what) < 0) {
+            fprintf(stderr, "floor: --uring: %s failed (%s): the epoll path with --coalesce instead\n", what,
+                    strerror(errno));
+            uring = 0;
+            coalesce = 1;
+        }
+#else
+        fprintf(stderr, "floor: --uring: built without <linux/io_uring.h> of Linux 6.0+: the epoll path with "
+                        "--coalesce instead\n");
+        uring = 0;
+        coalesce = 1;
+#endif
+    }
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) die("epoll_create1");
     struct epoll_event lev = {.events = EPOLLIN, .data.fd = lfd};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &lev) < 0) die("epoll_ctl");
     printf("relay: listening=%s:%d metrics=http://127.0.0.1:9/metrics node=floor-native%s\n", host,
-           ntohs(addr.sin_port), coalesce ? "-coalesce" : "");
+           ntohs(addr.sin_port), uring ? "-uring" : coalesce ? "-coalesce" : "");
     fflush(stdout);
+#ifdef HAVE_URING
+    if (uring) uring_loop();
+#endif
 
     struct epoll_event evs[1024];
     while (!stop) {

@@ -604,7 +604,8 @@ def count_syscalls(pid: int, loaders: list[Loader], args: argparse.Namespace, na
 
 
 NATIVE_FLOOR_SRC = REPO / "bench" / "_floor_native.c"
-NATIVE_VARIANTS = {"write": [], "coalesce": ["--coalesce"]}
+NATIVE_VARIANTS = {"write": [], "coalesce": ["--coalesce"], "uring": ["--uring"]}
+NATIVE_GROUPS = {"both": ["write", "coalesce"], "all": list(NATIVE_VARIANTS)}  # --floor-native values that run several
 
 
 def compile_native_floor(dest: Path) -> Path:
@@ -648,10 +649,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--floor", action="store_true",
                     help="also measure the protocol's floor (bench/_floor_relay.py --coalesce) with the same load, "
                          "between the relay and mosquitto (figures on stderr and in --json)")
-    ap.add_argument("--floor-native", nargs="?", const="both", default=None, choices=["both", "write", "coalesce"],
+    ap.add_argument("--floor-native", nargs="?", const="both", default=None,
+                    choices=[*NATIVE_GROUPS, *NATIVE_VARIANTS],
                     help="also measure the protocol's floor in C (bench/_floor_native.c, built with gcc -O2 into a "
                          "temp dir): `write` one write per frame, `coalesce` one write per connection per epoll "
-                         "iteration, `both` (the default) one after the other; figures on stderr and in --json")
+                         "iteration, `uring` io_uring (one SEND per connection per iteration, multishot RECV), "
+                         "`both` (the default: write and coalesce) or `all` one after the other; figures on stderr "
+                         "and in --json")
     ap.add_argument("--syscalls", action="store_true",
                     help="count each server's syscalls per message (perf stat, every thread) over an extra "
                          "closed loop of min(--messages, 20000) after its measured one")
@@ -763,7 +767,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # The same floor in C (epoll, non-blocking sockets, TCP_NODELAY): the least CPU per message
             # any implementation of the four-frame protocol costs here, measured with the same load.
             exe = compile_native_floor(state)
-            for variant in (["write", "coalesce"] if args.floor_native == "both" else [args.floor_native]):
+            for variant in NATIVE_GROUPS.get(args.floor_native, [args.floor_native]):
                 nstate = state / f"native-{variant}"
                 nstate.mkdir()
                 nserver = RelayProcess(nstate, "", command=[str(exe), *NATIVE_VARIANTS[variant]])

@@ -8,6 +8,7 @@ Shape only: its figures are the benchmark's, never asserted on time here.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import re
@@ -21,16 +22,27 @@ from pathlib import Path
 
 import pytest
 
-from bench.relay import compile_native_floor
+from bench.relay import NATIVE_VARIANTS, compile_native_floor
 from relay.client.client import RelayClient
 from relay.client.identity import Identity
 from relay.protocol import DeliveryStatus, FrameType, encode, encode_deliver_ack, encode_frame, encode_send
 from relay.testing import next_address, run
 
 REPO = Path(__file__).resolve().parents[2]
-_LISTENING = re.compile(r"relay: listening=(\S+):(\d+) ")
+_LISTENING = re.compile(r"relay: listening=(\S+):(\d+) .*node=(\S+)")
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
                                 reason="no C compiler (gcc or cc) on this machine to build bench/_floor_native.c")
+
+
+def _io_uring_works() -> bool:
+    """Whether this kernel lets this process set up an io_uring (it may be disabled or filtered)."""
+    params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(425, 8, params)  # __NR_io_uring_setup on x86-64 and arm64
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
 
 
 def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
@@ -38,6 +50,8 @@ def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
     assert proc.stdout is not None
     m = _LISTENING.search(proc.stdout.readline())
     assert m, "the floor did not print its listening line"
+    if "--uring" in cmd and _io_uring_works():  # otherwise it falls back to --coalesce, by design
+        assert m.group(3) == "floor-native-uring", m.group(0)
     return proc, int(m.group(2))
 
 
@@ -56,9 +70,9 @@ def native_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return compile_native_floor(tmp_path_factory.mktemp("floor-native"))
 
 
-@pytest.fixture(params=["write", "coalesce"])
+@pytest.fixture(params=list(NATIVE_VARIANTS))
 def native_port(native_exe: Path, request: pytest.FixtureRequest) -> Iterator[int]:
-    proc, port = _start([str(native_exe), *(["--coalesce"] if request.param == "coalesce" else [])])
+    proc, port = _start([str(native_exe), *NATIVE_VARIANTS[request.param]])
     try:
         yield port
     finally:
@@ -136,8 +150,9 @@ async def _exchange(port: int) -> list[bytes]:
     return out
 
 
-def test_speaks_byte_for_byte_what_the_python_floor_speaks(native_exe: Path) -> None:
-    native, nport = _start([str(native_exe)])
+@pytest.mark.parametrize("variant", list(NATIVE_VARIANTS))
+def test_speaks_byte_for_byte_what_the_python_floor_speaks(native_exe: Path, variant: str) -> None:
+    native, nport = _start([str(native_exe), *NATIVE_VARIANTS[variant]])
     python, pport = _start([sys.executable, "-m", "bench._floor_relay"])
     try:
         got = run(_exchange(nport))
@@ -149,8 +164,9 @@ def test_speaks_byte_for_byte_what_the_python_floor_speaks(native_exe: Path) -> 
     assert got[-2] == b"" and got[4][5] == FrameType.DELIVER
 
 
-def test_bad_frames_close_only_that_connection(native_exe: Path) -> None:
-    proc, port = _start([str(native_exe)])
+@pytest.mark.parametrize("variant", list(NATIVE_VARIANTS))
+def test_bad_frames_close_only_that_connection(native_exe: Path, variant: str) -> None:
+    proc, port = _start([str(native_exe), *NATIVE_VARIANTS[variant]])
 
     async def main() -> None:
         good_r, good_w = await asyncio.open_connection("127.0.0.1", port)
@@ -171,20 +187,21 @@ def test_bad_frames_close_only_that_connection(native_exe: Path) -> None:
         _stop(proc)
 
 
-def test_the_benchmark_measures_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["coalesce", "uring"])
+def test_the_benchmark_measures_it(tmp_path: Path, variant: str) -> None:
     out = tmp_path / "figures.json"
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "sealguard", "bench", "relay", "--users", "10", "--messages", "200",
                            "--half-messages", "50", "--inflight", "20", "--skip-relay", "--skip-mosquitto",
-                           "--floor-native", "coalesce", "--syscalls", "--json", str(out)],
+                           "--floor-native", variant, "--syscalls", "--json", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     native = json.loads(out.read_text())["floor_native"]
-    assert list(native) == ["coalesce"]
-    d = native["coalesce"]
+    assert list(native) == [variant]
+    d = native[variant]
     assert d["connected"] == 10 and d["delivered"] == 200 and d["cpu_us_per_msg"] >= 0
-    assert "floor-native-coalesce CPU per message (closed loop):" in proc.stderr
-    assert "floor-native-coalesce (bench/_floor_native.c, same run): cpu_us_per_msg=" in proc.stderr
+    assert f"floor-native-{variant} CPU per message (closed loop):" in proc.stderr
+    assert f"floor-native-{variant} (bench/_floor_native.c, same run): cpu_us_per_msg=" in proc.stderr
     if "syscalls not counted" not in proc.stderr:  # perf may be missing or not allowed to trace
-        assert d["syscalls_per_msg"] > 0 and "floor-native-coalesce syscalls per message" in proc.stderr
+        assert d["syscalls_per_msg"] > 0 and f"floor-native-{variant} syscalls per message" in proc.stderr
     assert "timed out" not in proc.stderr, proc.stderr[-2000:]
