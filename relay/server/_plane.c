@@ -42,6 +42,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -49,6 +51,12 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#if __has_include(<linux/io_uring.h>)
+#include <linux/io_uring.h>
+#ifdef IORING_RECV_MULTISHOT /* 6.0-era io_uring: multishot accept and recv, provided-buffer rings */
+#define HAVE_URING 1
+#endif
+#endif
 
 /* relay/protocol/frames.py */
 #define VERSION 1
@@ -216,6 +224,12 @@ typedef struct conn {
     int64_t seen_gen, budget;
     uint32_t inflight; /* messages held for this connection as their recipient */
     struct conn *route_next; /* the routes table's chain: a logged-in connection is its account's route */
+    /* io_uring: `out` gathers while a SEND reads `flight` (out's buffer, handed over), flight_off of it
+     * taken so far; the struct outlives its close until the kernel answered each operation on it */
+    uint8_t *flight;
+    size_t flight_len, flight_off, flight_cap;
+    uint8_t sending, receiving, cancelling, closed;
+    struct conn *zombie_next, **zombie_pprev; /* closed, waiting for its last completions */
 } conn_t;
 
 typedef struct pair { struct pair *next; uint8_t key[2 * ACCT]; } pair_t;
@@ -286,6 +300,26 @@ typedef struct {
     conn_t **dirty;
     size_t ndirty, cdirty;
     uint8_t *scratch;
+    /* the thread's I/O: io_uring when this kernel allows it (set up by the thread itself), else epoll */
+    int uring, io_ready; /* io_ready: the thread chose (Plane_init waits for it) */
+    char io_note[160];   /* why not io_uring, when not */
+#ifdef HAVE_URING
+    struct {
+        int fd, enter_fd;
+        unsigned enter_flags;
+        unsigned *sq_khead, *sq_ktail, sq_mask, sq_entries, sq_tail;
+        struct io_uring_sqe *sqes;
+        unsigned *cq_khead, *cq_ktail, cq_mask;
+        struct io_uring_cqe *cqes;
+        void *sq_map, *sqe_map;
+        size_t sq_map_len, sqe_map_len;
+        struct io_uring_buf_ring *br; /* provided receive buffers (group 0) */
+        uint8_t *bufs;
+        unsigned short br_tail;
+        unsigned sends; /* SENDs queued since the last wait */
+    } R;
+#endif
+    conn_t *zombies; /* closed connections whose last completions have not come */
 } Plane;
 
 static inline uint64_t conn_id(conn_t *c) { return ((uint64_t)c->gen << 32) | (uint32_t)c->fd; }
@@ -399,11 +433,166 @@ static held_t *held_take(Plane *p, const uint8_t *mid, uint64_t rid_conn) {
     return NULL;
 }
 
-/* -- writing ------------------------------------------------------------------------------------ */
-static void close_conn(Plane *p, conn_t *c);
+/* -- io_uring ----------------------------------------------------------------------------------- */
+/* Why: per message the plane makes two reads and two writes; with epoll each is a syscall that takes
+ * a reference on its file (the process has several threads) and each ready socket is polled by
+ * epoll_wait, which together cost ~15% of a message (perf). With io_uring, one multishot RECV per
+ * connection fills provided buffers as bytes arrive, and the SENDs a batch gathers go out in the
+ * same io_uring_enter that waits for the next completions: bench/_floor_native.c --uring measured
+ * the protocol's floor at 0.84 × its epoll floor (docs/relay.md). Only this thread submits
+ * (SINGLE_ISSUER, DEFER_TASKRUN: completions run when it waits, no interrupts of the thread); Python's
+ * calls only change state under the mutex, send directly when nothing is in flight, and wake it. */
+#ifdef HAVE_URING
+#define SQ_ENTRIES 4096
+#define CQ_ENTRIES 65536  /* a multishot RECV per connection and their SENDs between two waits */
+#define NBUFS 1024        /* provided buffers, recycled every batch: the pool is 1 MiB, whatever U */
+#define BUFSZ 1024        /* a message is ~170 bytes; longer frames span buffers (carried in rbuf) */
+enum { OP_ACCEPT = 1, OP_RECV = 2, OP_SEND = 3, OP_WAKE = 4, OP_CANCEL = 5 };
 
+static int uring_enter(Plane *p, unsigned min_complete, long long timeout_ns) {
+    unsigned to_submit = p->R.sq_tail - *p->R.sq_khead;
+    __atomic_store_n(p->R.sq_ktail, p->R.sq_tail, __ATOMIC_RELEASE);
+    if (timeout_ns < 0)
+        return (int)syscall(__NR_io_uring_enter, p->R.enter_fd, to_submit, 0, p->R.enter_flags, NULL, 0);
+    struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+    struct io_uring_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
+    return (int)syscall(__NR_io_uring_enter, p->R.enter_fd, to_submit, min_complete,
+                        p->R.enter_flags | IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+}
+
+static struct io_uring_sqe *uring_sqe(Plane *p) {
+    while (p->R.sq_tail - __atomic_load_n(p->R.sq_khead, __ATOMIC_ACQUIRE) >= p->R.sq_entries)
+        if (uring_enter(p, 0, -1) < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) usleep(1000);
+    struct io_uring_sqe *sqe = &p->R.sqes[p->R.sq_tail++ & p->R.sq_mask];
+    memset(sqe, 0, sizeof *sqe);
+    return sqe;
+}
+
+static void uring_give_buf(Plane *p, unsigned bid) {
+    struct io_uring_buf *b = &p->R.br->bufs[p->R.br_tail & (NBUFS - 1)];
+    b->addr = (uint64_t)(uintptr_t)(p->R.bufs + (size_t)bid * BUFSZ);
+    b->len = BUFSZ;
+    b->bid = (uint16_t)bid;
+    p->R.br_tail++;
+}
+static void uring_publish_bufs(Plane *p) { __atomic_store_n(&p->R.br->tail, p->R.br_tail, __ATOMIC_RELEASE); }
+
+static void uring_arm(Plane *p, int opcode, int fd, uint64_t user_data) {
+    struct io_uring_sqe *sqe = uring_sqe(p);
+    sqe->opcode = (uint8_t)opcode;
+    sqe->fd = fd;
+    sqe->user_data = user_data;
+    if (opcode == IORING_OP_ACCEPT) {
+        sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+        sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC; /* non-blocking: Python's direct sends */
+    } else if (opcode == IORING_OP_RECV) {
+        sqe->flags = IOSQE_BUFFER_SELECT;
+        sqe->ioprio = IORING_RECV_MULTISHOT;
+        sqe->buf_group = 0;
+    } else if (opcode == IORING_OP_POLL_ADD) {
+        sqe->len = IORING_POLL_ADD_MULTI;
+        sqe->poll32_events = POLLIN;
+    }
+}
+
+/* The ring, made by the thread that will submit to it; -1 with p->io_note saying why not. */
+static int uring_setup(Plane *p) {
+    struct io_uring_params prm = {0};
+    prm.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
+                IORING_SETUP_SUBMIT_ALL;
+    prm.cq_entries = CQ_ENTRIES;
+    const char *what = "io_uring_setup";
+    p->R.fd = (int)syscall(__NR_io_uring_setup, SQ_ENTRIES, &prm);
+    if (p->R.fd < 0) goto fail;
+    what = "io_uring features (SINGLE_MMAP, EXT_ARG)";
+    if (!(prm.features & IORING_FEAT_SINGLE_MMAP) || !(prm.features & IORING_FEAT_EXT_ARG)) { errno = ENOSYS; goto fail; }
+    size_t sq_sz = prm.sq_off.array + prm.sq_entries * sizeof(unsigned);
+    size_t cq_sz = prm.cq_off.cqes + prm.cq_entries * sizeof(struct io_uring_cqe);
+    what = "mmap of the rings";
+    p->R.sq_map_len = sq_sz > cq_sz ? sq_sz : cq_sz;
+    uint8_t *q = mmap(NULL, p->R.sq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, p->R.fd,
+                      IORING_OFF_SQ_RING);
+    if (q == MAP_FAILED) goto fail;
+    p->R.sq_map = q;
+    p->R.sqe_map_len = prm.sq_entries * sizeof(struct io_uring_sqe);
+    p->R.sqes = mmap(NULL, p->R.sqe_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, p->R.fd,
+                     IORING_OFF_SQES);
+    if (p->R.sqes == MAP_FAILED) goto fail;
+    p->R.sqe_map = p->R.sqes;
+    p->R.sq_khead = (unsigned *)(q + prm.sq_off.head);
+    p->R.sq_ktail = (unsigned *)(q + prm.sq_off.tail);
+    p->R.sq_mask = *(unsigned *)(q + prm.sq_off.ring_mask);
+    p->R.sq_entries = prm.sq_entries;
+    unsigned *array = (unsigned *)(q + prm.sq_off.array);
+    for (unsigned i = 0; i < prm.sq_entries; i++) array[i] = i; /* SQE i is always slot i */
+    p->R.sq_tail = *p->R.sq_ktail;
+    p->R.cq_khead = (unsigned *)(q + prm.cq_off.head);
+    p->R.cq_ktail = (unsigned *)(q + prm.cq_off.tail);
+    p->R.cq_mask = *(unsigned *)(q + prm.cq_off.ring_mask);
+    p->R.cqes = (struct io_uring_cqe *)(q + prm.cq_off.cqes);
+    struct io_uring_rsrc_update ru = {.offset = -1U, .data = (uint64_t)p->R.fd};
+    p->R.enter_fd = p->R.fd; /* registered, io_uring_enter takes no reference on the ring's file */
+    if (syscall(__NR_io_uring_register, p->R.fd, IORING_REGISTER_RING_FDS, &ru, 1) == 1) {
+        p->R.enter_fd = (int)ru.offset;
+        p->R.enter_flags = IORING_ENTER_REGISTERED_RING;
+    }
+    what = "IORING_REGISTER_PBUF_RING";
+    p->R.br = mmap(NULL, NBUFS * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    p->R.bufs = malloc((size_t)NBUFS * BUFSZ);
+    if (p->R.br == MAP_FAILED || !p->R.bufs) goto fail;
+    struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)p->R.br, .ring_entries = NBUFS, .bgid = 0};
+    if (syscall(__NR_io_uring_register, p->R.fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) goto fail;
+    for (unsigned bid = 0; bid < NBUFS; bid++) uring_give_buf(p, bid);
+    uring_publish_bufs(p);
+    uring_arm(p, IORING_OP_ACCEPT, p->lfd, OP_ACCEPT);
+    uring_arm(p, IORING_OP_POLL_ADD, p->wake_fd, OP_WAKE);
+    return 0;
+fail:
+    snprintf(p->io_note, sizeof p->io_note, "%s: %s", what, strerror(errno));
+    return -1;
+}
+
+static void uring_teardown(Plane *p) {
+    if (p->R.fd > 0) close(p->R.fd);
+    if (p->R.sq_map && p->R.sq_map != MAP_FAILED) munmap(p->R.sq_map, p->R.sq_map_len);
+    if (p->R.sqe_map && p->R.sqe_map != MAP_FAILED) munmap(p->R.sqe_map, p->R.sqe_map_len);
+    if (p->R.br && p->R.br != MAP_FAILED) munmap(p->R.br, NBUFS * sizeof(struct io_uring_buf));
+    free(p->R.bufs);
+    memset(&p->R, 0, sizeof p->R);
+}
+#endif
+
+/* -- writing ------------------------------------------------------------------------------------ */
+static __thread int on_plane_thread; /* io_uring: only the plane's thread submits */
+static void close_conn(Plane *p, conn_t *c);
+static void queue_dirty(Plane *p, conn_t *c);
+
+/* Reading follows the connection's state: not while Python paused it, its output waits past the
+ * high-water mark, or it flooded. epoll: the registration (edge-triggered); io_uring: the RECV is
+ * armed or cancelled (by this thread only: Python's changes reach it through the dirty list). */
 static void arm(Plane *p, conn_t *c) {
     int want_in = !(c->paused_py || c->paused_out || c->flooded);
+#ifdef HAVE_URING
+    if (p->uring) {
+        if (on_plane_thread) {
+            if (want_in && !c->receiving) {
+                uring_arm(p, IORING_OP_RECV, c->fd, (uint64_t)(uintptr_t)c | OP_RECV);
+                c->receiving = 1;
+            } else if (!want_in && c->receiving && !c->cancelling) {
+                struct io_uring_sqe *sqe = uring_sqe(p);
+                sqe->opcode = IORING_OP_ASYNC_CANCEL;
+                sqe->addr = (uint64_t)(uintptr_t)c | OP_RECV;
+                sqe->user_data = OP_CANCEL;
+                c->cancelling = 1;
+            }
+        } else {
+            queue_dirty(p, c);
+        }
+        c->in_armed = (uint8_t)want_in;
+        return;
+    }
+#endif
     struct epoll_event ev = {.events = EPOLLET | (want_in ? EPOLLIN : 0) | (c->want_out ? EPOLLOUT : 0),
                              .data.u64 = conn_id(c)};
     epoll_ctl(p->ep, EPOLL_CTL_MOD, c->fd, &ev); /* a MOD polls the socket again: what waits is reported */
@@ -420,10 +609,28 @@ static inline ssize_t sys_recv(int fd, void *buf, size_t len) {
     return syscall(SYS_recvfrom, fd, buf, len, 0, NULL, NULL);
 }
 
-/* Write what waits; 0, or -1 when the connection was closed (error, or a slow consumer). */
-static int flush_out(Plane *p, conn_t *c) {
-    size_t left = c->out.len - c->woff;
+/* Bytes written but not yet taken by the kernel. */
+static size_t waiting(conn_t *c) { return c->out.len - c->woff + c->flight_len - c->flight_off; }
+
+/* Backpressure and the slow-consumer drop, after the waiting bytes changed; -1 when it was dropped. */
+static int after_write(Plane *p, conn_t *c) {
+    size_t left = waiting(c);
+    if (left > p->max_wbuf) { /* it reads nothing we send: drop it */
+        p->slow_consumers++;
+        close_conn(p, c);
+        return -1;
+    }
     int was_out = c->want_out, was_paused = c->paused_out;
+    c->want_out = !p->uring && left > 0;
+    c->paused_out = left > p->high_water; /* backpressure: stop reading a client that does not read */
+    if (c->want_out != was_out || c->paused_out != was_paused) arm(p, c);
+    return 0;
+}
+
+/* Write what `out` holds straight away (a send per call, as long as the kernel takes it): epoll's
+ * way, and io_uring's for Python's writes when no SEND is in flight. */
+static int send_now(Plane *p, conn_t *c) {
+    size_t left = c->out.len - c->woff;
     while (left) {
         ssize_t n = sys_send(c->fd, c->out.p + c->woff, left, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
@@ -443,32 +650,76 @@ static int flush_out(Plane *p, conn_t *c) {
         c->out.len = left;
         c->woff = 0;
     }
-    if (left > p->max_wbuf) { /* it reads nothing we send: drop it */
-        p->slow_consumers++;
-        close_conn(p, c);
-        return -1;
-    }
-    c->want_out = left > 0;
-    c->paused_out = left > p->high_water; /* backpressure: stop reading a client that does not read */
-    if (c->want_out != was_out || c->paused_out != was_paused) arm(p, c);
     return 0;
+}
+
+#ifdef HAVE_URING
+/* A SEND of what `out` gathered: its buffer becomes `flight` (the kernel reads it until the
+ * completion), `out` starts empty. MSG_WAITALL: the kernel itself waits for room and retries. */
+static void uring_send(Plane *p, conn_t *c) {
+    struct io_uring_sqe *sqe = uring_sqe(p);
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = c->fd;
+    sqe->addr = (uint64_t)(uintptr_t)(c->flight + c->flight_off);
+    sqe->len = (uint32_t)(c->flight_len - c->flight_off);
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
+    sqe->user_data = (uint64_t)(uintptr_t)c | OP_SEND;
+    c->sending = 1;
+    p->R.sends++;
+}
+static void uring_start_send(Plane *p, conn_t *c) {
+    if (c->sending || c->out.len == c->woff) return;
+    free(c->flight); /* an empty buffer kept from the last SEND, when `out` had its own */
+    c->flight = c->out.p;
+    c->flight_cap = c->out.cap;
+    c->flight_len = c->out.len;
+    c->flight_off = c->woff;
+    c->out.p = NULL;
+    c->out.len = c->out.cap = c->woff = 0;
+    uring_send(p, c);
+}
+#endif
+
+/* Write what waits; 0, or -1 when the connection was closed (error, or a slow consumer). */
+static int flush_out(Plane *p, conn_t *c) {
+#ifdef HAVE_URING
+    if (p->uring) {
+        if (!on_plane_thread) { /* Python: directly when nothing is in flight */
+            if (!c->sending && send_now(p, c) < 0) return -1;
+            if (c->out.len > c->woff) queue_dirty(p, c); /* the rest: a SEND from the thread */
+        } else {
+            uring_start_send(p, c);
+        }
+        return after_write(p, c);
+    }
+#endif
+    if (send_now(p, c) < 0) return -1;
+    return after_write(p, c);
 }
 
 /* Queue bytes for the end of this batch (the plane's own frames). */
 static int queue_out(Plane *p, conn_t *c, const void *data, size_t n) {
     if (buf_add(&c->out, data, n)) return -1;
-    if (!c->dirty && !c->want_out) {
-        if (p->ndirty == p->cdirty) {
-            size_t cap = p->cdirty ? p->cdirty * 2 : 1024;
-            conn_t **d = realloc(p->dirty, cap * sizeof *d);
-            if (!d) return -1;
-            p->dirty = d;
-            p->cdirty = cap;
-        }
-        p->dirty[p->ndirty++] = c;
-        c->dirty = 1;
-    }
+    if (!c->want_out) queue_dirty(p, c);
     return 0;
+}
+
+/* A connection to look at when the batch ends: its output, and (io_uring) its reading. */
+static void queue_dirty(Plane *p, conn_t *c) {
+    if (c->dirty) return;
+    if (p->ndirty == p->cdirty) {
+        size_t cap = p->cdirty ? p->cdirty * 2 : 1024;
+        conn_t **d = realloc(p->dirty, cap * sizeof *d);
+        if (!d) return;
+        p->dirty = d;
+        p->cdirty = cap;
+    }
+    p->dirty[p->ndirty++] = c;
+    c->dirty = 1;
+    if (p->uring && !on_plane_thread) { /* Python's: wake the thread */
+        uint64_t one = 1;
+        if (write(p->wake_fd, &one, 8) < 0) { /* already signalled */ }
+    }
 }
 
 static void flush_dirty(Plane *p) {
@@ -476,7 +727,7 @@ static void flush_dirty(Plane *p) {
         conn_t *c = p->dirty[i];
         if (!c) continue;
         c->dirty = 0;
-        flush_out(p, c);
+        if (flush_out(p, c) == 0 && p->uring) arm(p, c);
     }
     p->ndirty = 0;
 }
@@ -498,9 +749,28 @@ static void requeue_for(Plane *p, uint64_t id) {
     }
 }
 
+/* The struct itself goes once the kernel has answered its last operation (io_uring; at once with epoll). */
+static void release(Plane *p, conn_t *c) {
+    if (c->sending || c->receiving) return;
+    *c->zombie_pprev = c->zombie_next;
+    if (c->zombie_next) c->zombie_next->zombie_pprev = c->zombie_pprev;
+    free(c->flight);
+    free(c);
+}
+
 static void close_conn(Plane *p, conn_t *c) {
     uint64_t id = conn_id(c);
-    epoll_ctl(p->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    if (p->uring) {
+        /* as transport.close(): the last frames out, unless a SEND is in flight (then the socket is full
+         * and they would follow bytes the kernel has not taken: dropped, as a full socket's are) */
+        if (!c->sending && c->out.len > c->woff)
+            (void)sys_send(c->fd, c->out.p + c->woff, c->out.len - c->woff, MSG_NOSIGNAL | MSG_DONTWAIT);
+        /* close() alone would not end the armed RECV (it holds the socket), so the client would see no
+         * FIN: shutdown ends it, and a SEND waiting for room; their completions release the struct */
+        shutdown(c->fd, SHUT_RDWR);
+    } else {
+        epoll_ctl(p->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    }
     close(c->fd);
     if (c->logged) route_drop(p, c);
     if (c->inflight) requeue_for(p, id); /* before CLOSED: the server queues them, then forgets the connection */
@@ -510,8 +780,14 @@ static void close_conn(Plane *p, conn_t *c) {
     push_event4(p, EV_CLOSED, id, NULL, 0, c->tokens, c->last, c->ftokens, c->flast);
     p->conns[c->fd] = NULL;
     free(c->rbuf);
+    c->rbuf = NULL;
     buf_free(&c->out);
-    free(c);
+    c->closed = 1;
+    c->zombie_next = p->zombies;
+    if (p->zombies) p->zombies->zombie_pprev = &c->zombie_next;
+    c->zombie_pprev = &p->zombies;
+    p->zombies = c;
+    release(p, c);
 }
 
 /* -- the hot path ------------------------------------------------------------------------------- */
@@ -710,35 +986,28 @@ static void push_up(Plane *p, conn_t *c, buf_t *up) {
 }
 
 /* One read and what it holds; the bytes read, or -1 when the connection was closed. */
-static ssize_t read_once(Plane *p, conn_t *c) {
-    ssize_t r;
-    for (;;) {
-        r = sys_recv(c->fd, p->scratch, RBUF);
-        if (r >= 0 || errno != EINTR) break;
-    }
-    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-        close_conn(p, c);
-        return -1;
-    }
-    if (r < 0 || c->flooded) return 0;
+/* The bytes of one read: frames cut and handled, the rest kept for the next; -1 when the connection
+ * was closed. */
+static int on_bytes(Plane *p, conn_t *c, const uint8_t *in, size_t r) {
+    if (c->flooded) return 0;
     buf_t up = {0};
     if (c->raw) { /* after a framing error: everything as read, for Python's FrameReader */
-        buf_add(&up, p->scratch, (size_t)r);
+        buf_add(&up, in, r);
         push_up(p, c, &up);
-        return r;
+        return 0;
     }
-    uint8_t *data;
+    const uint8_t *data;
     size_t n;
     if (c->rlen) {
-        uint8_t *nb = realloc(c->rbuf, c->rlen + (size_t)r);
+        uint8_t *nb = realloc(c->rbuf, c->rlen + r);
         if (!nb) { close_conn(p, c); return -1; }
-        memcpy(nb + c->rlen, p->scratch, (size_t)r);
+        memcpy(nb + c->rlen, in, r);
         c->rbuf = nb;
         data = nb;
-        n = c->rlen + (size_t)r;
+        n = c->rlen + r;
     } else {
-        data = p->scratch;
-        n = (size_t)r;
+        data = in;
+        n = r;
     }
     size_t pos = 0;
     while (n - pos >= 4) {
@@ -788,7 +1057,7 @@ static ssize_t read_once(Plane *p, conn_t *c) {
         c->rbuf = NULL;
         c->rlen = 0;
     } else if (data == c->rbuf) {
-        memmove(c->rbuf, c->rbuf + pos, left);
+        if (pos) memmove(c->rbuf, c->rbuf + pos, left);
         c->rlen = left;
     } else {
         free(c->rbuf);
@@ -797,7 +1066,22 @@ static ssize_t read_once(Plane *p, conn_t *c) {
         memcpy(c->rbuf, data + pos, left);
         c->rlen = left;
     }
-    return r;
+    return 0;
+}
+
+/* epoll: one read into the scratch buffer; the bytes read, or -1 when the connection was closed. */
+static ssize_t read_once(Plane *p, conn_t *c) {
+    ssize_t r;
+    for (;;) {
+        r = sys_recv(c->fd, p->scratch, RBUF);
+        if (r >= 0 || errno != EINTR) break;
+    }
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        close_conn(p, c);
+        return -1;
+    }
+    if (r < 0) return 0;
+    return on_bytes(p, c, p->scratch, (size_t)r) < 0 ? -1 : r;
 }
 
 /* Sockets are edge-triggered (each ready socket is polled once per wait, not again in the next one
@@ -810,6 +1094,35 @@ static void on_readable(Plane *p, conn_t *c) {
 #define ID_LISTEN UINT64_MAX
 #define ID_WAKE (UINT64_MAX - 1)
 
+/* A new connection: its state, its reading armed, and a `connect` event with its peer's address. */
+static void accepted(Plane *p, int fd, const struct sockaddr_storage *ss) {
+    conn_t *c = fd < p->maxfd ? calloc(1, sizeof *c) : NULL;
+    if (!c) { close(fd); return; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->fd = fd;
+    c->gen = ++p->next_gen;
+    c->max_frame = p->max_frame_unauth;
+    c->seen_gen = p->gen;
+    c->last = p->now;
+    p->conns[fd] = c;
+    if (p->uring) {
+        arm(p, c);
+    } else {
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = conn_id(c)};
+        epoll_ctl(p->ep, EPOLL_CTL_ADD, fd, &ev);
+        c->in_armed = 1;
+    }
+    char *peer = calloc(1, INET6_ADDRSTRLEN + 1);
+    if (peer) {
+        if (ss->ss_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, peer, INET6_ADDRSTRLEN);
+        else if (ss->ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, peer, INET6_ADDRSTRLEN);
+    }
+    push_event(p, EV_CONNECT, conn_id(c), peer, peer ? strlen(peer) : 0, 0, 0);
+}
+
 static void on_accept(Plane *p) {
     for (;;) {
         struct sockaddr_storage ss;
@@ -820,27 +1133,7 @@ static void on_accept(Plane *p) {
             if (errno == EMFILE || errno == ENFILE) usleep(10000); /* out of files: do not spin on it */
             return;
         }
-        conn_t *c = fd < p->maxfd ? calloc(1, sizeof *c) : NULL;
-        if (!c) { close(fd); continue; }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        c->fd = fd;
-        c->gen = ++p->next_gen;
-        c->max_frame = p->max_frame_unauth;
-        c->seen_gen = p->gen;
-        c->last = p->now;
-        p->conns[fd] = c;
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = conn_id(c)};
-        epoll_ctl(p->ep, EPOLL_CTL_ADD, fd, &ev);
-        c->in_armed = 1;
-        char *peer = calloc(1, INET6_ADDRSTRLEN + 1);
-        if (peer) {
-            if (ss.ss_family == AF_INET)
-                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, peer, INET6_ADDRSTRLEN);
-            else if (ss.ss_family == AF_INET6)
-                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, peer, INET6_ADDRSTRLEN);
-        }
-        push_event(p, EV_CONNECT, conn_id(c), peer, peer ? strlen(peer) : 0, 0, 0);
+        accepted(p, fd, &ss);
     }
 }
 
@@ -850,29 +1143,43 @@ static void on_accept(Plane *p) {
 #define CHUNK 32
 #define PACE_S 0.00025
 
-static void *run(void *arg) {
-    Plane *p = arg;
+/* At most one wait per PACE_S: when the last one returned less than PACE_S ago, sleep out the rest
+ * first, so the next finds more sockets ready (fewer wakeups, reads and writes a message). A busy
+ * thread, whose batches take longer than PACE_S, never sleeps. */
+static void pace(double woke) {
+    double since = mono_now() - woke;
+    if (since < PACE_S) {
+        struct timespec ts = {0, (long)((PACE_S - since) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Under the mutex at the start of a chunk: 0 when the plane stops. */
+static int chunk_begin(Plane *p) {
+    pthread_mutex_lock(&p->mu);
+    if (!p->running) {
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
+    p->now = mono_now();
+    p->now_ms = wall_ms();
+    return 1;
+}
+static void chunk_end(Plane *p) {
+    flush_dirty(p);
+    if (p->rk) p->rd_poll(p->rk, 0);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void run_epoll(Plane *p) {
     struct epoll_event evs[1024];
     double woke = 0;
     for (;;) {
-        /* At most one wait per PACE_S: when the last one returned less than PACE_S ago, sleep out the
-         * rest first, so the next finds more sockets ready (fewer wakeups, reads and writes a message).
-         * A busy thread, whose batches take longer than PACE_S, never sleeps. */
-        double since = mono_now() - woke;
-        if (since < PACE_S) {
-            struct timespec ts = {0, (long)((PACE_S - since) * 1e9)};
-            nanosleep(&ts, NULL);
-        }
+        pace(woke);
         int n = epoll_wait(p->ep, evs, 1024, 100);
         woke = mono_now();
         for (int start = 0; start < (n > 0 ? n : 1); start += CHUNK) {
-            pthread_mutex_lock(&p->mu);
-            if (!p->running) {
-                pthread_mutex_unlock(&p->mu);
-                return NULL;
-            }
-            p->now = mono_now();
-            p->now_ms = wall_ms();
+            if (!chunk_begin(p)) return;
             for (int i = start; i < n && i < start + CHUNK; i++) {
                 uint64_t id = evs[i].data.u64;
                 if (id == ID_LISTEN) { on_accept(p); continue; }
@@ -886,11 +1193,124 @@ static void *run(void *arg) {
                 if ((evs[i].events & EPOLLOUT) && flush_out(p, c) < 0) continue;
                 if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(p, c);
             }
-            flush_dirty(p);
-            if (p->rk) p->rd_poll(p->rk, 0);
-            pthread_mutex_unlock(&p->mu);
+            chunk_end(p);
         }
     }
+}
+
+#ifdef HAVE_URING
+static void uring_on_accept(Plane *p, int res, unsigned flags) {
+    if (!(flags & IORING_CQE_F_MORE)) uring_arm(p, IORING_OP_ACCEPT, p->lfd, OP_ACCEPT); /* ended: again */
+    if (res < 0) {
+        if (res == -EMFILE || res == -ENFILE) usleep(10000); /* out of files: do not spin on it */
+        return;
+    }
+    struct sockaddr_storage ss = {0};
+    socklen_t sl = sizeof ss;
+    getpeername(res, (struct sockaddr *)&ss, &sl);
+    accepted(p, res, &ss);
+}
+
+static void uring_on_recv(Plane *p, conn_t *c, int res, unsigned flags) {
+    int more = flags & IORING_CQE_F_MORE;
+    if (!more) c->receiving = c->cancelling = 0;
+    if (flags & IORING_CQE_F_BUFFER) {
+        unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+        if (!c->closed && res > 0) on_bytes(p, c, p->R.bufs + (size_t)bid * BUFSZ, (size_t)res);
+        uring_give_buf(p, bid); /* handed back once the batch's completions are all handled */
+        if (c->closed) { release(p, c); return; }
+        if (!more) arm(p, c);
+        return;
+    }
+    if (c->closed) { release(p, c); return; }
+    if (res == -ENOBUFS || res == -ECANCELED || (res > 0 && !more)) { /* out of buffers, or paused */
+        if (!more) arm(p, c);
+        return;
+    }
+    close_conn(p, c); /* end of stream, or an error */
+}
+
+static void uring_on_send(Plane *p, conn_t *c, int res) {
+    c->sending = 0;
+    if (c->closed) { release(p, c); return; }
+    if (res > 0 && (c->flight_off += (size_t)res) < c->flight_len) {
+        uring_send(p, c); /* short: the rest, before anything gathered since */
+        return;
+    }
+    if (res < 0 && res != -EINTR) { close_conn(p, c); return; }
+    c->flight_len = c->flight_off = 0;
+    if (!c->out.p && c->flight_cap <= 64 * 1024) { /* keep one buffer: out's next */
+        c->out.p = c->flight;
+        c->out.cap = c->flight_cap;
+        c->flight = NULL;
+        c->flight_cap = 0;
+    } else {
+        free(c->flight);
+        c->flight = NULL;
+        c->flight_cap = 0;
+    }
+    if (c->out.len > c->woff) queue_dirty(p, c);
+    after_write(p, c);
+}
+
+static void run_uring(Plane *p) {
+    double woke = 0;
+    for (;;) {
+        pace(woke);
+        /* Wait for one completion more than the SENDs just submitted: most complete inline and post
+         * theirs at once, and waiting for one would return with nothing to read. A SEND that waits for
+         * room completes later and may be all that is coming: 1 ms is then the longest wait. */
+        unsigned sends = p->R.sends;
+        p->R.sends = 0;
+        if (uring_enter(p, sends + 1, sends ? 1000000 : 100000000) < 0 && errno != EINTR && errno != ETIME &&
+            errno != EAGAIN && errno != EBUSY)
+            usleep(1000);
+        woke = mono_now();
+        unsigned head = *p->R.cq_khead, tail = __atomic_load_n(p->R.cq_ktail, __ATOMIC_ACQUIRE);
+        do {
+            if (!chunk_begin(p)) return;
+            for (unsigned i = 0; head != tail && i < CHUNK; head++, i++) {
+                struct io_uring_cqe *cqe = &p->R.cqes[head & p->R.cq_mask];
+                conn_t *c = (conn_t *)(uintptr_t)(cqe->user_data & ~(uint64_t)15);
+                switch (cqe->user_data & 15) {
+                case OP_ACCEPT: uring_on_accept(p, cqe->res, cqe->flags); break;
+                case OP_RECV: uring_on_recv(p, c, cqe->res, cqe->flags); break;
+                case OP_SEND: uring_on_send(p, c, cqe->res); break;
+                case OP_WAKE: {
+                    uint64_t v;
+                    if (read(p->wake_fd, &v, 8) < 0) { /* nothing to read: fine */ }
+                    if (!(cqe->flags & IORING_CQE_F_MORE)) uring_arm(p, IORING_OP_POLL_ADD, p->wake_fd, OP_WAKE);
+                    break;
+                }
+                default: break; /* OP_CANCEL: the RECV's own completion says it ended */
+                }
+            }
+            __atomic_store_n(p->R.cq_khead, head, __ATOMIC_RELEASE);
+            uring_publish_bufs(p);
+            chunk_end(p);
+        } while (head != tail);
+    }
+}
+#endif
+
+static void *run(void *arg) {
+    Plane *p = arg;
+    on_plane_thread = 1;
+#ifdef HAVE_URING
+    if (!getenv("SEALGUARD_RELAY_EPOLL") && uring_setup(p) == 0) {
+        p->uring = 1;
+        __atomic_store_n(&p->io_ready, 1, __ATOMIC_RELEASE);
+        run_uring(p);
+        return NULL;
+    }
+    if (getenv("SEALGUARD_RELAY_EPOLL")) snprintf(p->io_note, sizeof p->io_note, "SEALGUARD_RELAY_EPOLL is set");
+    uring_teardown(p);
+#else
+    snprintf(p->io_note, sizeof p->io_note, "built without <linux/io_uring.h> (6.0 or later)");
+#endif
+    __atomic_store_n(&p->io_ready, 1, __ATOMIC_RELEASE);
+    run_epoll(p);
+    return NULL;
 }
 
 /* -- Python ------------------------------------------------------------------------------------- */
@@ -962,6 +1382,9 @@ static int Plane_init(Plane *p, PyObject *args, PyObject *kw) {
     p->running = 1;
     if (pthread_create(&p->thread, NULL, run, p)) { PyErr_SetString(PyExc_OSError, "no thread"); return -1; }
     p->started = 1;
+    Py_BEGIN_ALLOW_THREADS
+    while (!__atomic_load_n(&p->io_ready, __ATOMIC_ACQUIRE)) usleep(100); /* io_uring or epoll: `io` says */
+    Py_END_ALLOW_THREADS
     return 0;
 }
 
@@ -1005,6 +1428,15 @@ static void Plane_dealloc(Plane *p) {
         close(p->wake_fd);
         close(p->notify_fd);
         pthread_mutex_destroy(&p->mu);
+    }
+#ifdef HAVE_URING
+    if (p->uring) uring_teardown(p); /* the kernel is done with the buffers below once the ring is gone */
+#endif
+    while (p->zombies) {
+        conn_t *z = p->zombies;
+        p->zombies = z->zombie_next;
+        free(z->flight);
+        free(z);
     }
     for (int i = 0; i < 3; i++) set_free(&p->sets[i]);
     free(p->conns);
@@ -1358,6 +1790,9 @@ static PyObject *Plane_take_stats(Plane *p, PyObject *unused) {
 }
 
 static PyObject *Plane_fd(Plane *p, void *unused) { return PyLong_FromLong(p->notify_fd); }
+static PyObject *Plane_io(Plane *p, void *unused) {
+    return p->uring ? PyUnicode_FromString("io_uring") : PyUnicode_FromFormat("epoll (%s)", p->io_note);
+}
 
 static PyMethodDef Plane_methods[] = {
     {"poll", (PyCFunction)Plane_poll, METH_NOARGS, "Events since the last poll: (type, connection id, ...)."},
@@ -1384,6 +1819,7 @@ static PyMethodDef Plane_methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Plane_getset[] = {{"fd", (getter)Plane_fd, NULL, "eventfd readable when poll() has events", NULL},
+                                     {"io", (getter)Plane_io, NULL, "io_uring, or epoll and why not io_uring", NULL},
                                      {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject PlaneType = {

@@ -314,7 +314,8 @@ class RelayServer:
         self._every(self.config.purge_interval_s, lambda: self.spawn(self._purge()))
         self._every(self.config.notice_poll_s, lambda: self.spawn(self.enforcer.poll_notices()))
         self._every(self.config.reconcile_interval_s, self.enforcer.reconcile_soon)
-        log.info("relay %s listening on %s:%d", self.config.node, self.host, self.port)
+        log.info("relay %s listening on %s:%d (%s)", self.config.node, self.host, self.port,
+                 f"native data plane, {self.plane.plane.io}" if self.plane is not None else "asyncio data plane")
 
     def _every(self, interval: float, fn: Callable[[], None]) -> None:
         assert self._loop is not None
