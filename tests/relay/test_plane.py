@@ -22,16 +22,32 @@ from relay.testing import eventually, harness, next_address, run
 from sealguard.contracts import Action, Limit, decode, now_ms
 from sealguard.storage import QueuedMessageRow
 
+_URING_SYSCTL = Path("/proc/sys/kernel/io_uring_disabled")
+URING_ALLOWED = _URING_SYSCTL.exists() and _URING_SYSCTL.read_text().strip() == "0"
+
+
+@pytest.fixture(autouse=True, params=["io_uring", "epoll"])
+def io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both of the plane's I/O layers: io_uring, and epoll (where io_uring cannot be
+    set up, or SEALGUARD_RELAY_EPOLL is set)."""
+    if request.param == "epoll":
+        monkeypatch.setenv("SEALGUARD_RELAY_EPOLL", "1")
+    else:
+        monkeypatch.delenv("SEALGUARD_RELAY_EPOLL", raising=False)
+    return str(request.param)
+
 
 def native_sends(h) -> int:  # type: ignore[no-untyped-def]
     h.server.sync_plane()
     return h.server.plane_count("sends")
 
 
-def test_the_plane_serves_messages_with_the_same_acks_signals_and_commitments(tmp: Path) -> None:
+def test_the_plane_serves_messages_with_the_same_acks_signals_and_commitments(tmp: Path, io: str) -> None:
     async def main() -> None:
         async with harness(tmp) as h:
             assert h.server.plane is not None, "the plane is built by `make venv`"
+            if io == "epoll" or URING_ALLOWED:
+                assert h.server.plane.plane.io.startswith(io), h.server.plane.plane.io
             a, b = await h.user(), await h.user()
             mids = [await a.send(b.account_id, f"m{i}".encode()) for i in range(12)]
             got = [(await asyncio.wait_for(b.inbox.get(), 5)).plaintext for _ in mids]
