@@ -49,7 +49,6 @@ from relay.protocol import (
     encode_frame,
     encode_send_ack,
 )
-from relay.server.commitment_blocks import period_of
 from relay.server.connection import FRAME_BUDGET, LOOKUP_COST, PING_COST, Connection
 from relay.server.enforce import DecisionState
 from relay.server.limits import PER_NET_BUCKET, Rate, RateLimiter
@@ -244,8 +243,7 @@ class RelayServer:
         # hashed at send time. Bytes, not a tuple per message: nothing for the DB thread to do in Python
         # (it holds the GIL for none of it) and no object per message for the garbage collector.
         self._commits = bytearray()
-        self._compacting = False  # merging a closed hour's commitment blocks (_purge)
-        self._compacted_period = -1  # the hour (start, ms) whose closed predecessors were last merged
+        self._compacting = False  # compacting commitment blocks (_purge)
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Future[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -1023,17 +1021,15 @@ class RelayServer:
                 os.unlink(self.config.media_dir / blob_id)
             except FileNotFoundError:
                 pass
-        # Report commitments of closed hours: one block per prefix instead of one per flush, looked
-        # for once an hour (and at start). One merge per call, so queue writes (a sender waits on
-        # them) run in between.
-        period = period_of(now)
-        if self._compacting or self._compacted_period == period:
+        # Report commitments: the flushed blocks gathered a chunk at a time (~4 MiB of digests), closed
+        # hours' split into blocks per two-byte prefix — whatever is due, each purge. A bounded step
+        # per call, so queue writes (a sender waits on them) run in between.
+        if self._compacting:
             return
         self._compacting = True
         try:
-            for prefix, closed in await self.run_db(self.store.commitment_periods_to_compact, now):
-                await self.run_db(self.store.compact_commitments, prefix, closed)
-            self._compacted_period = period
+            while await self.run_db(self.store.compact_commitments, now):
+                pass
         finally:
             self._compacting = False
 

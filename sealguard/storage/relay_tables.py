@@ -103,28 +103,43 @@ class MessageCommitmentRow(Base):
 
 
 class CommitmentBlockRow(Base):
-    """A block of report commitments: the sorted 16-byte H(message id, sender, recipient) of one
-    flush (or, once its period has closed, of the whole period) whose first byte is `prefix`.
+    """A block of report commitments: 16-byte H(message id, sender, recipient) that share a prefix
+    (`relay.server.commitment_blocks`), at one of three `level`s:
 
-    One row per flush and prefix instead of one per message (`relay.server.commitment_blocks`).
+    - 0, flushed: one flush's digests whose first byte is `prefix`, sorted — at most 256 rows a
+      flush instead of one per message;
+    - 1, gathered: digests of consecutive flushes of one hour whose first byte is `prefix`
+      (grouped, not sorted) — the first step of compacting an hour, ~4 MiB of digests at a time;
+    - 2, compacted: a closed hour's digests whose first two bytes are `prefix` (0–65,535), sorted —
+      so a report reads 1/65,536 of an hour per message, not 1/256 of the TTL. A block flushed late
+      into an hour already compacted is compacted at the next pass, as more rows of its (prefix,
+      period).
+
     `period` is the start of the hour the block was flushed in; a block expires at that hour's end
     plus the TTL, so a commitment lives at least its TTL and at most one period longer.
 
-    Indexes: (prefix, period) finds a prefix's blocks, for a report (live ones: the expiry is
-    checked on the row — all but a few are live) and for merging a closed period's; expires_at
-    serves expiry. A flush adds one entry per prefix to (prefix, period), one at the end of each
-    prefix's run, so each index that leads with the prefix dirties up to 256 leaf pages per flush:
-    a second one — (period, prefix) or (prefix, expires_at) — cost ~70% more per flush of 1,000
-    digests (5.5 against 3.2 ms); the expiry index is appended to in order."""
+    One table with a `level` column, not a table per level: a report reads every level through the
+    same index, expiry deletes them all with one statement, and the levels differ only in how many
+    bits `prefix` holds and whether the digests are sorted. Indexes: (level, prefix, period, id)
+    finds a report's blocks (the expiry is checked on the row), each first byte's oldest period at
+    a level and the first and last id of its flushed blocks in a period (min()/max() seeks: `id`
+    is in the index for PostgreSQL, whose index entries do not carry it as SQLite's carry the rowid),
+    and one prefix's blocks of a period to compact; expires_at serves expiry. A flush adds one entry
+    per first byte to the first, at the end of each first byte's run of flushed blocks, so an index
+    that leads with the prefix dirties up to 256 leaf pages per flush — those runs stay small and
+    hot, as compaction empties them every hour; a second such index — (period, prefix) or (prefix,
+    expires_at) — cost ~70% more per flush of 1,000 digests (5.5 against 3.2 ms). The expiry index
+    is appended to in order."""
 
     __tablename__ = "commitment_blocks"
-    __table_args__ = (Index("ix_commitment_blocks_prefix_period", "prefix", "period"),)
+    __table_args__ = (Index("ix_commitment_blocks_level_prefix_period", "level", "prefix", "period", "id"),)
 
     # 64-bit on PostgreSQL: up to 256 rows a second would run a 32-bit serial out in ~97 days.
     # SQLite's INTEGER PRIMARY KEY is already 64-bit (and only that spelling is the rowid).
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=True)
-    prefix: Mapped[int] = mapped_column(SmallInteger)  # the digests' first byte, 0-255
+    level: Mapped[int] = mapped_column(SmallInteger)  # 0 flushed, 1 gathered, 2 compacted
+    prefix: Mapped[int] = mapped_column(Integer)  # the digests' first byte, or first two (compacted)
     period: Mapped[int] = mapped_column(Ms)
     expires_at: Mapped[int] = mapped_column(Ms, index=True)
     count: Mapped[int] = mapped_column(Integer)  # digests in the block (`len(digests) // 16`)

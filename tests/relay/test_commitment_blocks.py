@@ -1,6 +1,7 @@
-"""Report commitments in blocks: packing, merging and searching digests (numpy, no database), then
-the store on both backends — a report verifies once and only for the recipient, an expired block
-verifies nothing, a closed hour's blocks merge into one per prefix — and the relay's purge job."""
+"""Report commitments in blocks: packing, splitting and searching digests (numpy, no database),
+then the store on both backends — a report verifies once and only for the recipient, an expired
+block verifies nothing, a closed hour's fresh blocks are compacted into blocks per two-byte prefix
+(late ones at the next pass), expired compacted blocks are purged — and the relay's purge job."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
 
 from relay.server import commitment_blocks as blocks
-from relay.server.store import RelayStore, binary_commitment
+from relay.server.store import COMPACT_DIGESTS, RelayStore, binary_commitment
 from relay.testing import harness, run
 from sealguard.contracts import now_ms
 from sealguard.storage import Base, CommitmentBlockRow, Database, ReportedCommitmentRow
@@ -40,17 +41,45 @@ def test_pack_sorts_in_byte_order_splits_by_first_byte_and_stores_each_digest_on
     assert blocks.pack(b"") == []
 
 
-def test_find_and_merge_keep_digests_that_end_in_nul_bytes() -> None:
-    block = {p: b for p, _, b in blocks.pack(b"".join(EDGES))}[5]
-    wanted = [b"\x05" * 15 + b"\x00", b"\x05" * 14 + b"\x00\x00", b"\x05" * 15 + b"\x02"]
-    found = blocks.find(block, blocks.digests_of(b"".join(wanted)))
-    assert found.tolist() == [True, True, False]
-    assert blocks.find(b"", blocks.digests_of(wanted[0])).tolist() == [False]
+def test_gather_groups_by_first_byte_keeping_every_digest() -> None:
+    flushes = [[os.urandom(16) for _ in range(300)] + EDGES for _ in range(5)]  # the edges five times
+    gathered = blocks.gather([b for f in flushes for _, _, b in blocks.pack(b"".join(f))])
+    every = [d for f in flushes for d in f]
+    assert [p for p, _, _ in gathered] == sorted({d[0] for d in every})  # one block per first byte, in order
+    for prefix, n, digests in gathered:
+        held = [digests[i:i + 16] for i in range(0, len(digests), 16)]
+        assert sorted(held) == sorted(d for d in every if d[0] == prefix) and n == len(held)  # duplicates kept
+    assert blocks.gather([]) == [] and blocks.gather([b""]) == []
+
+
+def test_locate_and_split_keep_digests_that_end_in_nul_bytes() -> None:
+    packed = [b for _, _, b in blocks.pack(b"".join(EDGES))]
+    wanted = [b"\x05" * 15 + b"\x00", b"\x05" * 14 + b"\x00\x00", b"\x05" * 15 + b"\x02", b"\xff" * 16, b"\x00" * 16]
+    holder = {d: i for i, b in enumerate(packed) for d in (b[j:j + 16] for j in range(0, len(b), 16))}
+    assert sorted(blocks.locate(packed, blocks.digests_of(b"".join(wanted)))) == \
+        [(0, holder[wanted[0]]), (1, holder[wanted[1]]), (3, holder[wanted[3]]), (4, holder[wanted[4]])]
+    assert blocks.locate([b""], blocks.digests_of(wanted[0])) == [] and blocks.locate(packed, blocks.digests_of(b"")) == []
+    # any order of blocks and digests; a digest held by several blocks is reported for each; two
+    # wanted digests that share their first 8 bytes are told apart
+    rand = [os.urandom(16) for _ in range(3000)]
+    hay = [b"".join(rand[i:i + 100]) for i in range(0, 3000, 100)] + [rand[5] + EDGES[2]]
+    twins = [rand[5][:8] + bytes(8), rand[5], rand[2999], EDGES[2], EDGES[2][:8] + b"\x05" * 8, os.urandom(16)]
+    assert sorted(blocks.locate(hay, blocks.digests_of(b"".join(twins)))) == [(1, 0), (1, 30), (2, 29), (3, 30)]
     halves = [b for _, _, b in blocks.pack(b"".join(EDGES[:2]))] + [b for _, _, b in blocks.pack(b"".join(EDGES[1:4]))]
-    assert blocks.merge(halves) == (4, b"".join(sorted(EDGES[:4])))
-    many = [np.sort(blocks.digests_of(os.urandom(16 * 50))).tobytes() for _ in range(40)]
-    n, merged = blocks.merge(many)
-    assert merged == b"".join(sorted(b"".join(many)[i:i + 16] for i in range(0, 16 * 2000, 16))) and n == 2000
+    assert blocks.split(halves) == [(0x0505, 4, b"".join(sorted(EDGES[:4])))]
+    assert [(k, n) for k, n, _ in blocks.split([b"".join(sorted(EDGES))])] == \
+        [(0x0000, 2), (0x0505, 4), (0xFFFF, 2)]  # the lowest and highest two-byte prefixes
+    many = [np.sort(blocks.digests_of(os.urandom(16 * 50))).tobytes() for _ in range(400)]
+    runs = blocks.split(many + many[:3])  # digests of several blocks, three of them twice
+    every = sorted(b"".join(many)[i:i + 16] for i in range(0, 16 * 20_000, 16))
+    assert b"".join(r for _, _, r in runs) == b"".join(every) and sum(n for _, n, _ in runs) == 20_000
+    assert [k for k, _, _ in runs] == sorted({d[0] << 8 | d[1] for d in every})  # one run per prefix, in order
+    for key, n, digests in runs:
+        assert {digests[i:i + 2] for i in range(0, len(digests), 16)} == {key.to_bytes(2, "big")}
+        assert len(digests) == 16 * n
+    assert blocks.split([]) == [] and blocks.split([b""]) == []
+    assert blocks.prefixes(blocks.digests_of(b"".join(EDGES[:1] + EDGES[4:7])), 16).tolist() == \
+        [0x0505, 0x0000, 0x0000, 0xFFFF]
 
 
 def _mid_where(pred: Callable[[bytes], bool], sender: str, recipient: str) -> bytes:
@@ -61,11 +90,30 @@ def _mid_where(pred: Callable[[bytes], bool], sender: str, recipient: str) -> by
             return mid
 
 
-def _block_counts(db: Database) -> dict[int, int]:
-    """Blocks per period."""
+def _block_counts(db: Database, *levels: int) -> dict[int, int]:
+    """Blocks of some levels (flushed and gathered: not compacted yet) per period."""
     with db.session() as s:
         return {int(p): int(n) for p, n in s.execute(select(CommitmentBlockRow.period, func.count())
+                                                      .where(CommitmentBlockRow.level.in_(
+                                                          levels or (blocks.FLUSHED, blocks.GATHERED)))
                                                       .group_by(CommitmentBlockRow.period))}
+
+
+def _compacted(db: Database, period: int) -> list[tuple[int, int, int, bytes]]:
+    """The compacted blocks of a period: (prefix, expires_at, count, digests)."""
+    with db.session() as s:
+        return [(int(p), int(e), int(n), bytes(d)) for p, e, n, d in s.execute(
+            select(CommitmentBlockRow.prefix, CommitmentBlockRow.expires_at, CommitmentBlockRow.count,
+                   CommitmentBlockRow.digests)
+            .where(CommitmentBlockRow.level == blocks.COMPACTED, CommitmentBlockRow.period == period))]
+
+
+def _compact_all(store: RelayStore, now: int, budget: int = COMPACT_DIGESTS) -> tuple[int, int]:
+    """Compact until nothing is left: (blocks merged — flushed and gathered —, calls that merged some)."""
+    merged = calls = 0
+    while n := store.compact_commitments(now, budget):
+        merged, calls = merged + n, calls + 1
+    return merged, calls
 
 
 @pytest.mark.postgres
@@ -120,44 +168,155 @@ def test_an_expired_block_verifies_nothing_and_expiry_deletes_it(db_url: str) ->
         db.dispose()
 
 
+def _check_compacted(db: Database, period: int, expiry: dict[bytes, int]) -> None:
+    """The period's compacted blocks hold exactly the digests of `expiry` (digest -> expiry), once
+    each, sorted, in one block per two-byte prefix and expiry, each under its own prefix."""
+    rows = _compacted(db, period)
+    assert sorted((p, e) for p, e, _, _ in rows) == sorted({(d[0] << 8 | d[1], e) for d, e in expiry.items()})
+    held: dict[bytes, int] = {}
+    for prefix, expires_at, n, digests in rows:
+        run = [digests[i:i + 16] for i in range(0, len(digests), 16)]
+        assert run == sorted(run) and len(run) == n
+        assert {d[:2] for d in run} == {prefix.to_bytes(2, "big")}
+        held.update((d, expires_at) for d in run)
+    assert held == expiry and sum(n for _, _, n, _ in rows) == len(expiry)
+
+
 @pytest.mark.postgres
-def test_compaction_merges_a_closed_hour_into_one_block_per_prefix(db_url: str) -> None:
+def test_compaction_cuts_a_closed_hour_by_two_byte_prefix(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        store = RelayStore(db)
+        a, b, c = "a" + "1" * 20, "a" + "2" * 20, "a" + "3" * 20
+        now = now_ms()
+        older, closed, current = (blocks.period_of(now) - k * HOUR for k in (3, 2, 0))
+        # digests at both ends of the key space, and ending in NUL bytes (numpy's S pads with them)
+        edges = [_mid_where(lambda d: d[:2] == b"\x00\x00", a, b), _mid_where(lambda d: d[:2] == b"\xff\xff", a, b),
+                 _mid_where(lambda d: d[0] == 0 and d[-1] == 0, a, b), _mid_where(lambda d: d[-2:] == b"\x00\x00", a, b)]
+        mids = [os.urandom(16) for _ in range(2000)] + edges
+        for i in range(4):  # four flushes of the closed hour (each first byte in each: ~500 digests a flush)
+            store.add_commitments([(m, a, b) for m in mids[i * 501:(i + 1) * 501]], closed + i * 1000, TTL)
+        store.add_commitments([(m, a, b) for m in mids[:10]], closed + 5000, TTL)  # a retried send: again
+        longer = [os.urandom(16) for _ in range(10)]
+        store.add_commitments([(m, a, b) for m in longer], closed + 6000, TTL + 1)  # a node with a longer TTL
+        store.add_commitments([(m, a, b) for m in mids[1500:1510]], now, TTL)  # this hour: left alone
+        old = [os.urandom(16) for _ in range(30)]
+        store.add_commitments([(m, a, b) for m in old], older, TTL)  # an older hour, not compacted yet
+        assert store.file_report(b, a, "spam", mids[:3]) == (3, 3)  # from fresh blocks
+        before = _block_counts(db)
+        # the oldest hour first, a step each: its flushed blocks gathered by first byte, then split
+        assert store.compact_commitments(now, budget=300) == before[older]
+        gathered = len({binary_commitment(m, a, b)[0] for m in old})
+        assert _block_counts(db, blocks.GATHERED) == {older: gathered}
+        assert store.compact_commitments(now, budget=300) == gathered
+        assert older not in _block_counts(db)
+        # then the closed hour's first flushed blocks, in id order
+        assert store.compact_commitments(now, budget=300) > 0
+        mid = {lv: _block_counts(db, lv) for lv in (blocks.FLUSHED, blocks.GATHERED, blocks.COMPACTED)}
+        assert 0 < mid[blocks.GATHERED][closed] <= 256 and 0 < mid[blocks.FLUSHED][closed] < before[closed]
+        assert closed not in mid[blocks.COMPACTED]
+        assert store.file_report(b, a, "spam", mids[3:6] + mids[-6:]) == (9, 9)  # from every level at once
+        # 2,024 digests in the closed hour (with the retried ones), ~8 a first byte: with 300 a call,
+        # ~7 calls gather them and ~7 split them
+        merged, calls = _compact_all(store, now, budget=300)
+        assert merged > mid[blocks.FLUSHED][closed] + mid[blocks.GATHERED][closed] and 8 <= calls <= 16
+        assert _block_counts(db) == {current: before[current]}  # only this hour's fresh blocks are left
+        assert store.compact_commitments(now) == 0
+        ours = {binary_commitment(m, a, b): closed + HOUR + TTL for m in mids}
+        _check_compacted(db, closed, ours | {binary_commitment(m, a, b): closed + HOUR + TTL + 1 for m in longer})
+        _check_compacted(db, older, {binary_commitment(m, a, b): older + HOUR + TTL for m in old})
+        assert store.file_report(b, a, "spam", mids) == (2004, 1992)  # the twelve reported before stay reported
+        assert store.file_report(b, a, "spam", mids) == (2004, 0)
+        assert store.file_report(b, a, "spam", old + longer) == (40, 40)
+        assert store.file_report(a, b, "spam", edges) == (4, 0)  # the sender is not the recipient
+        assert store.file_report(c, a, "spam", edges) == (4, 0)  # nor is a bystander
+        with db.session() as s:  # stored whole, trailing NUL bytes included
+            assert {binary_commitment(m, a, b) for m in edges} <= set(s.scalars(select(ReportedCommitmentRow.commitment)))
+    finally:
+        db.dispose()
+
+
+@pytest.mark.postgres
+def test_the_current_hour_is_gathered_a_full_chunk_at_a_time(db_url: str) -> None:
     db = Database(db_url)
     try:
         store = RelayStore(db)
         a, b = "a" + "1" * 20, "a" + "2" * 20
         now = now_ms()
-        closed, current = blocks.period_of(now) - 2 * HOUR, blocks.period_of(now)
-        mids = [os.urandom(16) for _ in range(2000)]
-        for i in range(4):  # four flushes of the closed hour (each prefix in each: 500 digests a flush)
-            store.add_commitments([(m, a, b) for m in mids[i * 500:(i + 1) * 500]], closed + i * 1000, TTL)
-        store.add_commitments([(m, a, b) for m in mids[:10]], closed + 5000, TTL + 1)  # again, a later expiry
-        store.add_commitments([(m, a, b) for m in mids[1500:1510]], now, TTL)  # this hour: left alone
-        assert store.file_report(b, a, "spam", mids[:3]) == (3, 3)
-        before = _block_counts(db)
-        todo = store.commitment_periods_to_compact(now)
-        assert {t for _, t in todo} == {closed} and len(todo) > 200
-        merged = sum(store.compact_commitments(p, t) for p, t in todo)
-        prefixes = {binary_commitment(m, a, b)[0] for m in mids}
-        after = _block_counts(db)
-        assert after == {closed: len(prefixes), current: before[current]}
-        assert merged == before[closed] - (len(prefixes) - len(todo))  # every block of a prefix with several
+        current = blocks.period_of(now)
+        mids = [os.urandom(16) for _ in range(1000)]
+        for i in range(10):  # ten flushes of 100 this hour
+            store.add_commitments([(m, a, b) for m in mids[i * 100:(i + 1) * 100]], current + i, TTL)
+        flushed = _block_counts(db, blocks.FLUSHED)[current]
+        assert _compact_all(store, now, budget=2000) == (0, 0)  # not a full chunk yet: left as flushed
+        merged, calls = _compact_all(store, now, budget=350)  # four flushes a chunk: two chunks, two left
+        assert calls == 2 and 0 < _block_counts(db, blocks.FLUSHED)[current] < flushed - merged + 256
+        assert _block_counts(db, blocks.GATHERED)[current] <= 2 * 256
+        assert _block_counts(db, blocks.COMPACTED) == {}  # the hour is open: nothing split
+        assert store.file_report(b, a, "spam", mids[::7]) == (143, 143)  # gathered and flushed blocks alike
+        assert store.file_report(b, a, "spam", mids[::7]) == (143, 0)
+        # once the hour has closed: the rest gathered, then all of it split
+        later = now + HOUR
+        _compact_all(store, later)
+        assert _block_counts(db) == {}
+        _check_compacted(db, current, {binary_commitment(m, a, b): current + HOUR + TTL for m in mids})
+        assert store.file_report(b, a, "spam", mids) == (1000, 1000 - 143)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_late_block_of_a_compacted_hour_is_compacted_at_the_next_pass(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        store = RelayStore(db)
+        a, b = "a" + "1" * 20, "a" + "2" * 20
+        now = now_ms()
+        closed = blocks.period_of(now) - HOUR
+        mids = [os.urandom(16) for _ in range(500)]
+        store.add_commitments([(m, a, b) for m in mids], closed + 10, TTL)
+        fresh = _block_counts(db)[closed]
+        assert _compact_all(store, now) == (fresh + len({binary_commitment(m, a, b)[0] for m in mids}), 2)
+        assert _block_counts(db) == {} and len(_compacted(db, closed)) > 400
+        # flushed late (another node's clock, a flush that crossed the hour): a digest under a two-byte
+        # prefix the hour's compacted blocks hold already, and one that ends in NUL bytes
+        taken = {binary_commitment(m, a, b)[:2] for m in mids}
+        late = [_mid_where(lambda d: d[:2] in taken, a, b), _mid_where(lambda d: d[-1] == 0, a, b), os.urandom(16)]
+        store.add_commitments([(m, a, b) for m in late + mids[:5]], closed + HOUR - 1, TTL)  # some again
+        assert _block_counts(db) == {closed: len({binary_commitment(m, a, b)[0] for m in late + mids[:5]})}
+        assert store.file_report(b, a, "spam", late[:1]) == (1, 1)  # found among the fresh blocks
+        merged, calls = _compact_all(store, now_ms())  # gathered (one block each), then split
+        assert calls == 2 and merged == 2 * len({binary_commitment(m, a, b)[0] for m in late + mids[:5]})
+        assert _block_counts(db) == {}
+        rows = _compacted(db, closed)
+        assert len([p for p, _, _, _ in rows if p == int.from_bytes(binary_commitment(late[0], a, b)[:2], "big")]) == 2
+        assert sum(n for _, _, n, _ in rows) == 500 + 3 + 5  # the retried five are kept twice, in two rows
+        assert store.file_report(b, a, "spam", late + mids) == (503, 502)
+        assert store.file_report(b, a, "spam", late + mids) == (503, 0)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.postgres
+def test_expired_compacted_blocks_are_purged(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        store = RelayStore(db)
+        a, b = "a" + "1" * 20, "a" + "2" * 20
+        now = now_ms()
+        closed = blocks.period_of(now) - 2 * HOUR
+        short, long = [os.urandom(16) for _ in range(200)], [os.urandom(16) for _ in range(100)]
+        store.add_commitments([(m, a, b) for m in short], closed, 0)  # expired at the end of its hour
+        store.add_commitments([(m, a, b) for m in long], closed, 4 * HOUR)
+        assert _compact_all(store, now)[0] > 0 and _block_counts(db) == {}
+        assert store.file_report(b, a, "spam", short + long[:1]) == (201, 1)  # the expired ones verify nothing
+        assert store.purge_expired(now)[1] == 200  # a compacted block counts its digests too
+        assert {e for _, e, _, _ in _compacted(db, closed)} == {closed + HOUR + 4 * HOUR}
+        assert store.purge_expired(now + 4 * HOUR)[1] == 100
         with db.session() as s:
-            rows = s.execute(select(CommitmentBlockRow.prefix, CommitmentBlockRow.expires_at,
-                                    CommitmentBlockRow.count, CommitmentBlockRow.digests)
-                             .where(CommitmentBlockRow.period == closed)).all()
-        assert len({r[0] for r in rows}) == len(rows)  # one block per prefix
-        assert sum(r[2] for r in rows) == 2000  # each digest once
-        for prefix, expires_at, n, digests in rows:
-            expect = sorted(binary_commitment(m, a, b) for m in mids if binary_commitment(m, a, b)[0] == prefix)
-            assert digests == b"".join(expect) and n == len(expect)
-            expected_expiry = closed + HOUR + TTL + (1 if any(binary_commitment(m, a, b)[0] == prefix
-                                                               for m in mids[:10]) else 0)
-            assert expires_at == expected_expiry  # the latest of the merged blocks'
-        assert store.commitment_periods_to_compact(now) == []
-        assert store.compact_commitments(0, current - 10 * HOUR) == 0  # nothing there: nothing written
-        assert store.file_report(b, a, "spam", mids) == (2000, 1997)  # the three reported before stay reported
-        assert store.file_report(b, a, "spam", mids[:3]) == (3, 0)
+            assert s.scalar(select(func.count()).select_from(CommitmentBlockRow)) == 0
+            assert s.scalar(select(func.count()).select_from(ReportedCommitmentRow)) == 0  # expired with its block
+        assert store.file_report(b, a, "spam", long) == (100, 0)
     finally:
         db.dispose()
 
@@ -200,10 +359,12 @@ def test_the_relay_purge_job_compacts_closed_hours(tmp: Path) -> None:
             for i in range(3):  # flushes of the last hour, as another node (or this one) wrote them
                 h.server.store.add_commitments([(m, a.account_id, b.account_id) for m in old[i * 200:(i + 1) * 200]],
                                                closed + i, TTL)
-            prefixes = {binary_commitment(m, a.account_id, b.account_id)[0] for m in old}
-            assert _block_counts(h.db)[closed] > len(prefixes)
+            firsts = {binary_commitment(m, a.account_id, b.account_id)[0] for m in old}
+            assert _block_counts(h.db)[closed] > len(firsts)
             await h.server._purge()
-            assert _block_counts(h.db)[closed] == len(prefixes)
+            assert closed not in _block_counts(h.db)
+            assert len(_compacted(h.db, closed)) == len({binary_commitment(m, a.account_id, b.account_id)[:2]
+                                                         for m in old})
             assert await b.report(a.account_id, mids) == 3  # this hour's, flushed by the report
             assert h.server.store.file_report(b.account_id, a.account_id, "spam", old) == (600, 600)
 

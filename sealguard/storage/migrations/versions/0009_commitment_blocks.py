@@ -6,6 +6,9 @@ Create Date: 2026-11-29
 
 A branch of its own off 0001 (like 0004_moderation, 0008_cluster); `upgrade heads` applies it.
 message_commitments stays: reports still read its rows, which expire within their 30-day TTL.
+commitment_blocks holds blocks of three levels — a flush's digests of one first byte, consecutive
+flushes' of a closed hour regrouped by first byte, a closed hour's of one two-byte prefix —, all found
+by (level, prefix, period, id).
 """
 import sqlalchemy as sa
 from alembic import op
@@ -19,7 +22,8 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('commitment_blocks',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('prefix', sa.SmallInteger(), nullable=False),
+    sa.Column('level', sa.SmallInteger(), nullable=False),
+    sa.Column('prefix', sa.Integer(), nullable=False),
     sa.Column('period', sa.BigInteger(), nullable=False),
     sa.Column('expires_at', sa.BigInteger(), nullable=False),
     sa.Column('count', sa.Integer(), nullable=False),
@@ -28,7 +32,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('commitment_blocks', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_commitment_blocks_expires_at'), ['expires_at'], unique=False)
-        batch_op.create_index('ix_commitment_blocks_prefix_period', ['prefix', 'period'], unique=False)
+        batch_op.create_index('ix_commitment_blocks_level_prefix_period', ['level', 'prefix', 'period', 'id'], unique=False)
 
     op.create_table('reported_commitments',
     sa.Column('commitment', sa.LargeBinary(length=16), nullable=False),
@@ -45,7 +49,7 @@ def downgrade() -> None:
 
     op.drop_table('reported_commitments')
     with op.batch_alter_table('commitment_blocks', schema=None) as batch_op:
-        batch_op.drop_index('ix_commitment_blocks_prefix_period')
+        batch_op.drop_index('ix_commitment_blocks_level_prefix_period')
         batch_op.drop_index(batch_op.f('ix_commitment_blocks_expires_at'))
 
     op.drop_table('commitment_blocks')
