@@ -7,7 +7,7 @@ share one index, (level, prefix, period):
 - `FLUSHED`: a flush's digests, sorted and cut by their first byte (`pack`): at most 256 rows a
   flush, cheap to write — but an hour holds up to 3,600 of them per first byte;
 - `GATHERED`: flushed blocks taken in id order — consecutive flushes, so the rows deleted sit
-  together in the table — and regrouped by first byte (`gather`): one row per first byte per ~4 MiB
+  together in the table — and regrouped by first byte (`gather`): one row per first byte per ~1 MiB
   of digests, the current hour's as soon as a chunk is full; kept until their hour has closed;
 - `COMPACTED`: a closed hour's gathered blocks of one first byte merged, sorted and cut by their
   first *two* bytes (`split`): up to 65,536 rows per hour, each 1/65,536 of the hour's digests.

@@ -76,6 +76,7 @@ _PONG = int(FrameType.PONG)
 _time_ns = time.time_ns
 _blake2b = hashlib.blake2b  # the commitment: store.binary_commitment, inlined on the hot path
 _CLIENT_KINDS = {k.value: k for k in ClientKind}
+COMPACT_PAUSE_S = 0.2  # between two steps of compacting report commitments (_purge)
 
 
 class RelayError(Exception):
@@ -1021,15 +1022,16 @@ class RelayServer:
                 os.unlink(self.config.media_dir / blob_id)
             except FileNotFoundError:
                 pass
-        # Report commitments: the flushed blocks gathered a chunk at a time (~4 MiB of digests), closed
+        # Report commitments: the flushed blocks gathered a chunk at a time (~1 MiB of digests), closed
         # hours' split into blocks per two-byte prefix — whatever is due, each purge. A bounded step
-        # per call, so queue writes (a sender waits on them) run in between.
+        # per call, so queue writes (a sender waits on them) run in between, and a pause after each, so
+        # compacting is a trickle of short bursts rather than a core taken from delivery for seconds.
         if self._compacting:
             return
         self._compacting = True
         try:
             while await self.run_db(self.store.compact_commitments, now):
-                pass
+                await asyncio.sleep(COMPACT_PAUSE_S)
         finally:
             self._compacting = False
 

@@ -81,7 +81,7 @@ _OLDEST = ("(SELECT min(period) FROM commitment_blocks WHERE level = {0} AND pre
            "(SELECT min(period) FROM commitment_blocks WHERE level = {1} AND prefix = p)")
 _ID_RANGE = ("(SELECT min(id) FROM commitment_blocks WHERE level = {0} AND prefix = p AND period = {1}), "
              "(SELECT max(id) FROM commitment_blocks WHERE level = {0} AND prefix = p AND period = {1})")
-COMPACT_DIGESTS = 1 << 18  # digests a call of `compact_commitments` aims at (4 MiB; see there)
+COMPACT_DIGESTS = 1 << 16  # digests a call of `compact_commitments` aims at (1 MiB; see there)
 COMPACT_ROWS = 1 << 14  # and the most blocks it deletes (flushed ones of 1,000 messages a second hold ~4)
 _FIND_ROWS = 512  # blocks a report scans at once (≤ 16 KB each: flushed ~1–2 KB, compacted ~10–30 KB at 12–30k msg/s)
 
@@ -404,7 +404,7 @@ class RelayStore:
           time (spread over the whole hour) cost 16. In the current period only a full chunk is
           gathered, so a report reads at most a chunk's worth of flushed blocks per first byte (at
           12,000 messages a second, 22 flushes' worth: ~0.2 s of messages) plus one gathered block
-          per ~4 MiB of the hour's digests;
+          per ~1 MiB of the hour's digests;
         - split, for a closed period once its flushed blocks are gathered: the gathered blocks of
           a run of first bytes, until about `budget` digests or up to `COMPACT_ROWS / 4` rows could
           come out, are deleted (one DELETE per first byte) and written back sorted, one compacted
@@ -412,8 +412,10 @@ class RelayStore:
           `executemany`).
 
         The oldest closed period goes first, then the current one. Each step holds the DB thread
-        for at most ~0.1–0.3 s, so the flushes run in between; at 12,000 messages a second an hour
-        is ~170 gather steps and ~130 split steps. A block flushed late into a period already
+        for a few tens of ms (1 MiB of digests; 4 MiB steps took 0.1–0.2 s, and on a 2-core machine a
+        burst that long took a core from message delivery for longer than the open loop's p99 allows),
+        so the flushes run in between; at 12,000 messages a second an hour is ~700 gather steps and
+        ~500 split steps. A block flushed late into a period already
         compacted is gathered and split at the next pass, into more rows of its (prefix, period).
         Blocks are deleted first (RETURNING their digests), so two nodes compacting at once each
         write back only what they deleted — nothing is lost or kept twice; blocks of different

@@ -109,7 +109,7 @@ class CommitmentBlockRow(Base):
     - 0, flushed: one flush's digests whose first byte is `prefix`, sorted — at most 256 rows a
       flush instead of one per message;
     - 1, gathered: digests of consecutive flushes of one hour whose first byte is `prefix`
-      (grouped, not sorted) — the first step of compacting an hour, ~4 MiB of digests at a time;
+      (grouped, not sorted) — the first step of compacting an hour, ~1 MiB of digests at a time;
     - 2, compacted: a closed hour's digests whose first two bytes are `prefix` (0–65,535), sorted —
       so a report reads 1/65,536 of an hour per message, not 1/256 of the TTL. A block flushed late
       into an hour already compacted is compacted at the next pass, as more rows of its (prefix,
