@@ -18,8 +18,8 @@ up: venv
 test: venv chromium
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# The relay's native data plane (relay/server/_plane.c) is built beside its source with gcc; it is
-# rebuilt only when the source is newer. Without it the relay runs its asyncio data plane.
+# The relay's native data plane (relay/server/_plane.c, _uring.h) is built beside its source with gcc; it is
+# rebuilt only when a source is newer. Without it the relay runs its asyncio data plane.
 venv: $(VENV)/.synced
 	@$(VENV)/bin/python relay/server/build_plane.py >/dev/null
 

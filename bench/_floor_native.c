@@ -26,8 +26,8 @@
  * lookup per operation; one multishot ACCEPT; one multishot RECV per connection into a ring of
  * provided buffers, so receiving costs no submission at all; SINGLE_ISSUER|DEFER_TASKRUN, so the
  * completions run in this thread when it waits, never as IPIs or task work that interrupts it.
- * No liburing: raw syscalls and the ring helpers below. Falls back to --coalesce (with a message on
- * stderr) when io_uring is unavailable.
+ * No liburing: raw syscalls and the relay plane's ring helpers (relay/server/_uring.h). Falls back
+ * to --coalesce (with a message on stderr) when io_uring is unavailable.
  *
  * Built by the benchmark itself (`gcc -O2`, into a temp dir): `sealguard bench relay
  * --floor-native`. By hand: gcc -O2 -o /tmp/floor bench/_floor_native.c && /tmp/floor [--coalesce|--uring]
@@ -50,16 +50,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#if defined(__has_include)
-#if __has_include(<linux/io_uring.h>)
-#include <linux/io_uring.h>
-#endif
-#endif
-#ifdef IORING_RECV_MULTISHOT   /* headers of Linux 6.0 or later: multishot recv, provided-buffer rings */
-#define HAVE_URING 1
-#include <sys/mman.h>
-#include <sys/syscall.h>
-#endif
+#include "../relay/server/_uring.h"   /* the relay plane's ring helpers; HAVE_URING with Linux 6.0+ headers */
 
 /* relay/protocol/frames.py */
 enum {
@@ -458,122 +449,24 @@ static void on_accept(int lfd) {
  * finds valid memory and only has to be recognised as late (c->closed). */
 enum { OP_ACCEPT = 1, OP_RECV = 2, OP_SEND = 3 };
 
-static struct {
-    int fd, enter_fd;          /* enter_fd: the ring's registered index when REGISTER_RING_FDS worked */
-    unsigned enter_flags;
-    unsigned *sq_khead, *sq_ktail, sq_mask, sq_entries, sq_tail;
-    struct io_uring_sqe *sqes;
-    unsigned *cq_khead, *cq_ktail, cq_mask;
-    struct io_uring_cqe *cqes;
-    struct io_uring_buf_ring *br;   /* the provided-buffer ring (group 0) */
-    uint8_t *bufs;
-    unsigned short br_tail;
-    unsigned nfixed;
-    int lfd;
-} R;
+static ring_t R;
+static unsigned nfixed;        /* registered-file slots (slot = fd) */
+static int ring_lfd;
 
-static int sys_uring_register(unsigned op, void *arg, unsigned nr) {
-    return (int)syscall(__NR_io_uring_register, R.fd, op, arg, nr);
-}
-
-/* Hand receive buffer `bid` (back) to the kernel; visible once uring_publish_bufs() runs. */
-static void uring_give_buf(unsigned bid) {
-    struct io_uring_buf *b = &R.br->bufs[R.br_tail & (NBUFS - 1)];
-    b->addr = (uint64_t)(uintptr_t)(R.bufs + (size_t)bid * BUFSZ);   /* not b->resv: the tail lives there */
-    b->len = BUFSZ;
-    b->bid = (uint16_t)bid;
-    R.br_tail++;
-}
-
-static void uring_publish_bufs(void) {
-    __atomic_store_n(&R.br->tail, R.br_tail, __ATOMIC_RELEASE);
-}
-
-/* The ring, its registered fd, a sparse table of registered files and the provided buffers.
- * Returns -1 (errno set, what failed in *what) when this kernel cannot. */
+/* The ring, a sparse table of registered files and the provided buffers; -1 (errno set, what
+ * failed in *what) when this kernel cannot. */
 static int uring_setup(const char **what) {
-    struct io_uring_params p = {0};
-    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
-              IORING_SETUP_SUBMIT_ALL;
-    p.cq_entries = CQ_ENTRIES;
-    *what = "io_uring_setup";
-    R.fd = (int)syscall(__NR_io_uring_setup, SQ_ENTRIES, &p);
-    if (R.fd < 0) return -1;
-    if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_EXT_ARG)) {
-        *what = "io_uring features (SINGLE_MMAP, EXT_ARG)";
-        errno = ENOSYS;
-        return -1;
-    }
-    size_t sq_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-    size_t cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-    *what = "mmap of the io_uring rings";
-    uint8_t *q = mmap(NULL, sq_sz > cq_sz ? sq_sz : cq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                      R.fd, IORING_OFF_SQ_RING);
-    if (q == MAP_FAILED) return -1;
-    R.sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
-                  MAP_SHARED | MAP_POPULATE, R.fd, IORING_OFF_SQES);
-    if (R.sqes == MAP_FAILED) return -1;
-    R.sq_khead = (unsigned *)(q + p.sq_off.head);
-    R.sq_ktail = (unsigned *)(q + p.sq_off.tail);
-    R.sq_mask = *(unsigned *)(q + p.sq_off.ring_mask);
-    R.sq_entries = p.sq_entries;
-    unsigned *array = (unsigned *)(q + p.sq_off.array);
-    for (unsigned i = 0; i < p.sq_entries; i++) array[i] = i;    /* SQE i is always slot i */
-    R.sq_tail = *R.sq_ktail;
-    R.cq_khead = (unsigned *)(q + p.cq_off.head);
-    R.cq_ktail = (unsigned *)(q + p.cq_off.tail);
-    R.cq_mask = *(unsigned *)(q + p.cq_off.ring_mask);
-    R.cqes = (struct io_uring_cqe *)(q + p.cq_off.cqes);
-
-    /* The ring's own fd registered too: io_uring_enter then takes no file reference either. */
-    struct io_uring_rsrc_update ru = {.offset = -1U, .data = (uint64_t)R.fd};
-    R.enter_fd = R.fd;
-    if (sys_uring_register(IORING_REGISTER_RING_FDS, &ru, 1) == 1) {
-        R.enter_fd = (int)ru.offset;
-        R.enter_flags = IORING_ENTER_REGISTERED_RING;
-    }
-
-    R.nfixed = max_fds < MAX_FIXED ? (unsigned)max_fds : MAX_FIXED;
-    struct io_uring_rsrc_register rr = {.nr = R.nfixed, .flags = IORING_RSRC_REGISTER_SPARSE};
+    if (ring_setup(&R, SQ_ENTRIES, CQ_ENTRIES, NBUFS, BUFSZ, what) < 0) return -1;
+    nfixed = max_fds < MAX_FIXED ? (unsigned)max_fds : MAX_FIXED;
+    struct io_uring_rsrc_register rr = {.nr = nfixed, .flags = IORING_RSRC_REGISTER_SPARSE};
     *what = "IORING_REGISTER_FILES2 (sparse)";
-    if (sys_uring_register(IORING_REGISTER_FILES2, &rr, sizeof rr) < 0) return -1;
-
-    *what = "IORING_REGISTER_PBUF_RING";
-    R.br = mmap(NULL, NBUFS * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                -1, 0);
-    R.bufs = malloc((size_t)NBUFS * BUFSZ);
-    if (R.br == MAP_FAILED || !R.bufs) return -1;
-    struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)R.br, .ring_entries = NBUFS, .bgid = 0};
-    if (sys_uring_register(IORING_REGISTER_PBUF_RING, &reg, 1) < 0) return -1;
-    for (unsigned bid = 0; bid < NBUFS; bid++) uring_give_buf(bid);   /* published by uring_loop() */
-    return 0;
-}
-
-/* Submit what is queued and, with a timeout, wait for `min_complete` completions or that long.
- * Returns the syscall's result (-1 and errno on error). */
-static int uring_enter(unsigned min_complete, long long timeout_ns) {
-    unsigned to_submit = R.sq_tail - *R.sq_khead;   /* the kernel moves the head only inside enter */
-    __atomic_store_n(R.sq_ktail, R.sq_tail, __ATOMIC_RELEASE);
-    if (timeout_ns < 0)
-        return (int)syscall(__NR_io_uring_enter, R.enter_fd, to_submit, 0, R.enter_flags, NULL, 0);
-    struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
-    struct io_uring_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
-    return (int)syscall(__NR_io_uring_enter, R.enter_fd, to_submit, min_complete,
-                        R.enter_flags | IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
-}
-
-static struct io_uring_sqe *uring_sqe(void) {
-    while (R.sq_tail - __atomic_load_n(R.sq_khead, __ATOMIC_ACQUIRE) >= R.sq_entries)
-        if (uring_enter(0, -1) < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) die("io_uring_enter");
-    struct io_uring_sqe *sqe = &R.sqes[R.sq_tail++ & R.sq_mask];
-    memset(sqe, 0, sizeof *sqe);
-    return sqe;
+    return ring_register(&R, IORING_REGISTER_FILES2, &rr, sizeof rr) < 0 ? -1 : 0;
 }
 
 static void uring_arm_accept(void) {
-    struct io_uring_sqe *sqe = uring_sqe();
+    struct io_uring_sqe *sqe = ring_sqe(&R);
     sqe->opcode = IORING_OP_ACCEPT;
-    sqe->fd = R.lfd;
+    sqe->fd = ring_lfd;
     sqe->ioprio = IORING_ACCEPT_MULTISHOT;
     sqe->accept_flags = SOCK_CLOEXEC;   /* blocking sockets: io_uring never blocks on them, and the
                                            best-effort send at close says MSG_DONTWAIT itself */
@@ -581,7 +474,7 @@ static void uring_arm_accept(void) {
 }
 
 static void uring_arm_recv(struct conn *c) {
-    struct io_uring_sqe *sqe = uring_sqe();
+    struct io_uring_sqe *sqe = ring_sqe(&R);
     sqe->opcode = IORING_OP_RECV;
     sqe->fd = c->fd;                    /* the registered-file slot (slot = fd) */
     sqe->flags = IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
@@ -593,7 +486,7 @@ static void uring_arm_recv(struct conn *c) {
 
 /* SEND of flight[flight_off, flight_len): a new batch or the rest of a short send. */
 static void uring_send(struct conn *c) {
-    struct io_uring_sqe *sqe = uring_sqe();
+    struct io_uring_sqe *sqe = ring_sqe(&R);
     sqe->opcode = IORING_OP_SEND;
     sqe->fd = c->fd;
     sqe->flags = IOSQE_FIXED_FILE;
@@ -640,7 +533,7 @@ static void uring_close_conn(struct conn *c) {
      * FIN: shutdown ends it (and a SEND waiting for room); their completions release the struct. */
     shutdown(c->fd, SHUT_RDWR);
     struct io_uring_files_update fu = {.offset = (unsigned)c->fd, .fds = (uint64_t)(uintptr_t)&(int){-1}};
-    sys_uring_register(IORING_REGISTER_FILES_UPDATE, &fu, 1);
+    ring_register(&R, IORING_REGISTER_FILES_UPDATE, &fu, 1);
     close(c->fd);
     conns[c->fd] = NULL;
     free(c->in);
@@ -656,11 +549,11 @@ static void uring_on_accept(int res, unsigned flags) {
     if (!(flags & IORING_CQE_F_MORE)) uring_arm_accept();   /* the multishot ended (an error): again */
     if (res < 0) return;
     int fd = res;
-    if (fd >= (int)R.nfixed) { close(fd); return; }
+    if (fd >= (int)nfixed) { close(fd); return; }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct io_uring_files_update fu = {.offset = (unsigned)fd, .fds = (uint64_t)(uintptr_t)&fd};
-    if (sys_uring_register(IORING_REGISTER_FILES_UPDATE, &fu, 1) != 1) { close(fd); return; }
+    if (ring_register(&R, IORING_REGISTER_FILES_UPDATE, &fu, 1) != 1) { close(fd); return; }
     struct conn *c = calloc(1, sizeof *c);
     if (!c) die("calloc");
     c->fd = fd;
@@ -673,14 +566,14 @@ static void uring_on_recv(struct conn *c, int res, unsigned flags) {
     int more = flags & IORING_CQE_F_MORE;
     if (!more) c->receiving = 0;
     if (c->closed) {                    /* late: its buffer goes back, nothing else */
-        if (flags & IORING_CQE_F_BUFFER) uring_give_buf(flags >> IORING_CQE_BUFFER_SHIFT);
+        if (flags & IORING_CQE_F_BUFFER) ring_give_buf(&R, flags >> IORING_CQE_BUFFER_SHIFT);
         uring_release(c);
         return;
     }
     if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-        int bad = on_bytes(c, R.bufs + (size_t)bid * BUFSZ, (size_t)res) < 0;   /* keeps a partial frame */
-        uring_give_buf(bid);
+        int bad = on_bytes(c, ring_buf(&R, bid), (size_t)res) < 0;   /* keeps a partial frame */
+        ring_give_buf(&R, bid);
         if (bad) close_conn(c);
         else if (!more) uring_arm_recv(c);
         return;
@@ -709,7 +602,7 @@ static void uring_on_send(struct conn *c, int res) {
  * frames, and submit them in the same io_uring_enter that waits for the next completions. */
 static void uring_loop(void) {
     uring_arm_accept();
-    uring_publish_bufs();
+    ring_publish_bufs(&R);
     unsigned sends = 0;
     while (!stop) {
         /* Wait for one completion more than the SENDs just submitted: most of them complete inline
@@ -717,7 +610,7 @@ static void uring_loop(void) {
          * extra io_uring_enter per iteration that brings nothing to read. But a SEND that has to
          * wait for room completes later and may be all that is coming: then 1 ms is the most it
          * waits. Idle, 1 s (a stop signal interrupts it anyway). */
-        if (uring_enter(sends + 1, sends ? 1000000 : 1000000000) < 0 && errno != EINTR && errno != ETIME &&
+        if (ring_enter(&R, sends + 1, sends ? 1000000 : 1000000000) < 0 && errno != EINTR && errno != ETIME &&
             errno != EAGAIN && errno != EBUSY)
             die("io_uring_enter");
         sends = 0;
@@ -732,7 +625,7 @@ static void uring_loop(void) {
             }
         }
         __atomic_store_n(R.cq_khead, head, __ATOMIC_RELEASE);
-        uring_publish_bufs();
+        ring_publish_bufs(&R);
         for (int i = 0; i < ndirty; i++) {
             struct conn *c = conns[dirty[i]];
             if (!c || !c->dirty) continue;
@@ -796,7 +689,7 @@ int main(int argc, char **argv) {
     if (uring) {
 #ifdef HAVE_URING
         const char *what = "";
-        R.lfd = lfd;
+        ring_lfd = lfd;
         if (uring_setup(&what) < 0) {
             fprintf(stderr, "floor: --uring: %s failed (%s): the epoll path with --coalesce instead\n", what,
                     strerror(errno));

@@ -42,7 +42,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/mman.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
@@ -51,12 +50,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-#if __has_include(<linux/io_uring.h>)
-#include <linux/io_uring.h>
-#ifdef IORING_RECV_MULTISHOT /* 6.0-era io_uring: multishot accept and recv, provided-buffer rings */
-#define HAVE_URING 1
-#endif
-#endif
+#include "_uring.h" /* HAVE_URING: io_uring's headers (Linux 6.0 or later) are here */
 
 /* relay/protocol/frames.py */
 #define VERSION 1
@@ -304,20 +298,8 @@ typedef struct {
     int uring, io_ready; /* io_ready: the thread chose (Plane_init waits for it) */
     char io_note[160];   /* why not io_uring, when not */
 #ifdef HAVE_URING
-    struct {
-        int fd, enter_fd;
-        unsigned enter_flags;
-        unsigned *sq_khead, *sq_ktail, sq_mask, sq_entries, sq_tail;
-        struct io_uring_sqe *sqes;
-        unsigned *cq_khead, *cq_ktail, cq_mask;
-        struct io_uring_cqe *cqes;
-        void *sq_map, *sqe_map;
-        size_t sq_map_len, sqe_map_len;
-        struct io_uring_buf_ring *br; /* provided receive buffers (group 0) */
-        uint8_t *bufs;
-        unsigned short br_tail;
-        unsigned sends; /* SENDs queued since the last wait */
-    } R;
+    ring_t R;
+    unsigned sends_queued; /* SENDs queued since the last wait */
 #endif
     conn_t *zombies; /* closed connections whose last completions have not come */
 } Plane;
@@ -449,42 +431,16 @@ static held_t *held_take(Plane *p, const uint8_t *mid, uint64_t rid_conn) {
 #define BUFSZ 1024        /* a message is ~170 bytes; longer frames span buffers (carried in rbuf) */
 enum { OP_ACCEPT = 1, OP_RECV = 2, OP_SEND = 3, OP_WAKE = 4, OP_CANCEL = 5 };
 
-static int uring_enter(Plane *p, unsigned min_complete, long long timeout_ns) {
-    unsigned to_submit = p->R.sq_tail - *p->R.sq_khead;
-    __atomic_store_n(p->R.sq_ktail, p->R.sq_tail, __ATOMIC_RELEASE);
-    if (timeout_ns < 0)
-        return (int)syscall(__NR_io_uring_enter, p->R.enter_fd, to_submit, 0, p->R.enter_flags, NULL, 0);
-    struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
-    struct io_uring_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
-    return (int)syscall(__NR_io_uring_enter, p->R.enter_fd, to_submit, min_complete,
-                        p->R.enter_flags | IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
-}
-
-static struct io_uring_sqe *uring_sqe(Plane *p) {
-    while (p->R.sq_tail - __atomic_load_n(p->R.sq_khead, __ATOMIC_ACQUIRE) >= p->R.sq_entries)
-        if (uring_enter(p, 0, -1) < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) usleep(1000);
-    struct io_uring_sqe *sqe = &p->R.sqes[p->R.sq_tail++ & p->R.sq_mask];
-    memset(sqe, 0, sizeof *sqe);
-    return sqe;
-}
-
-static void uring_give_buf(Plane *p, unsigned bid) {
-    struct io_uring_buf *b = &p->R.br->bufs[p->R.br_tail & (NBUFS - 1)];
-    b->addr = (uint64_t)(uintptr_t)(p->R.bufs + (size_t)bid * BUFSZ);
-    b->len = BUFSZ;
-    b->bid = (uint16_t)bid;
-    p->R.br_tail++;
-}
-static void uring_publish_bufs(Plane *p) { __atomic_store_n(&p->R.br->tail, p->R.br_tail, __ATOMIC_RELEASE); }
-
 static void uring_arm(Plane *p, int opcode, int fd, uint64_t user_data) {
-    struct io_uring_sqe *sqe = uring_sqe(p);
+    struct io_uring_sqe *sqe = ring_sqe(&p->R);
     sqe->opcode = (uint8_t)opcode;
     sqe->fd = fd;
     sqe->user_data = user_data;
     if (opcode == IORING_OP_ACCEPT) {
         sqe->ioprio = IORING_ACCEPT_MULTISHOT;
-        sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC; /* non-blocking: Python's direct sends */
+        /* blocking sockets: io_uring waits for room or bytes itself (on a non-blocking one a SEND may
+         * fail with EAGAIN), and every direct send says MSG_DONTWAIT */
+        sqe->accept_flags = SOCK_CLOEXEC;
     } else if (opcode == IORING_OP_RECV) {
         sqe->flags = IOSQE_BUFFER_SELECT;
         sqe->ioprio = IORING_RECV_MULTISHOT;
@@ -497,69 +453,15 @@ static void uring_arm(Plane *p, int opcode, int fd, uint64_t user_data) {
 
 /* The ring, made by the thread that will submit to it; -1 with p->io_note saying why not. */
 static int uring_setup(Plane *p) {
-    struct io_uring_params prm = {0};
-    prm.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
-                IORING_SETUP_SUBMIT_ALL;
-    prm.cq_entries = CQ_ENTRIES;
-    const char *what = "io_uring_setup";
-    p->R.fd = (int)syscall(__NR_io_uring_setup, SQ_ENTRIES, &prm);
-    if (p->R.fd < 0) goto fail;
-    what = "io_uring features (SINGLE_MMAP, EXT_ARG)";
-    if (!(prm.features & IORING_FEAT_SINGLE_MMAP) || !(prm.features & IORING_FEAT_EXT_ARG)) { errno = ENOSYS; goto fail; }
-    size_t sq_sz = prm.sq_off.array + prm.sq_entries * sizeof(unsigned);
-    size_t cq_sz = prm.cq_off.cqes + prm.cq_entries * sizeof(struct io_uring_cqe);
-    what = "mmap of the rings";
-    p->R.sq_map_len = sq_sz > cq_sz ? sq_sz : cq_sz;
-    uint8_t *q = mmap(NULL, p->R.sq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, p->R.fd,
-                      IORING_OFF_SQ_RING);
-    if (q == MAP_FAILED) goto fail;
-    p->R.sq_map = q;
-    p->R.sqe_map_len = prm.sq_entries * sizeof(struct io_uring_sqe);
-    p->R.sqes = mmap(NULL, p->R.sqe_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, p->R.fd,
-                     IORING_OFF_SQES);
-    if (p->R.sqes == MAP_FAILED) goto fail;
-    p->R.sqe_map = p->R.sqes;
-    p->R.sq_khead = (unsigned *)(q + prm.sq_off.head);
-    p->R.sq_ktail = (unsigned *)(q + prm.sq_off.tail);
-    p->R.sq_mask = *(unsigned *)(q + prm.sq_off.ring_mask);
-    p->R.sq_entries = prm.sq_entries;
-    unsigned *array = (unsigned *)(q + prm.sq_off.array);
-    for (unsigned i = 0; i < prm.sq_entries; i++) array[i] = i; /* SQE i is always slot i */
-    p->R.sq_tail = *p->R.sq_ktail;
-    p->R.cq_khead = (unsigned *)(q + prm.cq_off.head);
-    p->R.cq_ktail = (unsigned *)(q + prm.cq_off.tail);
-    p->R.cq_mask = *(unsigned *)(q + prm.cq_off.ring_mask);
-    p->R.cqes = (struct io_uring_cqe *)(q + prm.cq_off.cqes);
-    struct io_uring_rsrc_update ru = {.offset = -1U, .data = (uint64_t)p->R.fd};
-    p->R.enter_fd = p->R.fd; /* registered, io_uring_enter takes no reference on the ring's file */
-    if (syscall(__NR_io_uring_register, p->R.fd, IORING_REGISTER_RING_FDS, &ru, 1) == 1) {
-        p->R.enter_fd = (int)ru.offset;
-        p->R.enter_flags = IORING_ENTER_REGISTERED_RING;
+    const char *what = "";
+    if (ring_setup(&p->R, SQ_ENTRIES, CQ_ENTRIES, NBUFS, BUFSZ, &what) < 0) {
+        snprintf(p->io_note, sizeof p->io_note, "%s: %s", what, strerror(errno));
+        ring_teardown(&p->R);
+        return -1;
     }
-    what = "IORING_REGISTER_PBUF_RING";
-    p->R.br = mmap(NULL, NBUFS * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    p->R.bufs = malloc((size_t)NBUFS * BUFSZ);
-    if (p->R.br == MAP_FAILED || !p->R.bufs) goto fail;
-    struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)p->R.br, .ring_entries = NBUFS, .bgid = 0};
-    if (syscall(__NR_io_uring_register, p->R.fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) goto fail;
-    for (unsigned bid = 0; bid < NBUFS; bid++) uring_give_buf(p, bid);
-    uring_publish_bufs(p);
     uring_arm(p, IORING_OP_ACCEPT, p->lfd, OP_ACCEPT);
     uring_arm(p, IORING_OP_POLL_ADD, p->wake_fd, OP_WAKE);
     return 0;
-fail:
-    snprintf(p->io_note, sizeof p->io_note, "%s: %s", what, strerror(errno));
-    return -1;
-}
-
-static void uring_teardown(Plane *p) {
-    if (p->R.fd > 0) close(p->R.fd);
-    if (p->R.sq_map && p->R.sq_map != MAP_FAILED) munmap(p->R.sq_map, p->R.sq_map_len);
-    if (p->R.sqe_map && p->R.sqe_map != MAP_FAILED) munmap(p->R.sqe_map, p->R.sqe_map_len);
-    if (p->R.br && p->R.br != MAP_FAILED) munmap(p->R.br, NBUFS * sizeof(struct io_uring_buf));
-    free(p->R.bufs);
-    memset(&p->R, 0, sizeof p->R);
 }
 #endif
 
@@ -580,7 +482,7 @@ static void arm(Plane *p, conn_t *c) {
                 uring_arm(p, IORING_OP_RECV, c->fd, (uint64_t)(uintptr_t)c | OP_RECV);
                 c->receiving = 1;
             } else if (!want_in && c->receiving && !c->cancelling) {
-                struct io_uring_sqe *sqe = uring_sqe(p);
+                struct io_uring_sqe *sqe = ring_sqe(&p->R);
                 sqe->opcode = IORING_OP_ASYNC_CANCEL;
                 sqe->addr = (uint64_t)(uintptr_t)c | OP_RECV;
                 sqe->user_data = OP_CANCEL;
@@ -657,7 +559,7 @@ static int send_now(Plane *p, conn_t *c) {
 /* A SEND of what `out` gathered: its buffer becomes `flight` (the kernel reads it until the
  * completion), `out` starts empty. MSG_WAITALL: the kernel itself waits for room and retries. */
 static void uring_send(Plane *p, conn_t *c) {
-    struct io_uring_sqe *sqe = uring_sqe(p);
+    struct io_uring_sqe *sqe = ring_sqe(&p->R);
     sqe->opcode = IORING_OP_SEND;
     sqe->fd = c->fd;
     sqe->addr = (uint64_t)(uintptr_t)(c->flight + c->flight_off);
@@ -665,7 +567,7 @@ static void uring_send(Plane *p, conn_t *c) {
     sqe->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
     sqe->user_data = (uint64_t)(uintptr_t)c | OP_SEND;
     c->sending = 1;
-    p->R.sends++;
+    p->sends_queued++;
 }
 static void uring_start_send(Plane *p, conn_t *c) {
     if (c->sending || c->out.len == c->woff) return;
@@ -1216,8 +1118,8 @@ static void uring_on_recv(Plane *p, conn_t *c, int res, unsigned flags) {
     if (!more) c->receiving = c->cancelling = 0;
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-        if (!c->closed && res > 0) on_bytes(p, c, p->R.bufs + (size_t)bid * BUFSZ, (size_t)res);
-        uring_give_buf(p, bid); /* handed back once the batch's completions are all handled */
+        if (!c->closed && res > 0) on_bytes(p, c, ring_buf(&p->R, bid), (size_t)res);
+        ring_give_buf(&p->R, bid); /* handed back once the batch's completions are all handled */
         if (c->closed) { release(p, c); return; }
         if (!more) arm(p, c);
         return;
@@ -1260,9 +1162,9 @@ static void run_uring(Plane *p) {
         /* Wait for one completion more than the SENDs just submitted: most complete inline and post
          * theirs at once, and waiting for one would return with nothing to read. A SEND that waits for
          * room completes later and may be all that is coming: 1 ms is then the longest wait. */
-        unsigned sends = p->R.sends;
-        p->R.sends = 0;
-        if (uring_enter(p, sends + 1, sends ? 1000000 : 100000000) < 0 && errno != EINTR && errno != ETIME &&
+        unsigned sends = p->sends_queued;
+        p->sends_queued = 0;
+        if (ring_enter(&p->R, sends + 1, sends ? 1000000 : 100000000) < 0 && errno != EINTR && errno != ETIME &&
             errno != EAGAIN && errno != EBUSY)
             usleep(1000);
         woke = mono_now();
@@ -1286,7 +1188,7 @@ static void run_uring(Plane *p) {
                 }
             }
             __atomic_store_n(p->R.cq_khead, head, __ATOMIC_RELEASE);
-            uring_publish_bufs(p);
+            ring_publish_bufs(&p->R);
             chunk_end(p);
         } while (head != tail);
     }
@@ -1304,7 +1206,7 @@ static void *run(void *arg) {
         return NULL;
     }
     if (getenv("SEALGUARD_RELAY_EPOLL")) snprintf(p->io_note, sizeof p->io_note, "SEALGUARD_RELAY_EPOLL is set");
-    uring_teardown(p);
+    ring_teardown(&p->R);
 #else
     snprintf(p->io_note, sizeof p->io_note, "built without <linux/io_uring.h> (6.0 or later)");
 #endif
@@ -1430,7 +1332,7 @@ static void Plane_dealloc(Plane *p) {
         pthread_mutex_destroy(&p->mu);
     }
 #ifdef HAVE_URING
-    if (p->uring) uring_teardown(p); /* the kernel is done with the buffers below once the ring is gone */
+    if (p->uring) ring_teardown(&p->R); /* the kernel is done with the buffers below once the ring is gone */
 #endif
     while (p->zombies) {
         conn_t *z = p->zombies;

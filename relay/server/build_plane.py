@@ -12,11 +12,13 @@ import sysconfig
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_plane.c")
+HEADERS = [SOURCE.with_name("_uring.h")]  # shared with bench/_floor_native.c
 TARGET = SOURCE.with_name("_plane" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 
 
 def build(force: bool = False) -> Path:
-    if not force and TARGET.exists() and TARGET.stat().st_mtime >= SOURCE.stat().st_mtime:
+    newest = max(p.stat().st_mtime for p in (SOURCE, *HEADERS))
+    if not force and TARGET.exists() and TARGET.stat().st_mtime >= newest:
         return TARGET
     cc = sysconfig.get_config_var("CC") or "gcc"
     cmd = [*cc.split()[:1], "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers",
