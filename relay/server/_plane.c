@@ -222,7 +222,7 @@ typedef struct conn {
      * taken so far; the struct outlives its close until the kernel answered each operation on it */
     uint8_t *flight;
     size_t flight_len, flight_off, flight_cap;
-    uint8_t sending, receiving, cancelling, closed;
+    uint8_t sending, receiving, cancelling, closed, sock_closed;
     struct conn *zombie_next, **zombie_pprev; /* closed, waiting for its last completions */
 } conn_t;
 
@@ -657,23 +657,32 @@ static void release(Plane *p, conn_t *c) {
     *c->zombie_pprev = c->zombie_next;
     if (c->zombie_next) c->zombie_next->zombie_pprev = c->zombie_pprev;
     free(c->flight);
+    buf_free(&c->out);
     free(c);
+}
+
+/* io_uring: the socket of a closed connection, as transport.close() does — the last frames out,
+ * then FIN. close() alone would not end the armed RECV (it holds the socket), so the client would
+ * see no FIN: shutdown ends it, and a SEND waiting for room; their completions release the struct. */
+static void close_socket(conn_t *c) {
+    if (c->out.len > c->woff)
+        (void)sys_send(c->fd, c->out.p + c->woff, c->out.len - c->woff, MSG_NOSIGNAL | MSG_DONTWAIT);
+    shutdown(c->fd, SHUT_RDWR);
+    close(c->fd);
+    c->sock_closed = 1;
 }
 
 static void close_conn(Plane *p, conn_t *c) {
     uint64_t id = conn_id(c);
     if (p->uring) {
-        /* as transport.close(): the last frames out, unless a SEND is in flight (then the socket is full
-         * and they would follow bytes the kernel has not taken: dropped, as a full socket's are) */
-        if (!c->sending && c->out.len > c->woff)
-            (void)sys_send(c->fd, c->out.p + c->woff, c->out.len - c->woff, MSG_NOSIGNAL | MSG_DONTWAIT);
-        /* close() alone would not end the armed RECV (it holds the socket), so the client would see no
-         * FIN: shutdown ends it, and a SEND waiting for room; their completions release the struct */
-        shutdown(c->fd, SHUT_RDWR);
+        /* With a SEND in flight the last frames (an error frame, say) must follow its bytes: the socket
+         * goes when it completes (uring_on_send), or they would be lost with it. */
+        if (!c->sending) close_socket(c);
     } else {
         epoll_ctl(p->ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->sock_closed = 1;
     }
-    close(c->fd);
     if (c->logged) route_drop(p, c);
     if (c->inflight) requeue_for(p, id); /* before CLOSED: the server queues them, then forgets the connection */
     if (c->dirty)
@@ -683,7 +692,7 @@ static void close_conn(Plane *p, conn_t *c) {
     p->conns[c->fd] = NULL;
     free(c->rbuf);
     c->rbuf = NULL;
-    buf_free(&c->out);
+    if (c->sock_closed) buf_free(&c->out);
     c->closed = 1;
     c->zombie_next = p->zombies;
     if (p->zombies) p->zombies->zombie_pprev = &c->zombie_next;
@@ -1134,7 +1143,11 @@ static void uring_on_recv(Plane *p, conn_t *c, int res, unsigned flags) {
 
 static void uring_on_send(Plane *p, conn_t *c, int res) {
     c->sending = 0;
-    if (c->closed) { release(p, c); return; }
+    if (c->closed) {
+        if (!c->sock_closed) close_socket(c); /* its close waited for this SEND */
+        release(p, c);
+        return;
+    }
     if (res > 0 && (c->flight_off += (size_t)res) < c->flight_len) {
         uring_send(p, c); /* short: the rest, before anything gathered since */
         return;
@@ -1337,7 +1350,9 @@ static void Plane_dealloc(Plane *p) {
     while (p->zombies) {
         conn_t *z = p->zombies;
         p->zombies = z->zombie_next;
+        if (!z->sock_closed) close(z->fd);
         free(z->flight);
+        buf_free(&z->out);
         free(z);
     }
     for (int i = 0; i < 3; i++) set_free(&p->sets[i]);
