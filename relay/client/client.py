@@ -109,6 +109,7 @@ class RelayClient:
         self.inbox: asyncio.Queue[Received] = asyncio.Queue()
         self.notices: asyncio.Queue[Notice] = asyncio.Queue()
         self.banned: tuple[str, str] | None = None
+        self.closed_by: str | None = None  # the error the server closed the connection with ("FLOOD: ...")
         self.acked_ids: set[str] = set()  # message ids the server acked (delivered or queued)
         self.ack_status: dict[str, DeliveryStatus] = {}
         self.received_ids: set[str] = set()
@@ -141,6 +142,7 @@ class RelayClient:
         local = (self.bind_address, 0) if self.bind_address else None
         self._reader = FrameReader(max_len=1 << 30)
         self.closed = asyncio.Event()
+        self.closed_by = None
         transport, _ = await loop.create_connection(lambda: _Protocol(self), self.host, self.port, local_addr=local)
         self._transport = transport  # type: ignore[assignment]
         self._schedule_ping()
@@ -170,7 +172,8 @@ class RelayClient:
 
     def _write(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
-            raise ConnectionLost("not connected")
+            raise ConnectionLost(f"not connected: closed by the server ({self.closed_by})" if self.closed_by
+                                 else "not connected")
         self._transport.write(data)
 
     def _on_lost(self, exc: Exception | None) -> None:
@@ -178,7 +181,8 @@ class RelayClient:
             self._ping.cancel()
         for fut in self._waiters.values():
             if not fut.done():
-                fut.set_exception(Banned(*self.banned) if self.banned else ConnectionLost("connection closed"))
+                fut.set_exception(Banned(*self.banned) if self.banned else ConnectionLost(
+                    f"connection closed by the server ({self.closed_by})" if self.closed_by else "connection closed"))
         self._waiters.clear()
         self.closed.set()
 
@@ -260,9 +264,10 @@ class RelayClient:
                     self.megolm.rotate(gid)
             else:
                 members.add(member)
-        elif ftype == FrameType.ERROR:
+        elif ftype == FrameType.ERROR:  # one of no request: the server closes the connection after it
             code, detail = decode_payload(ftype, payload)
             log.warning("server error: %s %s", ErrorCode(code).name, detail)
+            self.closed_by = f"{ErrorCode(code).name}: {detail}"
         elif ftype == FrameType.BYE:
             pass
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from relay.client import Identity, RelayClient, RequestRefused
+from relay.client import ConnectionLost, Identity, RelayClient, RequestRefused
 from relay.protocol import DeliveryStatus, ErrorCode, FrameReader, FrameType, decode_payload, encode, encode_frame
 from relay.server.features import Features
 from relay.testing import eventually, harness, next_address, run
@@ -457,6 +457,10 @@ def test_a_ping_flood_is_closed_and_others_are_unharmed(tmp: Path) -> None:
             writer.close()
             a._write(encode(FrameType.PING, 0) * 200)  # logged in: 50 PINGs per sweep interval
             await asyncio.wait_for(a.closed.wait(), 5)
+            # the SDK says why the server closed it, to whoever still waits or tries
+            assert a.closed_by is not None and a.closed_by.startswith("FLOOD")
+            with pytest.raises(ConnectionLost, match="FLOOD"):
+                await a.send(b.account_id, b"after")
             c = await h.user()
             await c.send(b.account_id, b"fine")
             assert (await asyncio.wait_for(b.inbox.get(), 5)).plaintext == b"fine"
