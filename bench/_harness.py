@@ -154,6 +154,8 @@ class Platform:
                     "SEALGUARD_ENFORCEMENT_TOPIC": s.enforcement_topic, "SEALGUARD_SCORES_TOPIC": s.scores_topic,
                     "SEALGUARD_RELAY_NATIVE": "1" if s.relay_native else "0",  # the caller's data plane
                     "PYTHONUNBUFFERED": "1"})
+        if os.environ.get("SEALGUARD_RELAY_EPOLL"):  # and its I/O layer (relay/server/_plane.c)
+            env["SEALGUARD_RELAY_EPOLL"] = os.environ["SEALGUARD_RELAY_EPOLL"]
         return env
 
     # -- lifecycle ----------------------------------------------------------------------------------
