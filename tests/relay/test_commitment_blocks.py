@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -116,56 +116,58 @@ def _compact_all(store: RelayStore, now: int, budget: int = COMPACT_DIGESTS) -> 
     return merged, calls
 
 
-@pytest.mark.postgres
-def test_a_report_verifies_once_and_only_for_the_recipient(db_url: str) -> None:
+@pytest.fixture
+def store(db_url: str) -> Iterator[RelayStore]:
+    """A RelayStore on the test's database (SQLite, and PostgreSQL where marked)."""
     db = Database(db_url)
     try:
-        store = RelayStore(db)
-        a, b, c = "a" + "1" * 20, "a" + "2" * 20, "a" + "3" * 20
-        edges = [_mid_where(lambda d: d[-1] == 0, a, b), _mid_where(lambda d: d[0] == 0, a, b),
-                 _mid_where(lambda d: d[0] == 255, a, b), _mid_where(lambda d: d[-2:] == b"\x00\x00", a, b)]
-        mids = [os.urandom(16) for _ in range(300)] + edges
-        now = now_ms()
-        store.add_commitments([(m, a, b) for m in mids[:150]], now, TTL)
-        store.add_commitments([(m, a, b) for m in mids[150:]], now, TTL)  # a second flush: more blocks
-        store.add_commitments([(m, a, b) for m in mids[:2]], now, TTL)  # a retried send: stored again
-        assert store.file_report(b, a, "spam", edges) == (4, 4)
-        with db.session() as s:  # stored whole, trailing NUL bytes included
-            assert sorted(s.scalars(select(ReportedCommitmentRow.commitment))) == \
-                sorted(binary_commitment(m, a, b) for m in edges)
-        assert store.file_report(b, a, "spam", edges + mids[:2]) == (6, 2)  # each message once
-        assert store.file_report(b, a, "spam", mids) == (304, 298)
-        assert store.file_report(b, a, "spam", mids) == (304, 0)
-        fresh = [os.urandom(16) for _ in range(3)]
-        store.add_commitments([(m, a, b) for m in fresh], now, TTL)
-        assert store.file_report(a, b, "spam", fresh) == (3, 0)  # the sender is not the recipient
-        assert store.file_report(c, a, "spam", fresh) == (3, 0)  # nor is a bystander
-        assert store.file_report(b, c, "spam", fresh) == (3, 0)  # nor was c the sender
-        assert store.file_report(b, a, "spam", fresh + [os.urandom(16)]) == (4, 3)
-        assert store.file_report(b, a, "spam", []) == (0, 0)
+        yield RelayStore(db)
     finally:
         db.dispose()
 
 
 @pytest.mark.postgres
-def test_an_expired_block_verifies_nothing_and_expiry_deletes_it(db_url: str) -> None:
-    db = Database(db_url)
-    try:
-        store = RelayStore(db)
-        a, b = "a" + "1" * 20, "a" + "2" * 20
-        now = now_ms()
-        old, live = [os.urandom(16) for _ in range(40)], [os.urandom(16) for _ in range(5)]
-        store.add_commitments([(m, a, b) for m in old], now - 3 * HOUR, 0)  # expired at most 2 h ago
-        store.add_commitments([(m, a, b) for m in live], now - 3 * HOUR, 3 * HOUR)  # until the end of this hour
-        assert store.file_report(b, a, "spam", old) == (40, 0)
-        assert store.file_report(b, a, "spam", live[:1]) == (1, 1)
-        assert store.purge_expired(now)[1] == 40  # a block counts its digests
-        assert store.purge_expired(now + 2 * HOUR)[1] == 5
-        with db.session() as s:
-            assert s.scalar(select(func.count()).select_from(CommitmentBlockRow)) == 0
-            assert s.scalar(select(func.count()).select_from(ReportedCommitmentRow)) == 0  # expired with its block
-    finally:
-        db.dispose()
+def test_a_report_verifies_once_and_only_for_the_recipient(store: RelayStore) -> None:
+    db = store.db
+    a, b, c = "a" + "1" * 20, "a" + "2" * 20, "a" + "3" * 20
+    edges = [_mid_where(lambda d: d[-1] == 0, a, b), _mid_where(lambda d: d[0] == 0, a, b),
+             _mid_where(lambda d: d[0] == 255, a, b), _mid_where(lambda d: d[-2:] == b"\x00\x00", a, b)]
+    mids = [os.urandom(16) for _ in range(300)] + edges
+    now = now_ms()
+    store.add_commitments([(m, a, b) for m in mids[:150]], now, TTL)
+    store.add_commitments([(m, a, b) for m in mids[150:]], now, TTL)  # a second flush: more blocks
+    store.add_commitments([(m, a, b) for m in mids[:2]], now, TTL)  # a retried send: stored again
+    assert store.file_report(b, a, "spam", edges) == (4, 4)
+    with db.session() as s:  # stored whole, trailing NUL bytes included
+        assert sorted(s.scalars(select(ReportedCommitmentRow.commitment))) == \
+            sorted(binary_commitment(m, a, b) for m in edges)
+    assert store.file_report(b, a, "spam", edges + mids[:2]) == (6, 2)  # each message once
+    assert store.file_report(b, a, "spam", mids) == (304, 298)
+    assert store.file_report(b, a, "spam", mids) == (304, 0)
+    fresh = [os.urandom(16) for _ in range(3)]
+    store.add_commitments([(m, a, b) for m in fresh], now, TTL)
+    assert store.file_report(a, b, "spam", fresh) == (3, 0)  # the sender is not the recipient
+    assert store.file_report(c, a, "spam", fresh) == (3, 0)  # nor is a bystander
+    assert store.file_report(b, c, "spam", fresh) == (3, 0)  # nor was c the sender
+    assert store.file_report(b, a, "spam", fresh + [os.urandom(16)]) == (4, 3)
+    assert store.file_report(b, a, "spam", []) == (0, 0)
+
+
+@pytest.mark.postgres
+def test_an_expired_block_verifies_nothing_and_expiry_deletes_it(store: RelayStore) -> None:
+    db = store.db
+    a, b = "a" + "1" * 20, "a" + "2" * 20
+    now = now_ms()
+    old, live = [os.urandom(16) for _ in range(40)], [os.urandom(16) for _ in range(5)]
+    store.add_commitments([(m, a, b) for m in old], now - 3 * HOUR, 0)  # expired at most 2 h ago
+    store.add_commitments([(m, a, b) for m in live], now - 3 * HOUR, 3 * HOUR)  # until the end of this hour
+    assert store.file_report(b, a, "spam", old) == (40, 0)
+    assert store.file_report(b, a, "spam", live[:1]) == (1, 1)
+    assert store.purge_expired(now)[1] == 40  # a block counts its digests
+    assert store.purge_expired(now + 2 * HOUR)[1] == 5
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(CommitmentBlockRow)) == 0
+        assert s.scalar(select(func.count()).select_from(ReportedCommitmentRow)) == 0  # expired with its block
 
 
 def _check_compacted(db: Database, period: int, expiry: dict[bytes, int]) -> None:
@@ -183,142 +185,126 @@ def _check_compacted(db: Database, period: int, expiry: dict[bytes, int]) -> Non
 
 
 @pytest.mark.postgres
-def test_compaction_cuts_a_closed_hour_by_two_byte_prefix(db_url: str) -> None:
-    db = Database(db_url)
-    try:
-        store = RelayStore(db)
-        a, b, c = "a" + "1" * 20, "a" + "2" * 20, "a" + "3" * 20
-        now = now_ms()
-        older, closed, current = (blocks.period_of(now) - k * HOUR for k in (3, 2, 0))
-        # digests at both ends of the key space, and ending in NUL bytes (numpy's S pads with them)
-        edges = [_mid_where(lambda d: d[:2] == b"\x00\x00", a, b), _mid_where(lambda d: d[:2] == b"\xff\xff", a, b),
-                 _mid_where(lambda d: d[0] == 0 and d[-1] == 0, a, b), _mid_where(lambda d: d[-2:] == b"\x00\x00", a, b)]
-        mids = [os.urandom(16) for _ in range(2000)] + edges
-        for i in range(4):  # four flushes of the closed hour (each first byte in each: ~500 digests a flush)
-            store.add_commitments([(m, a, b) for m in mids[i * 501:(i + 1) * 501]], closed + i * 1000, TTL)
-        store.add_commitments([(m, a, b) for m in mids[:10]], closed + 5000, TTL)  # a retried send: again
-        longer = [os.urandom(16) for _ in range(10)]
-        store.add_commitments([(m, a, b) for m in longer], closed + 6000, TTL + 1)  # a node with a longer TTL
-        store.add_commitments([(m, a, b) for m in mids[1500:1510]], now, TTL)  # this hour: left alone
-        old = [os.urandom(16) for _ in range(30)]
-        store.add_commitments([(m, a, b) for m in old], older, TTL)  # an older hour, not compacted yet
-        assert store.file_report(b, a, "spam", mids[:3]) == (3, 3)  # from fresh blocks
-        before = _block_counts(db)
-        # the oldest hour first, a step each: its flushed blocks gathered by first byte, then split
-        assert store.compact_commitments(now, budget=300) == before[older]
-        gathered = len({binary_commitment(m, a, b)[0] for m in old})
-        assert _block_counts(db, blocks.GATHERED) == {older: gathered}
-        assert store.compact_commitments(now, budget=300) == gathered
-        assert older not in _block_counts(db)
-        # then the closed hour's first flushed blocks, in id order
-        assert store.compact_commitments(now, budget=300) > 0
-        mid = {lv: _block_counts(db, lv) for lv in (blocks.FLUSHED, blocks.GATHERED, blocks.COMPACTED)}
-        assert 0 < mid[blocks.GATHERED][closed] <= 256 and 0 < mid[blocks.FLUSHED][closed] < before[closed]
-        assert closed not in mid[blocks.COMPACTED]
-        assert store.file_report(b, a, "spam", mids[3:6] + mids[-6:]) == (9, 9)  # from every level at once
-        # 2,024 digests in the closed hour (with the retried ones), ~8 a first byte: with 300 a call,
-        # ~7 calls gather them and ~7 split them
-        merged, calls = _compact_all(store, now, budget=300)
-        assert merged > mid[blocks.FLUSHED][closed] + mid[blocks.GATHERED][closed] and 8 <= calls <= 16
-        assert _block_counts(db) == {current: before[current]}  # only this hour's fresh blocks are left
-        assert store.compact_commitments(now) == 0
-        ours = {binary_commitment(m, a, b): closed + HOUR + TTL for m in mids}
-        _check_compacted(db, closed, ours | {binary_commitment(m, a, b): closed + HOUR + TTL + 1 for m in longer})
-        _check_compacted(db, older, {binary_commitment(m, a, b): older + HOUR + TTL for m in old})
-        assert store.file_report(b, a, "spam", mids) == (2004, 1992)  # the twelve reported before stay reported
-        assert store.file_report(b, a, "spam", mids) == (2004, 0)
-        assert store.file_report(b, a, "spam", old + longer) == (40, 40)
-        assert store.file_report(a, b, "spam", edges) == (4, 0)  # the sender is not the recipient
-        assert store.file_report(c, a, "spam", edges) == (4, 0)  # nor is a bystander
-        with db.session() as s:  # stored whole, trailing NUL bytes included
-            assert {binary_commitment(m, a, b) for m in edges} <= set(s.scalars(select(ReportedCommitmentRow.commitment)))
-    finally:
-        db.dispose()
+def test_compaction_cuts_a_closed_hour_by_two_byte_prefix(store: RelayStore) -> None:
+    db = store.db
+    a, b, c = "a" + "1" * 20, "a" + "2" * 20, "a" + "3" * 20
+    now = now_ms()
+    older, closed, current = (blocks.period_of(now) - k * HOUR for k in (3, 2, 0))
+    # digests at both ends of the key space, and ending in NUL bytes (numpy's S pads with them)
+    edges = [_mid_where(lambda d: d[:2] == b"\x00\x00", a, b), _mid_where(lambda d: d[:2] == b"\xff\xff", a, b),
+             _mid_where(lambda d: d[0] == 0 and d[-1] == 0, a, b), _mid_where(lambda d: d[-2:] == b"\x00\x00", a, b)]
+    mids = [os.urandom(16) for _ in range(2000)] + edges
+    for i in range(4):  # four flushes of the closed hour (each first byte in each: ~500 digests a flush)
+        store.add_commitments([(m, a, b) for m in mids[i * 501:(i + 1) * 501]], closed + i * 1000, TTL)
+    store.add_commitments([(m, a, b) for m in mids[:10]], closed + 5000, TTL)  # a retried send: again
+    longer = [os.urandom(16) for _ in range(10)]
+    store.add_commitments([(m, a, b) for m in longer], closed + 6000, TTL + 1)  # a node with a longer TTL
+    store.add_commitments([(m, a, b) for m in mids[1500:1510]], now, TTL)  # this hour: left alone
+    old = [os.urandom(16) for _ in range(30)]
+    store.add_commitments([(m, a, b) for m in old], older, TTL)  # an older hour, not compacted yet
+    assert store.file_report(b, a, "spam", mids[:3]) == (3, 3)  # from fresh blocks
+    before = _block_counts(db)
+    # the oldest hour first, a step each: its flushed blocks gathered by first byte, then split
+    assert store.compact_commitments(now, budget=300) == before[older]
+    gathered = len({binary_commitment(m, a, b)[0] for m in old})
+    assert _block_counts(db, blocks.GATHERED) == {older: gathered}
+    assert store.compact_commitments(now, budget=300) == gathered
+    assert older not in _block_counts(db)
+    # then the closed hour's first flushed blocks, in id order
+    assert store.compact_commitments(now, budget=300) > 0
+    mid = {lv: _block_counts(db, lv) for lv in (blocks.FLUSHED, blocks.GATHERED, blocks.COMPACTED)}
+    assert 0 < mid[blocks.GATHERED][closed] <= 256 and 0 < mid[blocks.FLUSHED][closed] < before[closed]
+    assert closed not in mid[blocks.COMPACTED]
+    assert store.file_report(b, a, "spam", mids[3:6] + mids[-6:]) == (9, 9)  # from every level at once
+    # 2,024 digests in the closed hour (with the retried ones), ~8 a first byte: with 300 a call,
+    # ~7 calls gather them and ~7 split them
+    merged, calls = _compact_all(store, now, budget=300)
+    assert merged > mid[blocks.FLUSHED][closed] + mid[blocks.GATHERED][closed] and 8 <= calls <= 16
+    assert _block_counts(db) == {current: before[current]}  # only this hour's fresh blocks are left
+    assert store.compact_commitments(now) == 0
+    ours = {binary_commitment(m, a, b): closed + HOUR + TTL for m in mids}
+    _check_compacted(db, closed, ours | {binary_commitment(m, a, b): closed + HOUR + TTL + 1 for m in longer})
+    _check_compacted(db, older, {binary_commitment(m, a, b): older + HOUR + TTL for m in old})
+    assert store.file_report(b, a, "spam", mids) == (2004, 1992)  # the twelve reported before stay reported
+    assert store.file_report(b, a, "spam", mids) == (2004, 0)
+    assert store.file_report(b, a, "spam", old + longer) == (40, 40)
+    assert store.file_report(a, b, "spam", edges) == (4, 0)  # the sender is not the recipient
+    assert store.file_report(c, a, "spam", edges) == (4, 0)  # nor is a bystander
+    with db.session() as s:  # stored whole, trailing NUL bytes included
+        assert {binary_commitment(m, a, b) for m in edges} <= set(s.scalars(select(ReportedCommitmentRow.commitment)))
 
 
 @pytest.mark.postgres
-def test_the_current_hour_is_gathered_a_full_chunk_at_a_time(db_url: str) -> None:
-    db = Database(db_url)
-    try:
-        store = RelayStore(db)
-        a, b = "a" + "1" * 20, "a" + "2" * 20
-        now = now_ms()
-        current = blocks.period_of(now)
-        mids = [os.urandom(16) for _ in range(1000)]
-        for i in range(10):  # ten flushes of 100 this hour
-            store.add_commitments([(m, a, b) for m in mids[i * 100:(i + 1) * 100]], current + i, TTL)
-        flushed = _block_counts(db, blocks.FLUSHED)[current]
-        assert _compact_all(store, now, budget=2000) == (0, 0)  # not a full chunk yet: left as flushed
-        merged, calls = _compact_all(store, now, budget=350)  # four flushes a chunk: two chunks, two left
-        assert calls == 2 and 0 < _block_counts(db, blocks.FLUSHED)[current] < flushed - merged + 256
-        assert _block_counts(db, blocks.GATHERED)[current] <= 2 * 256
-        assert _block_counts(db, blocks.COMPACTED) == {}  # the hour is open: nothing split
-        assert store.file_report(b, a, "spam", mids[::7]) == (143, 143)  # gathered and flushed blocks alike
-        assert store.file_report(b, a, "spam", mids[::7]) == (143, 0)
-        # once the hour has closed: the rest gathered, then all of it split
-        later = now + HOUR
-        _compact_all(store, later)
-        assert _block_counts(db) == {}
-        _check_compacted(db, current, {binary_commitment(m, a, b): current + HOUR + TTL for m in mids})
-        assert store.file_report(b, a, "spam", mids) == (1000, 1000 - 143)
-    finally:
-        db.dispose()
+def test_the_current_hour_is_gathered_a_full_chunk_at_a_time(store: RelayStore) -> None:
+    db = store.db
+    a, b = "a" + "1" * 20, "a" + "2" * 20
+    now = now_ms()
+    current = blocks.period_of(now)
+    mids = [os.urandom(16) for _ in range(1000)]
+    for i in range(10):  # ten flushes of 100 this hour
+        store.add_commitments([(m, a, b) for m in mids[i * 100:(i + 1) * 100]], current + i, TTL)
+    flushed = _block_counts(db, blocks.FLUSHED)[current]
+    assert _compact_all(store, now, budget=2000) == (0, 0)  # not a full chunk yet: left as flushed
+    merged, calls = _compact_all(store, now, budget=350)  # four flushes a chunk: two chunks, two left
+    assert calls == 2 and 0 < _block_counts(db, blocks.FLUSHED)[current] < flushed - merged + 256
+    assert _block_counts(db, blocks.GATHERED)[current] <= 2 * 256
+    assert _block_counts(db, blocks.COMPACTED) == {}  # the hour is open: nothing split
+    assert store.file_report(b, a, "spam", mids[::7]) == (143, 143)  # gathered and flushed blocks alike
+    assert store.file_report(b, a, "spam", mids[::7]) == (143, 0)
+    # once the hour has closed: the rest gathered, then all of it split
+    later = now + HOUR
+    _compact_all(store, later)
+    assert _block_counts(db) == {}
+    _check_compacted(db, current, {binary_commitment(m, a, b): current + HOUR + TTL for m in mids})
+    assert store.file_report(b, a, "spam", mids) == (1000, 1000 - 143)
 
 
 @pytest.mark.postgres
-def test_a_late_block_of_a_compacted_hour_is_compacted_at_the_next_pass(db_url: str) -> None:
-    db = Database(db_url)
-    try:
-        store = RelayStore(db)
-        a, b = "a" + "1" * 20, "a" + "2" * 20
-        now = now_ms()
-        closed = blocks.period_of(now) - HOUR
-        mids = [os.urandom(16) for _ in range(500)]
-        store.add_commitments([(m, a, b) for m in mids], closed + 10, TTL)
-        fresh = _block_counts(db)[closed]
-        assert _compact_all(store, now) == (fresh + len({binary_commitment(m, a, b)[0] for m in mids}), 2)
-        assert _block_counts(db) == {} and len(_compacted(db, closed)) > 400
-        # flushed late (another node's clock, a flush that crossed the hour): a digest under a two-byte
-        # prefix the hour's compacted blocks hold already, and one that ends in NUL bytes
-        taken = {binary_commitment(m, a, b)[:2] for m in mids}
-        late = [_mid_where(lambda d: d[:2] in taken, a, b), _mid_where(lambda d: d[-1] == 0, a, b), os.urandom(16)]
-        store.add_commitments([(m, a, b) for m in late + mids[:5]], closed + HOUR - 1, TTL)  # some again
-        assert _block_counts(db) == {closed: len({binary_commitment(m, a, b)[0] for m in late + mids[:5]})}
-        assert store.file_report(b, a, "spam", late[:1]) == (1, 1)  # found among the fresh blocks
-        merged, calls = _compact_all(store, now_ms())  # gathered (one block each), then split
-        assert calls == 2 and merged == 2 * len({binary_commitment(m, a, b)[0] for m in late + mids[:5]})
-        assert _block_counts(db) == {}
-        rows = _compacted(db, closed)
-        assert len([p for p, _, _, _ in rows if p == int.from_bytes(binary_commitment(late[0], a, b)[:2], "big")]) == 2
-        assert sum(n for _, _, n, _ in rows) == 500 + 3 + 5  # the retried five are kept twice, in two rows
-        assert store.file_report(b, a, "spam", late + mids) == (503, 502)
-        assert store.file_report(b, a, "spam", late + mids) == (503, 0)
-    finally:
-        db.dispose()
+def test_a_late_block_of_a_compacted_hour_is_compacted_at_the_next_pass(store: RelayStore) -> None:
+    db = store.db
+    a, b = "a" + "1" * 20, "a" + "2" * 20
+    now = now_ms()
+    closed = blocks.period_of(now) - HOUR
+    mids = [os.urandom(16) for _ in range(500)]
+    store.add_commitments([(m, a, b) for m in mids], closed + 10, TTL)
+    fresh = _block_counts(db)[closed]
+    assert _compact_all(store, now) == (fresh + len({binary_commitment(m, a, b)[0] for m in mids}), 2)
+    assert _block_counts(db) == {} and len(_compacted(db, closed)) > 400
+    # flushed late (another node's clock, a flush that crossed the hour): a digest under a two-byte
+    # prefix the hour's compacted blocks hold already, and one that ends in NUL bytes
+    taken = {binary_commitment(m, a, b)[:2] for m in mids}
+    late = [_mid_where(lambda d: d[:2] in taken, a, b), _mid_where(lambda d: d[-1] == 0, a, b), os.urandom(16)]
+    store.add_commitments([(m, a, b) for m in late + mids[:5]], closed + HOUR - 1, TTL)  # some again
+    assert _block_counts(db) == {closed: len({binary_commitment(m, a, b)[0] for m in late + mids[:5]})}
+    assert store.file_report(b, a, "spam", late[:1]) == (1, 1)  # found among the fresh blocks
+    merged, calls = _compact_all(store, now_ms())  # gathered (one block each), then split
+    assert calls == 2 and merged == 2 * len({binary_commitment(m, a, b)[0] for m in late + mids[:5]})
+    assert _block_counts(db) == {}
+    rows = _compacted(db, closed)
+    assert len([p for p, _, _, _ in rows if p == int.from_bytes(binary_commitment(late[0], a, b)[:2], "big")]) == 2
+    assert sum(n for _, _, n, _ in rows) == 500 + 3 + 5  # the retried five are kept twice, in two rows
+    assert store.file_report(b, a, "spam", late + mids) == (503, 502)
+    assert store.file_report(b, a, "spam", late + mids) == (503, 0)
 
 
 @pytest.mark.postgres
-def test_expired_compacted_blocks_are_purged(db_url: str) -> None:
-    db = Database(db_url)
-    try:
-        store = RelayStore(db)
-        a, b = "a" + "1" * 20, "a" + "2" * 20
-        now = now_ms()
-        closed = blocks.period_of(now) - 2 * HOUR
-        short, long = [os.urandom(16) for _ in range(200)], [os.urandom(16) for _ in range(100)]
-        store.add_commitments([(m, a, b) for m in short], closed, 0)  # expired at the end of its hour
-        store.add_commitments([(m, a, b) for m in long], closed, 4 * HOUR)
-        assert _compact_all(store, now)[0] > 0 and _block_counts(db) == {}
-        assert store.file_report(b, a, "spam", short + long[:1]) == (201, 1)  # the expired ones verify nothing
-        assert store.purge_expired(now)[1] == 200  # a compacted block counts its digests too
-        assert {e for _, e, _, _ in _compacted(db, closed)} == {closed + HOUR + 4 * HOUR}
-        assert store.purge_expired(now + 4 * HOUR)[1] == 100
-        with db.session() as s:
-            assert s.scalar(select(func.count()).select_from(CommitmentBlockRow)) == 0
-            assert s.scalar(select(func.count()).select_from(ReportedCommitmentRow)) == 0  # expired with its block
-        assert store.file_report(b, a, "spam", long) == (100, 0)
-    finally:
-        db.dispose()
+def test_expired_compacted_blocks_are_purged(store: RelayStore) -> None:
+    db = store.db
+    a, b = "a" + "1" * 20, "a" + "2" * 20
+    now = now_ms()
+    closed = blocks.period_of(now) - 2 * HOUR
+    short, long = [os.urandom(16) for _ in range(200)], [os.urandom(16) for _ in range(100)]
+    store.add_commitments([(m, a, b) for m in short], closed, 0)  # expired at the end of its hour
+    store.add_commitments([(m, a, b) for m in long], closed, 4 * HOUR)
+    assert _compact_all(store, now)[0] > 0 and _block_counts(db) == {}
+    assert store.file_report(b, a, "spam", short + long[:1]) == (201, 1)  # the expired ones verify nothing
+    assert store.purge_expired(now)[1] == 200  # a compacted block counts its digests too
+    assert {e for _, e, _, _ in _compacted(db, closed)} == {closed + HOUR + 4 * HOUR}
+    assert store.purge_expired(now + 4 * HOUR)[1] == 100
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(CommitmentBlockRow)) == 0
+        assert s.scalar(select(func.count()).select_from(ReportedCommitmentRow)) == 0  # expired with its block
+    assert store.file_report(b, a, "spam", long) == (100, 0)
 
 
 @pytest.mark.postgres
